@@ -1,0 +1,46 @@
+"""atdata_async: publish WebDataset datasets from Redis + S3 to ATProto, async-first.
+
+The async core lives here and in ``atdata_async.local``, ``.atmosphere`` and
+``.promote``; ``atdata_async.sync`` mirrors it with blocking calls of the same signatures.
+"""
+
+from ._dataset import Dataset
+from ._errors import (
+    AtdataError,
+    AuthError,
+    ConfigurationError,
+    ConflictError,
+    EntryError,
+    EntryNotFoundError,
+    NotFoundError,
+    RateLimitedError,
+    RecordNotFoundError,
+    SchemaNotFoundError,
+    ShardTransferError,
+    StorageError,
+    ValidationError,
+    XrpcError,
+)
+from ._progress import TransferProgress
+from ._sample import PackableSample, packable
+
+__all__ = [
+    "AtdataError",
+    "AuthError",
+    "ConfigurationError",
+    "ConflictError",
+    "Dataset",
+    "EntryError",
+    "EntryNotFoundError",
+    "NotFoundError",
+    "PackableSample",
+    "RateLimitedError",
+    "RecordNotFoundError",
+    "SchemaNotFoundError",
+    "ShardTransferError",
+    "StorageError",
+    "TransferProgress",
+    "ValidationError",
+    "XrpcError",
+    "packable",
+]

@@ -1,0 +1,99 @@
+"""Dataset[T]: typed samples read from WebDataset tar shards (local files or S3)."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+
+import anyio
+
+from ._errors import ConfigurationError
+from ._sample import PackableSample
+from ._urls import expand_braces, local_path, url_kind
+
+if TYPE_CHECKING:
+    from ._store import S3DataStore
+
+T = TypeVar("T", bound=PackableSample)
+
+
+def decode_shard(data: bytes | io.IOBase, sample_type: type[T]) -> Iterator[tuple[str, T]]:
+    """Yield (``__key__``, sample) for each ``<key>.msgpack`` member of a tar shard."""
+    fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+        for member in tar:
+            base = os.path.basename(member.name)
+            key, _, ext = base.partition(".")
+            if not member.isfile() or ext != "msgpack":
+                continue
+            payload = tar.extractfile(member)
+            assert payload is not None
+            yield key, sample_type.from_bytes(payload.read())
+
+
+def count_samples(path: str) -> int:
+    """Count distinct sample keys in a local tar shard by reading headers only."""
+    keys = set()
+    with tarfile.open(path, mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                base = os.path.basename(member.name)
+                keys.add(os.path.join(os.path.dirname(member.name), base.partition(".")[0]))
+    return len(keys)
+
+
+class Dataset(Generic[T]):
+    """A WebDataset of samples of type T; ``Dataset[T](url)``.
+
+    ``url`` is a path, a brace pattern (``shard-{000000..000009}.tar``), an ``s3://`` URL
+    (read through ``store``), or a list of those. Iteration is in shard order.
+    """
+
+    sample_type: ClassVar[type[Any] | None] = None
+
+    def __class_getitem__(cls, sample_type: Any) -> Any:
+        if isinstance(sample_type, TypeVar):
+            return super().__class_getitem__(sample_type)  # type: ignore[misc]
+        name = f"{cls.__name__}[{getattr(sample_type, '__name__', sample_type)}]"
+        return type(name, (cls,), {"sample_type": sample_type, "__module__": cls.__module__})
+
+    def __init__(self, url: str | Sequence[str], *, store: S3DataStore | None = None) -> None:
+        if self.sample_type is None:
+            raise TypeError("give the sample type: Dataset[MySample](url)")
+        patterns = [url] if isinstance(url, str | os.PathLike) else list(url)
+        if not patterns:
+            raise ConfigurationError("a dataset needs at least one shard URL")
+        self.url = url
+        self.store = store
+        self.shard_urls: list[str] = [u for p in patterns for u in expand_braces(os.fspath(p))]
+        for shard in self.shard_urls:
+            url_kind(shard)  # refuse unknown schemes now, not halfway through iteration
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.url!r}, shards={len(self.shard_urls)})"
+
+    async def read_shard(self, url: str) -> bytes:
+        """The raw bytes of one shard."""
+        kind = url_kind(url)
+        if kind == "file":
+            async with await anyio.open_file(local_path(url), "rb") as f:
+                return await f.read()
+        if kind == "s3":
+            if self.store is None:
+                raise ConfigurationError(f"reading {url} needs Dataset(..., store=S3DataStore)")
+            return await self.store.get_bytes(url)
+        raise ConfigurationError(f"cannot read {url}: http shards are not readable here yet")
+
+    async def items(self) -> AsyncIterator[tuple[str, T]]:
+        """(``__key__``, sample) pairs in shard order."""
+        assert self.sample_type is not None
+        for url in self.shard_urls:
+            for pair in decode_shard(await self.read_shard(url), self.sample_type):
+                yield pair
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        async for _, sample in self.items():
+            yield sample

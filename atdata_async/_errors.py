@@ -1,0 +1,115 @@
+"""The one exception tree of atdata_async.
+
+    AtdataError
+    ├── ConfigurationError (ValueError)      bad credentials file, malformed URL or ref
+    ├── ValidationError (ValueError)         a record breaks a lexicon limit (names the field)
+    ├── EntryError (ValueError)              an entry that cannot be promoted (no data URLs, ...)
+    ├── NotFoundError (KeyError)
+    │   ├── SchemaNotFoundError              no such schema in the local index / on the PDS
+    │   ├── EntryNotFoundError               no such dataset entry
+    │   └── RecordNotFoundError              no such ATProto record
+    ├── StorageError                         an S3 call failed (bucket, credentials, endpoint)
+    │   └── ShardTransferError               one or more shards failed; lists each outcome
+    └── XrpcError                            an XRPC call failed: status, error, message, method
+        ├── AuthError                        not logged in, bad password, invalid token
+        ├── RateLimitedError                 429, carries reset_at (epoch seconds)
+        ├── ConflictError                    stale swap, record already exists
+        └── XrpcNotFoundError (NotFoundError) RecordNotFound and friends
+
+Foreign errors (botocore, redis, httpx) are translated at one seam per backend and
+chained with ``raise ... from exc``. Messages never contain credentials.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+
+class AtdataError(Exception):
+    """Root of every error raised by atdata_async."""
+
+
+class ConfigurationError(AtdataError, ValueError):
+    """A malformed argument: credentials, URL, schema ref."""
+
+
+class ValidationError(AtdataError, ValueError):
+    """A value breaks a lexicon limit; ``field`` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class EntryError(AtdataError, ValueError):
+    """An entry that cannot be used as asked (e.g. it has no data URLs)."""
+
+
+class NotFoundError(AtdataError, KeyError):
+    """Something looked up by key does not exist."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else ""
+
+
+class SchemaNotFoundError(NotFoundError):
+    """No schema with that ref is stored."""
+
+
+class EntryNotFoundError(NotFoundError):
+    """No dataset entry with that name or CID is stored."""
+
+
+class StorageError(AtdataError):
+    """An S3 operation failed; ``code`` is the S3 error code when there is one."""
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ShardTransferError(StorageError):
+    """Some shards failed to transfer; ``failures`` maps each failed URL to its error."""
+
+    def __init__(self, failures: Mapping[str, BaseException], total: int) -> None:
+        self.failures = dict(failures)
+        lines = [f"  {url}: {type(e).__name__}: {e}" for url, e in self.failures.items()]
+        super().__init__(
+            f"{len(self.failures)} of {total} shard(s) failed:\n" + "\n".join(lines)
+        )
+
+
+class XrpcError(AtdataError):
+    """An XRPC call failed; carries the HTTP status, XRPC error name and message."""
+
+    def __init__(
+        self, method: str, status: int | None, error: str | None, message: str | None
+    ) -> None:
+        self.method = method
+        self.status = status
+        self.error = error
+        self.message = message
+        super().__init__(f"{method} failed: {status} {error or ''}: {message or ''}".strip())
+
+
+class AuthError(XrpcError):
+    """Not logged in, wrong password, or a token the server refuses."""
+
+
+class RateLimitedError(XrpcError):
+    """429 from the server; ``reset_at`` is the epoch second the limit resets."""
+
+    def __init__(self, *args: object, reset_at: float | None = None) -> None:
+        super().__init__(*args)  # type: ignore[arg-type]
+        self.reset_at = reset_at
+
+
+class ConflictError(XrpcError):
+    """A swap went stale or a record already exists."""
+
+
+class RecordNotFoundError(XrpcError, NotFoundError):
+    """No such record (or repo) on the PDS."""
+
+    def __str__(self) -> str:
+        return XrpcError.__str__(self)

@@ -1,0 +1,311 @@
+"""LocalIndex: dataset entries and schemas in Redis, in atdata's exact key layout.
+
+| key                         | type   | content                                        |
+| LocalDatasetEntry:{cid}     | hash   | name, schema_ref, cid, data_urls, metadata     |
+| LocalSchema:{Class}@{ver}   | string | JSON schema record                             |
+| atdata_async:entry_names    | hash   | name -> cid (ours; else found by SCAN)         |
+
+This module is the one place where redis errors become library errors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import AsyncIterator, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from ._cid import entry_cid
+from ._dataset import Dataset, count_samples
+from ._errors import (
+    ConfigurationError,
+    EntryNotFoundError,
+    SchemaNotFoundError,
+    StorageError,
+)
+from ._progress import ProgressCallback
+from ._schema import (
+    check_semver,
+    parse_schema_ref,
+    schema_key,
+    schema_record,
+    schema_ref,
+)
+from ._store import S3DataStore
+from ._urls import local_path, url_kind
+
+ENTRY_PREFIX = "LocalDatasetEntry:"
+NAME_INDEX = "atdata_async:entry_names"
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
+
+@dataclass(frozen=True)
+class LocalDatasetEntry:
+    """A dataset in the local index. Its CID depends on schema_ref and data_urls only."""
+
+    name: str
+    schema_ref: str
+    data_urls: list[str]
+    metadata: dict[str, Any] | None = None
+    cid: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.cid:
+            object.__setattr__(self, "cid", entry_cid(self.schema_ref, self.data_urls))
+
+    @property
+    def checksums(self) -> dict[str, str]:
+        """sha256 hex per data URL, as recorded at insert time (may be empty)."""
+        return dict((self.metadata or {}).get("checksums") or {})
+
+    @property
+    def shard_sizes(self) -> dict[str, int]:
+        return dict((self.metadata or {}).get("shard_sizes") or {})
+
+
+_pack = msgspec.msgpack.Encoder().encode
+
+
+def _entry_to_hash(entry: LocalDatasetEntry) -> dict[str, bytes]:
+    fields = {
+        "name": entry.name.encode(),
+        "schema_ref": entry.schema_ref.encode(),
+        "cid": entry.cid.encode(),
+        "data_urls": _pack(entry.data_urls),
+    }
+    if entry.metadata is not None:
+        fields["metadata"] = _pack(entry.metadata)
+    return fields
+
+
+def _entry_from_hash(raw: Mapping[bytes, bytes]) -> LocalDatasetEntry:
+    metadata = raw.get(b"metadata")
+    return LocalDatasetEntry(
+        name=raw[b"name"].decode(),
+        schema_ref=raw[b"schema_ref"].decode(),
+        data_urls=list(msgspec.msgpack.decode(raw[b"data_urls"])),
+        metadata=msgspec.msgpack.decode(metadata) if metadata is not None else None,
+        cid=raw[b"cid"].decode(),
+    )
+
+
+class LocalIndex:
+    """Datasets and schemas in Redis. Creating one does no I/O.
+
+    ``redis`` is a URL, a ``redis.asyncio.Redis`` client, or None for
+    ``redis://localhost:6379/0``. With ``data_store``, ``insert_dataset`` uploads shards.
+    """
+
+    def __init__(
+        self, redis: str | aioredis.Redis | None = None, *, data_store: S3DataStore | None = None
+    ) -> None:
+        self._url = redis if isinstance(redis, str) or redis is None else None
+        self._redis: aioredis.Redis | None = None
+        if not (self._url is not None or redis is None):
+            self._redis = redis
+        if redis is None:
+            self._url = DEFAULT_REDIS_URL
+        self.data_store = data_store
+
+    def __repr__(self) -> str:
+        where = _redact_url(self._url) if self._url else repr(self._redis)
+        return f"LocalIndex({where}, data_store={self.data_store!r})"
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The redis.asyncio client (created on first use, on the running loop)."""
+        if self._redis is None:
+            assert self._url is not None
+            self._redis = aioredis.Redis.from_url(self._url)
+        return self._redis
+
+    async def aclose(self) -> None:
+        if self._redis is not None and self._url is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def __aenter__(self) -> LocalIndex:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    @contextlib.contextmanager
+    def _errors(self, operation: str) -> Iterator[None]:
+        try:
+            yield
+        except RedisError as exc:
+            where = _redact_url(self._url) if self._url else "redis"
+            raise StorageError(f"{operation}: Redis at {where} failed: {exc}") from exc
+
+    # -- schemas -----------------------------------------------------------------------
+
+    async def publish_schema(
+        self, sample_type: type, *, version: str = "1.0.0", description: str | None = None
+    ) -> str:
+        """Store the schema of ``sample_type`` at ``version``; returns its ref."""
+        record = schema_record(sample_type, version, description)
+        with self._errors("publish_schema"):
+            await self.redis.set(schema_key(record["name"], version), json.dumps(record))
+        return schema_ref(record["name"], version)
+
+    async def get_schema(self, ref: str) -> dict[str, Any]:
+        """The schema record for a ref (any of atdata's three ref forms)."""
+        name, version = parse_schema_ref(ref)
+        with self._errors("get_schema"):
+            raw = await self.redis.get(schema_key(name, version))
+        if raw is None:
+            raise SchemaNotFoundError(f"schema {name}@{version} is not in the local index ({ref})")
+        return json.loads(raw)
+
+    async def list_schemas(self) -> list[dict[str, Any]]:
+        """Every schema record in the index."""
+        with self._errors("list_schemas"):
+            keys = [k async for k in self.redis.scan_iter(match="LocalSchema:*", count=500)]
+            values = await self.redis.mget(keys) if keys else []
+        return [json.loads(v) for v in values if v is not None]
+
+    async def _latest_schema_ref(self, sample_type: type) -> str | None:
+        prefix = f"LocalSchema:{sample_type.__name__}@"
+        with self._errors("find schema"):
+            keys = [k.decode() async for k in self.redis.scan_iter(match=f"{prefix}*", count=500)]
+        versions = [k[len(prefix) :] for k in keys]
+        versions = [v for v in versions if _semver_key(v) is not None]
+        if not versions:
+            return None
+        return schema_ref(sample_type.__name__, max(versions, key=_semver_key))
+
+    # -- entries -----------------------------------------------------------------------
+
+    async def add_entry(
+        self,
+        ds: Dataset[Any],
+        *,
+        name: str,
+        schema_ref: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> LocalDatasetEntry:
+        """Index a dataset where it already is (no upload)."""
+        ref = schema_ref or await self._schema_ref_of(ds)
+        entry = LocalDatasetEntry(name, ref, list(ds.shard_urls), metadata)
+        await self._store_entry(entry)
+        return entry
+
+    async def insert_dataset(
+        self,
+        ds: Dataset[Any],
+        *,
+        name: str,
+        prefix: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> LocalDatasetEntry:
+        """Upload local shards to the data store byte for byte, then index them.
+
+        Shards are named ``{prefix}/data--{uuid4}--{i:06d}.tar``; each shard's sha256
+        and size land in ``metadata["checksums"]`` / ``["shard_sizes"]``. Without a data
+        store the dataset is indexed where it is.
+        """
+        if not name:
+            raise ConfigurationError("a dataset needs a non-empty name")
+        if self.data_store is None:
+            return await self.add_entry(ds, name=name, metadata=metadata)
+        ref = await self._schema_ref_of(ds)
+        paths = [local_path(u) for u in ds.shard_urls if url_kind(u) == "file"]
+        if len(paths) != len(ds.shard_urls):
+            raise ConfigurationError("insert_dataset uploads local shards; use add_entry for URLs")
+        run = uuid.uuid4()
+        stem = (prefix or name).strip("/")
+        keys = [f"{stem}/data--{run}--{i:06d}.tar" for i in range(len(paths))]
+        async with anyio.create_task_group() as tg:
+            counts: list[int] = []
+
+            async def count() -> None:
+                for p in paths:
+                    counts.append(await anyio.to_thread.run_sync(count_samples, p))
+
+            tg.start_soon(count)
+            uploads = await self.data_store.upload_files(list(zip(paths, keys, strict=True)),
+                                                         progress)
+        meta = dict(metadata or {})
+        meta["checksums"] = {u.url: u.sha256 for u in uploads}
+        meta["shard_sizes"] = {u.url: u.size for u in uploads}
+        meta["num_samples"] = sum(counts)
+        entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
+        await self._store_entry(entry)
+        return entry
+
+    async def _schema_ref_of(self, ds: Dataset[Any]) -> str:
+        sample_type = ds.sample_type
+        assert sample_type is not None
+        ref = await self._latest_schema_ref(sample_type)
+        if ref is None:  # index it anyway: promotion needs a schema
+            ref = await self.publish_schema(sample_type)
+        return ref
+
+    async def _store_entry(self, entry: LocalDatasetEntry) -> None:
+        with self._errors("store entry"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(ENTRY_PREFIX + entry.cid, mapping=_entry_to_hash(entry))
+                pipe.hset(NAME_INDEX, entry.name, entry.cid)
+                await pipe.execute()
+
+    async def get_entry(self, cid: str) -> LocalDatasetEntry:
+        with self._errors("get_entry"):
+            raw = await self.redis.hgetall(ENTRY_PREFIX + cid)
+        if not raw:
+            raise EntryNotFoundError(f"no dataset entry with CID {cid!r}")
+        return _entry_from_hash(raw)
+
+    async def get_entry_by_name(self, name: str) -> LocalDatasetEntry:
+        """The entry called ``name``: one lookup for ours, a SCAN for atdata's."""
+        with self._errors("get_entry_by_name"):
+            cid = await self.redis.hget(NAME_INDEX, name)
+            if cid is not None:
+                raw = await self.redis.hgetall(ENTRY_PREFIX + cid.decode())
+                if raw and raw.get(b"name") == name.encode():
+                    return _entry_from_hash(raw)
+            async for entry in self._scan_entries():
+                if entry.name == name:
+                    await self.redis.hset(NAME_INDEX, name, entry.cid)
+                    return entry
+        raise EntryNotFoundError(f"no dataset entry named {name!r} in the local index")
+
+    async def list_entries(self) -> list[LocalDatasetEntry]:
+        """Every dataset entry in the index."""
+        with self._errors("list_entries"):
+            return [e async for e in self._scan_entries()]
+
+    async def _scan_entries(self) -> AsyncIterator[LocalDatasetEntry]:
+        keys = [k async for k in self.redis.scan_iter(match=ENTRY_PREFIX + "*", count=1000)]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.hgetall(key)
+            for raw in await pipe.execute():
+                if raw:
+                    yield _entry_from_hash(raw)
+
+
+def _semver_key(version: str) -> tuple[int, int, int] | None:
+    try:
+        check_semver(version)
+    except ConfigurationError:
+        return None
+    core = version.split("-", 1)[0].split("+", 1)[0]
+    major, minor, patch = (int(x) for x in core.split("."))
+    return major, minor, patch
+
+
+def _redact_url(url: str) -> str:
+    """A redis URL without its password."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"

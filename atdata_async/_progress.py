@@ -1,0 +1,38 @@
+"""Progress of a multi-shard transfer, reported through a caller's callback."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+
+@dataclass(frozen=True)
+class TransferProgress:
+    """A snapshot: shards and bytes done out of the totals known so far."""
+
+    shards_done: int = 0
+    shards_total: int = 0
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+ProgressCallback = Callable[[TransferProgress], None]
+
+
+class ProgressTracker:
+    """Accumulates progress from concurrent tasks on one event loop; never raises."""
+
+    def __init__(self, callback: ProgressCallback | None, shards: int, total_bytes: int) -> None:
+        self._callback = callback
+        self.state = TransferProgress(shards_total=shards, bytes_total=total_bytes)
+
+    def add_bytes(self, n: int) -> None:
+        self._emit(replace(self.state, bytes_done=self.state.bytes_done + n))
+
+    def shard_done(self) -> None:
+        self._emit(replace(self.state, shards_done=self.state.shards_done + 1))
+
+    def _emit(self, state: TransferProgress) -> None:
+        self.state = state
+        if self._callback is not None:
+            self._callback(state)

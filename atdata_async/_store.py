@@ -1,0 +1,408 @@
+"""S3DataStore: the one place S3 is spoken to, and where botocore errors become ours.
+
+One aioboto3 client per store, created lazily on the running event loop and closed with
+the store. Retries are botocore's own ("standard" mode); nothing here loops around them.
+Memory is bounded by ``max_concurrency x part_size``: every request that holds a
+buffer first takes a token from one CapacityLimiter shared by all shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aioboto3
+import anyio
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ._errors import ConfigurationError, NotFoundError, StorageError
+from ._parts import MIB, plan_parts
+from ._progress import ProgressCallback, ProgressTracker
+from ._tasks import run_per_shard, single_error
+from ._urls import S3Location, parse_s3_url
+
+log = logging.getLogger("atdata_async.s3")
+
+_REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+_NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
+
+
+class ObjectNotFoundError(StorageError, NotFoundError):
+    """The bucket or key does not exist."""
+
+    def __str__(self) -> str:
+        return StorageError.__str__(self)
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Where and as whom to talk to S3. The secret never appears in the repr."""
+
+    access_key_id: str
+    secret_access_key: str = field(repr=False)
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def load(cls, source: Mapping[str, str] | str | os.PathLike[str]) -> S3Credentials:
+        """From a dict or a ``.env`` file with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ..."""
+        if isinstance(source, Mapping):
+            values, origin = dict(source), "credentials"
+        else:
+            values, origin = _read_env_file(Path(source)), str(source)
+        missing = [k for k in _REQUIRED_KEYS if not values.get(k)]
+        if missing:
+            raise ConfigurationError(f"{origin} is missing {', '.join(missing)}")
+        endpoint = values.get("AWS_ENDPOINT") or values.get("AWS_ENDPOINT_URL") or None
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigurationError(f"AWS_ENDPOINT must be an http(s) URL, got {endpoint!r}")
+        return cls(
+            access_key_id=values["AWS_ACCESS_KEY_ID"],
+            secret_access_key=values["AWS_SECRET_ACCESS_KEY"],
+            endpoint=endpoint.rstrip("/") if endpoint else None,
+            region=values.get("AWS_REGION") or values.get("AWS_DEFAULT_REGION") or None,
+        )
+
+
+def _read_env_file(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read credentials file {path}: {exc.strerror}") from None
+    values = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        values[key.strip()] = value.strip().strip("'\"")
+    return values
+
+
+@dataclass(frozen=True)
+class ShardUpload:
+    """What one uploaded or copied shard became."""
+
+    url: str
+    size: int
+    sha256: str | None
+    etag: str | None = None
+
+
+class S3DataStore:
+    """WebDataset shards in one S3 bucket, reached with one lazily created client."""
+
+    def __init__(
+        self,
+        credentials: Mapping[str, str] | str | os.PathLike[str],
+        *,
+        bucket: str,
+        part_size: int = 16 * MIB,
+        multipart_threshold: int = 64 * MIB,
+        max_concurrency: int = 16,
+        min_part_size: int = 5 * MIB,
+        max_attempts: int = 5,
+    ) -> None:
+        if not bucket or "/" in bucket:
+            raise ConfigurationError(f"bucket must be a bare bucket name, got {bucket!r}")
+        self.credentials = S3Credentials.load(credentials)
+        self.bucket = bucket
+        self.part_size = part_size
+        self.multipart_threshold = multipart_threshold
+        self.max_concurrency = max_concurrency
+        self.min_part_size = min_part_size
+        self.max_attempts = max_attempts
+        self._client: Any = None
+        self._stack: contextlib.AsyncExitStack | None = None
+        self._lock: anyio.Lock | None = None
+        self._buffers: anyio.CapacityLimiter | None = None
+
+    def __repr__(self) -> str:
+        endpoint = self.credentials.endpoint or "aws"
+        return f"S3DataStore(bucket={self.bucket!r}, endpoint={endpoint!r})"
+
+    @property
+    def endpoint(self) -> str | None:
+        return self.credentials.endpoint
+
+    @property
+    def region(self) -> str | None:
+        return self.credentials.region
+
+    def url(self, key: str) -> str:
+        return S3Location(self.bucket, key).url
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def client(self) -> Any:
+        """The store's aioboto3 S3 client, created on first use on the running loop."""
+        if self._client is None:
+            if self._lock is None:
+                self._lock = anyio.Lock()
+            async with self._lock:
+                if self._client is None:
+                    self._client = await self._open_client()
+        return self._client
+
+    async def _open_client(self) -> Any:
+        creds = self.credentials
+        config = Config(
+            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            max_pool_connections=max(10, 2 * self.max_concurrency),
+            connect_timeout=10,
+            read_timeout=120,
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            s3={"addressing_style": "path"},
+        )
+        stack = contextlib.AsyncExitStack()
+        session = aioboto3.Session()
+        client = await stack.enter_async_context(
+            session.client(
+                "s3",
+                endpoint_url=creds.endpoint,
+                aws_access_key_id=creds.access_key_id,
+                aws_secret_access_key=creds.secret_access_key,
+                region_name=creds.region or "us-east-1",
+                config=config,
+            )
+        )
+        self._stack = stack
+        return client
+
+    def buffers(self) -> anyio.CapacityLimiter:
+        """Tokens for requests holding a part-sized buffer (bounds memory)."""
+        if self._buffers is None:
+            self._buffers = anyio.CapacityLimiter(self.max_concurrency)
+        return self._buffers
+
+    async def aclose(self) -> None:
+        """Close the client; the store can be used again afterwards (a new client)."""
+        stack, self._stack, self._client = self._stack, None, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> S3DataStore:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the error seam ----------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def errors(self, operation: str, target: str) -> Iterator[None]:
+        """Translate botocore failures of ``operation`` on ``target`` into StorageError."""
+        try:
+            yield
+        except ClientError as exc:
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            detail = err.get("Message") or code
+            if code == "NoSuchBucket":
+                raise ObjectNotFoundError(
+                    f"{operation} {target}: bucket {self.bucket!r} does not exist", code=code
+                ) from exc
+            if code in _NOT_FOUND_CODES:
+                raise ObjectNotFoundError(f"{operation} {target}: not found", code=code) from exc
+            if code in _AUTH_CODES:
+                raise StorageError(
+                    f"{operation} {target}: S3 refused the credentials "
+                    f"(access key id {self.credentials.access_key_id[:4]}...): {detail}",
+                    code=code,
+                ) from exc
+            message = f"{operation} {target}: {status} {code}: {detail}"
+            raise StorageError(message, code=code) from exc
+        except BotoCoreError as exc:
+            where = self.credentials.endpoint or "AWS S3"
+            raise StorageError(f"{operation} {target}: cannot reach {where}: {exc}") from exc
+
+    # -- objects -----------------------------------------------------------------------
+
+    async def head(self, url: str) -> dict[str, Any]:
+        loc = parse_s3_url(url)
+        s3 = await self.client()
+        with self.errors("HeadObject", url):
+            return await s3.head_object(Bucket=loc.bucket, Key=loc.key)
+
+    async def size_of(self, url: str) -> int:
+        return int((await self.head(url))["ContentLength"])
+
+    async def get_bytes(self, url: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The object's bytes, or ``[start, end)`` of them."""
+        loc = parse_s3_url(url)
+        s3 = await self.client()
+        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
+        with self.errors("GetObject", url):
+            response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
+            async with response["Body"] as body:
+                return await body.read()
+
+    async def iter_ranges(self, url: str, size: int) -> AsyncIterator[bytes]:
+        """The object as consecutive part-sized chunks, one buffer token each."""
+        for part in plan_parts(size, self.part_size, 1):
+            async with self.buffers():
+                yield await self.get_bytes(url, (part.start, part.end)) if size else b""
+
+    async def sha256_of(self, url: str) -> tuple[str, int]:
+        """Stream the object once and return (sha256 hex, size): memory is one part."""
+        size = await self.size_of(url)
+        hasher = hashlib.sha256()
+        async for chunk in self.iter_ranges(url, size):
+            await anyio.to_thread.run_sync(hasher.update, chunk)
+        return hasher.hexdigest(), size
+
+    async def put_bytes(self, key: str, data: bytes) -> str:
+        s3 = await self.client()
+        url = self.url(key)
+        with self.errors("PutObject", url):
+            response = await s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return str(response.get("ETag", "")).strip('"')
+
+    async def delete(self, url: str) -> None:
+        loc = parse_s3_url(url)
+        s3 = await self.client()
+        with self.errors("DeleteObject", url):
+            await s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+
+    async def list_multipart_uploads(self) -> list[dict[str, Any]]:
+        """Open (unfinished) multipart uploads in this bucket."""
+        s3 = await self.client()
+        with self.errors("ListMultipartUploads", self.url("")):
+            response = await s3.list_multipart_uploads(Bucket=self.bucket)
+        return list(response.get("Uploads", []))
+
+    # -- uploads -----------------------------------------------------------------------
+
+    async def upload_file(
+        self, path: str | os.PathLike[str], key: str, tracker: ProgressTracker | None = None
+    ) -> ShardUpload:
+        """Upload a local file byte for byte, hashing it on the way."""
+        size = os.path.getsize(path)
+        async with await anyio.open_file(path, "rb") as source:
+
+            async def read(n: int) -> bytes:
+                return await source.read(n)
+
+            return await self.upload_stream(read, size, key, tracker)
+
+    async def upload_stream(
+        self,
+        read: Callable[[int], Awaitable[bytes]],
+        size: int,
+        key: str,
+        tracker: ProgressTracker | None = None,
+    ) -> ShardUpload:
+        """Upload ``size`` bytes pulled from ``read(n)``; multipart above the threshold.
+
+        Parts are read (and hashed) in order, then sent concurrently; each part in
+        flight holds a buffer token. A failed or cancelled upload is aborted.
+        """
+        url = self.url(key)
+        hasher = hashlib.sha256()
+        s3 = await self.client()
+        if size <= self.multipart_threshold:
+            async with self.buffers():
+                data = await read(size)
+                _check_length(url, data, size)
+                await anyio.to_thread.run_sync(hasher.update, data)
+                etag = await self.put_bytes(key, data)
+            if tracker:
+                tracker.add_bytes(size)
+            return ShardUpload(url, size, hasher.hexdigest(), etag)
+
+        parts = plan_parts(size, self.part_size, self.min_part_size)
+        with self.errors("CreateMultipartUpload", url):
+            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+        etags: dict[int, str] = {}
+        try:
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    for part in parts:
+                        token = object()
+                        await self.buffers().acquire_on_behalf_of(token)
+                        try:
+                            data = await read(part.size)
+                            _check_length(url, data, part.size)
+                            await anyio.to_thread.run_sync(hasher.update, data)
+                        except BaseException:
+                            self.buffers().release_on_behalf_of(token)
+                            raise
+                        tg.start_soon(self._send_part, key, upload_id, part.number, data, token,
+                                      etags, tracker)
+            etag = await self.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            await self.abort_multipart(key, upload_id)
+            raise
+        return ShardUpload(url, size, hasher.hexdigest(), etag)
+
+    async def _send_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        token: object,
+        etags: dict[int, str],
+        tracker: ProgressTracker | None,
+    ) -> None:
+        try:
+            s3 = await self.client()
+            with self.errors(f"UploadPart {number}", self.url(key)):
+                response = await s3.upload_part(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
+                )
+            etags[number] = response["ETag"]
+            if tracker:
+                tracker.add_bytes(len(data))
+        finally:
+            self.buffers().release_on_behalf_of(token)
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
+        s3 = await self.client()
+        parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+        with self.errors("CompleteMultipartUpload", self.url(key)):
+            response = await s3.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        return str(response.get("ETag", "")).strip('"')
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort under a shielded scope; a failed abort is logged, never raised over the cause."""
+        with anyio.CancelScope(shield=True):
+            try:
+                s3 = await self.client()
+                await s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+            except Exception as exc:  # keep the original error; say what was left behind
+                log.warning("could not abort multipart upload %s of %s: %s",
+                            upload_id, self.url(key), exc)
+
+    async def upload_files(
+        self,
+        files: Sequence[tuple[str | os.PathLike[str], str]],
+        progress: ProgressCallback | None = None,
+    ) -> list[ShardUpload]:
+        """Upload (path, key) pairs concurrently; all succeed or ShardTransferError."""
+        sizes = [os.path.getsize(p) for p, _ in files]
+        tracker = ProgressTracker(progress, len(files), sum(sizes))
+
+        async def one(item: tuple[str | os.PathLike[str], str]) -> ShardUpload:
+            return await self.upload_file(item[0], item[1], tracker)
+
+        return await run_per_shard(
+            [str(p) for p, _ in files], list(files), one, self.max_concurrency, tracker
+        )
+
+
+def _check_length(url: str, data: bytes, expected: int) -> None:
+    if len(data) != expected:
+        raise StorageError(f"{url}: source changed while reading ({len(data)} of {expected} bytes)")

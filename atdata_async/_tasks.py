@@ -1,0 +1,67 @@
+"""Structured-concurrency helpers shared by the store and the promotion pipeline."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any
+
+import anyio
+
+from ._errors import ShardTransferError
+from ._progress import ProgressTracker
+
+
+def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
+
+
+@contextlib.contextmanager
+def single_error() -> Iterator[None]:
+    """Re-raise a task group's first real error instead of an ExceptionGroup."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        cancelled = anyio.get_cancelled_exc_class()
+        leaves = list(_leaves(group))
+        real = [e for e in leaves if not isinstance(e, cancelled)]
+        raise (real or leaves)[0] from None
+
+
+async def run_per_shard(
+    names: Sequence[str],
+    items: Sequence[Any],
+    work: Callable[[Any], Awaitable[Any]],
+    concurrency: int,
+    tracker: ProgressTracker | None = None,
+) -> list[Any]:
+    """Run ``work(item)`` for every shard, at most ``concurrency`` at once.
+
+    The first failure cancels the rest; then one ShardTransferError lists each failed
+    shard. Cancellation from outside propagates unchanged.
+    """
+    results: list[Any] = [None] * len(items)
+    failures: dict[str, BaseException] = {}
+    limiter = anyio.CapacityLimiter(max(1, concurrency))
+
+    async def run(i: int) -> None:
+        async with limiter:
+            try:
+                results[i] = await work(items[i])
+            except Exception as exc:
+                failures[names[i]] = exc
+                tg.cancel_scope.cancel()
+                return
+        if tracker:
+            tracker.shard_done()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(len(items)):
+            tg.start_soon(run, i)
+    if failures:
+        raise ShardTransferError(failures, len(items))
+    return results

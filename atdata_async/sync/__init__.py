@@ -1,0 +1,71 @@
+"""The blocking facade: the same names and signatures as the async core.
+
+    import atdata_async.sync as atdata
+    from atdata_async.sync.local import LocalIndex, S3DataStore
+
+Every call runs on one process-wide event loop (see ``atdata_async._portal``).
+"""
+
+from collections.abc import Iterator
+from typing import Any
+
+from .. import _dataset
+from .._errors import (
+    AtdataError,
+    AuthError,
+    ConfigurationError,
+    ConflictError,
+    EntryError,
+    EntryNotFoundError,
+    NotFoundError,
+    RateLimitedError,
+    RecordNotFoundError,
+    SchemaNotFoundError,
+    ShardTransferError,
+    StorageError,
+    ValidationError,
+    XrpcError,
+)
+from .._portal import Facade, call
+from .._progress import TransferProgress
+from .._sample import PackableSample, packable
+
+
+class Dataset(Facade, core=_dataset.Dataset):
+    """``Dataset[T](url)``: iterate samples of type T from tar shards (blocking)."""
+
+    def __class_getitem__(cls, sample_type: Any) -> Any:
+        core = _dataset.Dataset[sample_type]
+        return type(core.__name__, (cls,), {"_core_type": core, "__module__": cls.__module__})
+
+    def items(self) -> Iterator[tuple[str, Any]]:
+        """(``__key__``, sample) pairs in shard order."""
+        for url in self._core.shard_urls:
+            yield from _dataset.decode_shard(call(self._core.read_shard, url),
+                                             self._core.sample_type)
+
+    def __iter__(self) -> Iterator[Any]:
+        for _, sample in self.items():
+            yield sample
+
+
+__all__ = [
+    "AtdataError",
+    "AuthError",
+    "ConfigurationError",
+    "ConflictError",
+    "Dataset",
+    "EntryError",
+    "EntryNotFoundError",
+    "NotFoundError",
+    "PackableSample",
+    "RateLimitedError",
+    "RecordNotFoundError",
+    "SchemaNotFoundError",
+    "ShardTransferError",
+    "StorageError",
+    "TransferProgress",
+    "ValidationError",
+    "XrpcError",
+    "packable",
+]

@@ -1,0 +1,63 @@
+"""Shared benchmark plumbing: synthetic shards, child-process runs, the results table."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+MIB = 1024 * 1024
+
+
+def write_tar_shards(directory: Path, shards: int, shard_mib: float) -> list[Path]:
+    """Tar shards of random msgpack-named members (~shard_mib each), reused across runs."""
+    directory.mkdir(parents=True, exist_ok=True)
+    member = min(MIB, int(shard_mib * MIB))
+    members = max(1, int(shard_mib * MIB) // member)
+    paths = []
+    for s in range(shards):
+        path = directory / f"shard-{s:06d}.tar"
+        if not path.exists():
+            with tarfile.open(path, "w") as tar:
+                for m in range(members):
+                    info = tarfile.TarInfo(f"{s * members + m:09d}.msgpack")
+                    info.size = member
+                    import io
+
+                    tar.addfile(info, io.BytesIO(os.urandom(member)))
+        paths.append(path)
+    return paths
+
+
+def measure(fn: Callable[[], dict]) -> dict:
+    """Run fn, return its dict plus wall seconds and this process's peak RSS (MiB)."""
+    start = time.perf_counter()
+    extra = fn() or {}
+    wall = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"wall": wall, "peak_rss_mib": peak, **extra}
+
+
+def run_child(script: str, args: list[str]) -> dict:
+    """Run one variant in a fresh interpreter so its peak RSS is its own."""
+    out = subprocess.run([sys.executable, script, *args], capture_output=True, text=True,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"variant {args} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def print_table(title: str, rows: list[dict], total_bytes: int, baseline: str) -> None:
+    base = next(r for r in rows if r["name"] == baseline)
+    print(f"\n{title}")
+    print(f"{'variant':<34} {'wall s':>8} {'MiB/s':>8} {'peak RSS MiB':>13} {'vs ' + baseline:>18}")
+    for r in rows:
+        mibs = total_bytes / MIB / r["wall"]
+        print(f"{r['name']:<34} {r['wall']:>8.2f} {mibs:>8.1f} {r['peak_rss_mib']:>13.0f} "
+              f"{base['wall'] / r['wall']:>17.2f}x")

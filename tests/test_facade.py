@@ -1,0 +1,138 @@
+"""The sync facade: same signatures as the async core, and the seed's steps 1-4."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import atdata_async
+import atdata_async.local
+import atdata_async.sync
+import atdata_async.sync.local
+from atdata_async._portal import Facade
+
+PAIRS = [
+    (atdata_async.sync.local, atdata_async.local),
+    (atdata_async.sync, atdata_async),
+]
+
+
+def facade_pairs():
+    for sync_mod, async_mod in PAIRS:
+        for name in sync_mod.__all__:
+            sync_obj, async_obj = getattr(sync_mod, name), getattr(async_mod, name)
+            if isinstance(sync_obj, type) and issubclass(sync_obj, Facade):
+                yield f"{sync_mod.__name__}.{name}", sync_obj, async_obj
+
+
+@pytest.mark.parametrize(("name", "facade", "core"), list(facade_pairs()))
+def test_facade_signatures_match_the_async_core(name, facade, core):
+    assert inspect.signature(facade) == inspect.signature(core), name
+    public = [m for m, v in vars(core).items() if not m.startswith("_")
+              and (inspect.iscoroutinefunction(v) or inspect.isasyncgenfunction(v))]
+    assert public, name
+    for method in public:
+        sync_method = getattr(facade, method)
+        assert not inspect.iscoroutinefunction(sync_method), f"{name}.{method}"
+        # same parameters; return annotations differ (a list or iterator, not an awaitable)
+        assert (inspect.signature(sync_method).parameters
+                == inspect.signature(getattr(core, method)).parameters), method
+
+
+def test_non_facade_names_are_the_same_objects():
+    for sync_mod, async_mod in PAIRS:
+        for name in sync_mod.__all__:
+            obj = getattr(sync_mod, name)
+            if not (isinstance(obj, type) and issubclass(obj, Facade)):
+                assert obj is getattr(async_mod, name), name
+
+
+SEED_STEPS_1_TO_4 = """
+import numpy as np
+from numpy.typing import NDArray
+import atdata_async.sync as atdata
+from atdata_async.sync.local import LocalIndex, S3DataStore
+import webdataset as wds
+
+# 1. Define sample type
+@atdata.packable
+class FeatureSample:
+    features: NDArray
+    label: int
+
+# 2. Create local dataset
+samples = [
+    FeatureSample(
+        features=np.random.randn(128).astype(np.float32),
+        label=i % 10,
+    )
+    for i in range(1000)
+]
+with wds.writer.TarWriter("features.tar") as sink:
+    for i, s in enumerate(samples):
+        sink.write({**s.as_wds, "__key__": f"{i:06d}"})
+
+# 3. Set up index with S3 data store
+store = S3DataStore(
+    credentials={
+        "AWS_ENDPOINT": "http://localhost:9000",
+        "AWS_ACCESS_KEY_ID": "minioadmin",
+        "AWS_SECRET_ACCESS_KEY": "minioadmin",
+    },
+    bucket="datasets-bucket",
+)
+local_index = LocalIndex(data_store=store)
+
+# 4. Publish schema and insert dataset
+local_index.publish_schema(FeatureSample, version="1.0.0")
+dataset = atdata.Dataset[FeatureSample]("features.tar")
+local_entry = local_index.insert_dataset(dataset, name="feature-vectors-v1", prefix="features")
+"""
+
+
+def seed_with_test_endpoints(endpoint: str, redis_url: str, bucket: str) -> str:
+    """The seed's text; only where it points (endpoint, Redis, bucket) is redirected."""
+    return (SEED_STEPS_1_TO_4.replace("http://localhost:9000", endpoint)
+            .replace("LocalIndex(data_store=store)",
+                     f"LocalIndex({redis_url!r}, data_store=store)")
+            .replace('"datasets-bucket"', repr(bucket)))
+
+
+def test_seed_steps_1_to_4_run_through_the_sync_facade(moto_server, redis_url, bucket, raw_s3,
+                                                       tmp_path):
+    script = seed_with_test_endpoints(moto_server.url, redis_url, bucket) + textwrap.dedent("""
+        entry = local_index.get_entry_by_name("feature-vectors-v1")
+        assert entry == local_entry
+        back = list(atdata.Dataset[FeatureSample](entry.data_urls, store=store))
+        assert len(back) == 1000 and back[3].label == 3
+        np.testing.assert_array_equal(back[7].features, samples[7].features)
+        print(entry.data_urls[0], entry.checksums[entry.data_urls[0]])
+    """)
+    out = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    assert "ResourceWarning" not in out.stderr and "Unclosed" not in out.stderr, out.stderr
+    url, digest = out.stdout.split()
+    key = url.removeprefix(f"s3://{bucket}/")
+    assert key.startswith("features/data--")
+    body = raw_s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    assert body == (tmp_path / "features.tar").read_bytes()
+    assert digest == hashlib.sha256(body).hexdigest()
+
+
+def test_facade_objects_pass_through_as_cores_and_hide_secrets(s3_credentials, bucket):
+    store = atdata_async.sync.local.S3DataStore(s3_credentials, bucket=bucket)
+    index = atdata_async.sync.local.LocalIndex("redis://127.0.0.1:1/0", data_store=store)
+    assert isinstance(index._core.data_store, atdata_async.local.S3DataStore)
+    assert "testing-secret" not in repr(store) and "testing-secret" not in repr(index)
+    assert store.bucket == bucket
+    store.put_bytes("hello", b"world")
+    assert store.get_bytes(f"s3://{bucket}/hello") == b"world"
+    store.close()

@@ -1,0 +1,155 @@
+"""S3DataStore and insert_dataset against a moto S3 server and a real redis-server."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import anyio
+import pytest
+
+from atdata_async import ConfigurationError, Dataset, ShardTransferError, StorageError
+from atdata_async.local import LocalIndex, ObjectNotFoundError, S3DataStore
+from tests.conftest import TEST_PART, make_credentials
+from tests.samples import FeatureSample, write_shards
+
+pytestmark = pytest.mark.anyio
+
+
+def small_store(credentials, bucket, **kw) -> S3DataStore:
+    kw.setdefault("part_size", TEST_PART)
+    kw.setdefault("multipart_threshold", 2 * TEST_PART)
+    kw.setdefault("min_part_size", TEST_PART)
+    return S3DataStore(credentials, bucket=bucket, **kw)
+
+
+def test_credentials_from_env_file(tmp_path):
+    env = tmp_path / "creds.env"
+    env.write_text("# comment\nAWS_ENDPOINT=http://127.0.0.1:9\nexport AWS_ACCESS_KEY_ID='id'\n"
+                   "AWS_SECRET_ACCESS_KEY=\"top-secret\"\n")
+    store = S3DataStore(str(env), bucket="b")
+    assert (store.endpoint, store.credentials.access_key_id) == ("http://127.0.0.1:9", "id")
+    assert "top-secret" not in repr(store) and "top-secret" not in repr(store.credentials)
+    (tmp_path / "bad.env").write_text("AWS_SECRET_ACCESS_KEY=top-secret\n")
+    with pytest.raises(ValueError, match="AWS_ACCESS_KEY_ID") as info:
+        S3DataStore(str(tmp_path / "bad.env"), bucket="b")
+    assert "top-secret" not in str(info.value)
+    with pytest.raises(ValueError, match="AWS_ENDPOINT"):
+        S3DataStore({"AWS_ENDPOINT": "localhost:9000", "AWS_ACCESS_KEY_ID": "a",
+                     "AWS_SECRET_ACCESS_KEY": "b"}, bucket="b")
+    with pytest.raises(ConfigurationError):
+        S3DataStore(str(tmp_path / "missing.env"), bucket="b")
+
+
+async def test_insert_dataset_uploads_shards_byte_for_byte(s3_credentials, bucket, raw_s3,
+                                                           redis_url, tmp_path):
+    # 6 shards; shard size ~ 40 x 600 B = 24 KiB (single put) and two big ones (multipart)
+    paths = write_shards(tmp_path, 4, 40)
+    paths += write_shards(tmp_path, 2, 1500, stem="big")  # ~ 830 KiB each: 4 parts
+    seen = []
+    async with small_store(s3_credentials, bucket) as store, LocalIndex(redis_url,
+                                                                        data_store=store) as index:
+        await index.publish_schema(FeatureSample, version="1.0.0")
+        ds = Dataset[FeatureSample]([str(p) for p in paths])
+        entry = await index.insert_dataset(ds, name="feats", prefix="features",
+                                           progress=seen.append)
+        assert await store.list_multipart_uploads() == []
+        got = await index.get_entry_by_name("feats")
+        # read back through the store, keys preserved
+        keys = [k async for k, _ in Dataset[FeatureSample](entry.data_urls, store=store).items()]
+    assert got == entry and len(entry.data_urls) == 6
+    assert keys == [f"{i:06d}" for i in range(160)] + [f"{i:06d}" for i in range(3000)]
+    assert entry.metadata["num_samples"] == 3160
+    for path, url in zip(paths, entry.data_urls, strict=True):
+        assert url.startswith(f"s3://{bucket}/features/data--") and url.endswith(".tar")
+        body = raw_s3.get_object(Bucket=bucket, Key=url.split("/", 3)[3])["Body"].read()
+        assert body == path.read_bytes()
+        assert entry.checksums[url] == hashlib.sha256(body).hexdigest()
+        assert entry.shard_sizes[url] == len(body)
+    assert seen[-1].shards_done == 6 and seen[-1].bytes_done == seen[-1].bytes_total
+    assert seen[-1].bytes_total == sum(p.stat().st_size for p in paths)
+
+
+async def test_failed_multipart_upload_is_aborted(s3_credentials, bucket, tmp_path, monkeypatch):
+    paths = write_shards(tmp_path, 3, 1500)
+    store = small_store(s3_credentials, bucket)
+    original = S3DataStore._send_part
+
+    async def flaky(self, key, upload_id, number, *args):
+        if key.endswith("000001.tar") and number == 3:
+            raise StorageError("injected part failure")
+        await original(self, key, upload_id, number, *args)
+
+    monkeypatch.setattr(S3DataStore, "_send_part", flaky)
+    with pytest.raises(ShardTransferError) as info:
+        await store.upload_files([(p, f"k/{p.name}") for p in paths])
+    assert list(info.value.failures) == [str(paths[1])]
+    assert "injected part failure" in str(info.value)
+    assert await store.list_multipart_uploads() == []
+    await store.aclose()
+
+
+async def test_cancelled_upload_leaves_no_multipart_upload(s3_credentials, bucket, tmp_path,
+                                                           monkeypatch):
+    paths = write_shards(tmp_path, 2, 1500)
+    store = small_store(s3_credentials, bucket)
+    original = S3DataStore._send_part
+    started = anyio.Event()
+
+    async def slow(self, *args):
+        started.set()
+        await anyio.sleep(30)
+        await original(self, *args)
+
+    monkeypatch.setattr(S3DataStore, "_send_part", slow)
+    with anyio.move_on_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(store.upload_files, [(p, f"c/{p.name}") for p in paths])
+            await started.wait()
+            assert len(await store.list_multipart_uploads()) >= 1
+            tg.cancel_scope.cancel()
+    assert await store.list_multipart_uploads() == []
+    await store.aclose()
+
+
+async def test_memory_tokens_bound_parts_in_flight(s3_credentials, bucket, tmp_path, monkeypatch):
+    paths = write_shards(tmp_path, 4, 1500)
+    store = small_store(s3_credentials, bucket, max_concurrency=3)
+    peak = 0
+    original = S3DataStore._send_part
+
+    async def watch(self, *args):
+        nonlocal peak
+        peak = max(peak, self.buffers().borrowed_tokens)
+        await original(self, *args)
+
+    monkeypatch.setattr(S3DataStore, "_send_part", watch)
+    await store.upload_files([(p, f"m/{p.name}") for p in paths])
+    assert 1 <= peak <= 3
+    await store.aclose()
+
+
+async def test_clear_errors_for_bucket_credentials_endpoint(s3_credentials, bucket, moto_server):
+    missing = S3DataStore(s3_credentials, bucket="no-such-bucket")
+    with pytest.raises(ObjectNotFoundError, match="no-such-bucket"):
+        await missing.put_bytes("k", b"x")
+    async with S3DataStore(s3_credentials, bucket=bucket) as store:
+        with pytest.raises(KeyError):
+            await store.get_bytes(f"s3://{bucket}/nope")
+    dead = S3DataStore(make_credentials("http://127.0.0.1:1"), bucket=bucket, max_attempts=1)
+    with pytest.raises(StorageError, match=r"cannot reach http://127\.0\.0\.1:1") as info:
+        await dead.put_bytes("k", b"x")
+    assert "testing-secret-key" not in str(info.value)
+    for s in (missing, dead):
+        await s.aclose()
+
+
+async def test_sha256_of_streams_in_parts(s3_credentials, bucket, caplog):
+    caplog.set_level(logging.DEBUG)
+    store = small_store(s3_credentials, bucket)
+    data = bytes(range(256)) * 5000  # 1.28 MB, 5 ranges
+    await store.put_bytes("obj", data)
+    assert await store.sha256_of(f"s3://{bucket}/obj") == (hashlib.sha256(data).hexdigest(),
+                                                           len(data))
+    await store.aclose()
+    assert "testing-secret-key" not in caplog.text
