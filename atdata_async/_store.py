@@ -9,6 +9,7 @@ buffer first takes a token from one CapacityLimiter shared by all shards.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import hashlib
 import logging
 import os
@@ -31,6 +32,22 @@ from ._urls import S3Location, parse_s3_url
 log = logging.getLogger("atdata_async.s3")
 
 _REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# The sha256 of the body being sent, when we already computed it (off the event loop):
+# botocore then signs with it instead of hashing the body again on the loop.
+_body_sha256: contextvars.ContextVar[str | None] = contextvars.ContextVar("body_sha256",
+                                                                          default=None)
+
+
+def _use_known_body_sha256(request: Any, **_: Any) -> None:
+    digest = _body_sha256.get()
+    if digest is not None:
+        request.headers["X-Amz-Content-SHA256"] = digest
+
+
+def _hash_into(hasher: Any, data: bytes) -> str:
+    """Feed the running object hash and return the body's own sha256 (in a worker thread)."""
+    hasher.update(data)
+    return hashlib.sha256(data).hexdigest()
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 
@@ -106,8 +123,8 @@ class S3DataStore:
         *,
         bucket: str,
         part_size: int = 16 * MIB,
-        multipart_threshold: int = 64 * MIB,
-        max_concurrency: int = 16,
+        multipart_threshold: int = 32 * MIB,
+        max_concurrency: int = 8,
         min_part_size: int = 5 * MIB,
         max_attempts: int = 5,
     ) -> None:
@@ -175,6 +192,8 @@ class S3DataStore:
                 config=config,
             )
         )
+        client.meta.events.register("before-sign.s3.PutObject", _use_known_body_sha256)
+        client.meta.events.register("before-sign.s3.UploadPart", _use_known_body_sha256)
         self._stack = stack
         return client
 
@@ -261,11 +280,16 @@ class S3DataStore:
             await anyio.to_thread.run_sync(hasher.update, chunk)
         return hasher.hexdigest(), size
 
-    async def put_bytes(self, key: str, data: bytes) -> str:
+    async def put_bytes(self, key: str, data: bytes, sha256_hex: str | None = None) -> str:
+        """PutObject; ``sha256_hex`` (of ``data``) spares botocore hashing it again."""
         s3 = await self.client()
         url = self.url(key)
-        with self.errors("PutObject", url):
-            response = await s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        reset = _body_sha256.set(sha256_hex)
+        try:
+            with self.errors("PutObject", url):
+                response = await s3.put_object(Bucket=self.bucket, Key=key, Body=data)
+        finally:
+            _body_sha256.reset(reset)
         return str(response.get("ETag", "")).strip('"')
 
     async def delete(self, url: str) -> None:
@@ -315,7 +339,7 @@ class S3DataStore:
                 data = await read(size)
                 _check_length(url, data, size)
                 await anyio.to_thread.run_sync(hasher.update, data)
-                etag = await self.put_bytes(key, data)
+                etag = await self.put_bytes(key, data, hasher.hexdigest())
             if tracker:
                 tracker.add_bytes(size)
             return ShardUpload(url, size, hasher.hexdigest(), etag)
@@ -333,12 +357,12 @@ class S3DataStore:
                         try:
                             data = await read(part.size)
                             _check_length(url, data, part.size)
-                            await anyio.to_thread.run_sync(hasher.update, data)
+                            digest = await anyio.to_thread.run_sync(_hash_into, hasher, data)
                         except BaseException:
                             self.buffers().release_on_behalf_of(token)
                             raise
-                        tg.start_soon(self._send_part, key, upload_id, part.number, data, token,
-                                      etags, tracker)
+                        tg.start_soon(self._send_part, key, upload_id, part.number, data,
+                                      digest, token, etags, tracker)
             etag = await self.complete_multipart(key, upload_id, etags)
         except BaseException:
             await self.abort_multipart(key, upload_id)
@@ -351,16 +375,21 @@ class S3DataStore:
         upload_id: str,
         number: int,
         data: bytes,
+        digest: str,
         token: object,
         etags: dict[int, str],
         tracker: ProgressTracker | None,
     ) -> None:
         try:
             s3 = await self.client()
+            reset = _body_sha256.set(digest)
             with self.errors(f"UploadPart {number}", self.url(key)):
-                response = await s3.upload_part(
-                    Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data
-                )
+                try:
+                    response = await s3.upload_part(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
+                        Body=data)
+                finally:
+                    _body_sha256.reset(reset)
             etags[number] = response["ETag"]
             if tracker:
                 tracker.add_bytes(len(data))

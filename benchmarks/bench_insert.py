@@ -35,7 +35,8 @@ def variant_ours(a: argparse.Namespace) -> dict:
 
     async def main() -> None:
         store = S3DataStore(credentials(a.endpoint), bucket=a.bucket, max_concurrency=a.concurrency,
-                            part_size=a.part_mib * MIB, multipart_threshold=a.part_mib * MIB)
+                            part_size=a.part_mib * MIB,
+                            multipart_threshold=a.threshold_mib * MIB)
         async with store, LocalIndex(a.redis, data_store=store) as index:
             ds = Dataset[FeatureSample](a.paths)
             await index.insert_dataset(ds, name=f"bench-{uuid.uuid4().hex[:6]}")
@@ -65,8 +66,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shards", type=int, default=64)
     parser.add_argument("--shard-mib", type=float, default=16)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--part-mib", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--part-mib", type=int, default=16)
+    parser.add_argument("--threshold-mib", type=int, default=32)
     parser.add_argument("--variant")
     parser.add_argument("--endpoint")
     parser.add_argument("--redis")
@@ -97,13 +99,15 @@ def main() -> None:
                 result = run_child(__file__, [
                     "--variant", name, "--endpoint", moto.url, "--redis", redis.url,
                     "--bucket", bucket, "--concurrency", str(a.concurrency),
-                    "--part-mib", str(a.part_mib), "--paths", *paths])
+                    "--part-mib", str(a.part_mib), "--threshold-mib", str(a.threshold_mib),
+                    "--paths", *paths])
                 rows.append({"name": name, **result})
         finally:
             moto.stop()
             redis.stop()
     print_table(f"insert {a.shards} shards x {a.shard_mib} MiB = {total / MIB:.0f} MiB into moto "
-                f"(concurrency {a.concurrency}, part {a.part_mib} MiB)", rows, total,
+                f"(concurrency {a.concurrency}, part {a.part_mib} MiB, "
+                f"multipart above {a.threshold_mib} MiB)", rows, total,
                 "sequential PutObject (baseline)")
 
 

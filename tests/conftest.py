@@ -89,3 +89,20 @@ def raw_s3(moto_server):
     """A plain boto3 client to inspect what landed in S3."""
     return boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="y")
+
+
+@pytest.fixture(scope="session")
+def pds(tmp_path_factory):
+    """The reference PDS (+ in-memory PLC), started once for the session."""
+    service = services.start_pds(tmp_path_factory.mktemp("pds"))
+    yield service
+    service.stop()
+
+
+_accounts = iter(range(10_000))
+
+
+@pytest.fixture
+def pds_account(pds) -> dict:
+    """A fresh ``.test`` account on the session PDS."""
+    return services.create_account(pds.url, f"u{next(_accounts)}-{uuid.uuid4().hex[:6]}")

@@ -146,9 +146,9 @@ def start_pds(workdir: Path, *, rate_limits: bool = False) -> Service:
                  "PDS_MOD_SERVICE_DID", "PDS_REPORT_SERVICE_URL", "PDS_REPORT_SERVICE_DID",
                  "PDS_EMAIL_SMTP_URL", "PDS_REDIS_SCRATCH_ADDRESS", "PDS_ENTRYWAY_URL"):
         env.pop(name, None)
-    log = open(workdir / "pds.log", "wb")  # noqa: SIM115 (lives as long as the process)
-    proc = subprocess.Popen([node, str(home / "pds-server.mjs")], cwd=home, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    with open(workdir / "pds.log", "wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([node, str(home / "pds-server.mjs")], cwd=home, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: urllib.request.urlopen(url + "/xrpc/_health", timeout=2).status == 200,
                90, f"PDS (log: {workdir / 'pds.log'})", proc)

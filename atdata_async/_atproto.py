@@ -1,0 +1,70 @@
+"""ATProto identifiers (pure): at-uris, record keys, TIDs."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from typing import NamedTuple
+
+from ._errors import ConfigurationError
+
+_AT_URI = re.compile(r"^at://([^/?#]+)/([a-zA-Z][a-zA-Z0-9.-]*[a-zA-Z0-9])/([^/?#]+)$")
+_RKEY = re.compile(r"^[A-Za-z0-9._:~-]{1,512}$")
+_TID_CHARS = "234567abcdefghijklmnopqrstuvwxyz"
+_TID = re.compile(r"^[234567abcdefghij][234567abcdefghijklmnopqrstuvwxyz]{12}$")
+
+
+class AtUri(NamedTuple):
+    repo: str
+    collection: str
+    rkey: str
+
+    def __str__(self) -> str:
+        return f"at://{self.repo}/{self.collection}/{self.rkey}"
+
+
+def parse_at_uri(uri: str, collection: str | None = None) -> AtUri:
+    """``at://repo/collection/rkey``; a malformed URI or another collection is a ValueError."""
+    match = _AT_URI.match(uri) if isinstance(uri, str) else None
+    if match is None:
+        raise ConfigurationError(f"not a record at-uri (at://repo/collection/rkey): {uri!r}")
+    parsed = AtUri(*match.groups())
+    if collection is not None and parsed.collection != collection:
+        raise ConfigurationError(f"{uri} is a {parsed.collection} record, not {collection}")
+    return parsed
+
+
+def is_record_key(rkey: str) -> bool:
+    return bool(_RKEY.match(rkey)) and rkey not in (".", "..")
+
+
+def record_key_from(text: str) -> str:
+    """A valid record key made from arbitrary text (invalid characters become '_')."""
+    key = re.sub(r"[^A-Za-z0-9._:~-]", "_", text)[:512]
+    return key if is_record_key(key) else f"k{key}"
+
+
+_tid_lock = threading.Lock()
+_last_tid_us = 0
+_CLOCK_ID = secrets.randbelow(1024)
+
+
+def tid_from(microseconds: int, clock_id: int = _CLOCK_ID) -> str:
+    """The 13-character sortable TID for a timestamp (µs since epoch) and clock id."""
+    value = (microseconds << 10) | (clock_id & 0x3FF)
+    return "".join(_TID_CHARS[(value >> (5 * i)) & 31] for i in reversed(range(13)))
+
+
+def next_tid() -> str:
+    """A fresh TID, strictly increasing within this process."""
+    global _last_tid_us
+    with _tid_lock:
+        now = max(time.time_ns() // 1000, _last_tid_us + 1)
+        _last_tid_us = now
+    return tid_from(now)
+
+
+def is_tid(value: str) -> bool:
+    return bool(_TID.match(value))

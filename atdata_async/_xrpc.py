@@ -1,0 +1,408 @@
+"""AtmosphereClient: an async XRPC client on httpx.
+
+This module is the one place where HTTP and XRPC failures become library errors, and
+the one place that retries: 429 waits for the advertised reset (bounded), 5xx and
+transport errors back off with jitter for calls that are safe to repeat, and an
+expired access token is refreshed (proactively before expiry, reactively on
+``ExpiredToken``) and the call retried once.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+
+from ._errors import (
+    AuthError,
+    ConflictError,
+    RateLimitedError,
+    RecordNotFoundError,
+    ValidationError,
+    XrpcError,
+)
+from ._lexicon import find_float
+
+log = logging.getLogger("atdata_async.xrpc")
+
+MAX_WRITES_PER_CALL = 200
+_AUTH_ERRORS = {"AuthenticationRequired", "InvalidToken", "ExpiredToken", "AuthMissing",
+                "AccountTakedown", "InvalidAppPassword"}
+_NOT_FOUND_ERRORS = {"RecordNotFound", "RepoNotFound", "NotFound", "BlobNotFound",
+                     "HandleNotFound", "CouldNotResolveHandle"}
+_CONFLICT_ERRORS = {"InvalidSwap", "DuplicateCreate", "RecordAlreadyExists"}
+# Procedures whose repetition after a lost response cannot change the outcome.
+_REPEATABLE_PROCEDURES = {"com.atproto.repo.putRecord", "com.atproto.repo.deleteRecord",
+                          "com.atproto.server.createSession"}
+_RETRY_STATUSES = {500, 502, 503, 504}
+
+
+@dataclass(frozen=True)
+class Session:
+    """A logged-in session. Tokens never appear in the repr."""
+
+    did: str
+    handle: str
+    access_jwt: str = field(repr=False)
+    refresh_jwt: str = field(repr=False)
+    pds_url: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"did": self.did, "handle": self.handle, "accessJwt": self.access_jwt,
+                "refreshJwt": self.refresh_jwt, "pdsUrl": self.pds_url}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Session:
+        return cls(data["did"], data["handle"], data["accessJwt"], data["refreshJwt"],
+                   data.get("pdsUrl"))
+
+
+def jwt_expiry(token: str) -> float | None:
+    """The ``exp`` claim of a JWT (not verified: only to refresh before it lapses)."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return float(claims["exp"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _pds_from_did_doc(doc: Any) -> str | None:
+    for service in (doc or {}).get("service", []) if isinstance(doc, dict) else []:
+        if service.get("id", "").endswith("#atproto_pds") and service.get("serviceEndpoint"):
+            return str(service["serviceEndpoint"]).rstrip("/")
+    return None
+
+
+class AtmosphereClient:
+    """An ATProto account's client. ``await client.login(handle, app_password)``.
+
+    ``on_session_change(session_dict)`` is called after login and every refresh so a
+    script can persist tokens. Rate limits are waited out up to ``max_rate_limit_wait``
+    seconds, else RateLimitedError (with ``reset_at``) is raised.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "https://bsky.social",
+        *,
+        on_session_change: Callable[[dict[str, Any]], None] | None = None,
+        max_rate_limit_wait: float = 60.0,
+        max_retries: int = 4,
+        backoff_base: float = 0.5,
+        refresh_margin: float = 60.0,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.on_session_change = on_session_change
+        self.max_rate_limit_wait = max_rate_limit_wait
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.refresh_margin = refresh_margin
+        self.timeout = timeout
+        self._transport = transport
+        self._http: httpx.AsyncClient | None = None
+        self._session: Session | None = None
+        self._refresh_lock: anyio.Lock | None = None
+        self.request_count = 0
+
+    def __repr__(self) -> str:
+        who = self._session.handle if self._session else "not logged in"
+        return f"AtmosphereClient({self.base_url!r}, {who})"
+
+    # -- session -----------------------------------------------------------------------
+
+    @property
+    def session(self) -> Session | None:
+        return self._session
+
+    @property
+    def did(self) -> str:
+        return self._require_session().did
+
+    @property
+    def handle(self) -> str:
+        return self._require_session().handle
+
+    @property
+    def is_authenticated(self) -> bool:
+        return self._session is not None
+
+    @property
+    def service_url(self) -> str:
+        """Where requests go: the session's PDS when the DID document names one."""
+        if self._session is not None and self._session.pds_url:
+            return self._session.pds_url
+        return self.base_url
+
+    def _require_session(self) -> Session:
+        if self._session is None:
+            raise AuthError("(no call)", None, "NotLoggedIn",
+                            "this AtmosphereClient is not logged in: call login() first")
+        return self._session
+
+    async def login(
+        self,
+        handle_or_did: str | None = None,
+        app_password: str | None = None,
+        *,
+        session: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Log this client in with a password, or resume an exported session."""
+        if session is not None:
+            self._set_session(Session.from_dict(session))
+            return self.export_session()
+        if not handle_or_did or not app_password:
+            raise AuthError("com.atproto.server.createSession", None, "InvalidRequest",
+                            "login needs a handle (or DID) and an app password")
+        body = await self._xrpc("com.atproto.server.createSession", procedure=True, auth=False,
+                                json_body={"identifier": handle_or_did,
+                                           "password": app_password})
+        self._set_session(Session(body["did"], body["handle"], body["accessJwt"],
+                                  body["refreshJwt"], _pds_from_did_doc(body.get("didDoc"))))
+        return self.export_session()
+
+    def export_session(self) -> dict[str, Any]:
+        """The session as a dict to persist (it holds tokens: keep it private)."""
+        return self._require_session().to_dict()
+
+    def _set_session(self, session: Session) -> None:
+        self._session = session
+        if self.on_session_change is not None:
+            self.on_session_change(session.to_dict())
+
+    async def refresh_session(self) -> None:
+        """Trade the refresh token for new tokens (one refresh at a time)."""
+        if self._refresh_lock is None:
+            self._refresh_lock = anyio.Lock()
+        stale = self._require_session()
+        async with self._refresh_lock:
+            if self._session is not stale:  # someone else refreshed while we waited
+                return
+            body = await self._xrpc("com.atproto.server.refreshSession", procedure=True,
+                                    auth=False, token=stale.refresh_jwt)
+            self._set_session(Session(body["did"], body["handle"], body["accessJwt"],
+                                      body["refreshJwt"],
+                                      _pds_from_did_doc(body.get("didDoc")) or stale.pds_url))
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    async def __aenter__(self) -> AtmosphereClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- the one request path ----------------------------------------------------------
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(timeout=self.timeout, transport=self._transport,
+                                           headers={"user-agent": "atdata-async"})
+        return self._http
+
+    async def _xrpc(
+        self,
+        method: str,
+        *,
+        procedure: bool = False,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        content: bytes | None = None,
+        content_type: str | None = None,
+        auth: bool = True,
+        token: str | None = None,
+    ) -> Any:
+        repeatable = not procedure or method in _REPEATABLE_PROCEDURES
+        refreshed = False
+        attempt = 0
+        while True:
+            if auth:
+                session = self._require_session()
+                expiry = jwt_expiry(session.access_jwt)
+                if (expiry is not None and expiry - time.time() < self.refresh_margin
+                        and not refreshed):
+                    await self.refresh_session()
+                    refreshed = True
+                token = self._require_session().access_jwt
+            headers = {"authorization": f"Bearer {token}"} if token else {}
+            if content_type:
+                headers["content-type"] = content_type
+            url = f"{self.service_url}/xrpc/{method}"
+            self.request_count += 1
+            try:
+                response = await self._client().request(
+                    "POST" if procedure else "GET", url, params=_query(params),
+                    json=json_body, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if repeatable and attempt < self.max_retries:
+                    attempt += 1
+                    await self._backoff(method, attempt, repr(exc))
+                    continue
+                raise XrpcError(method, None, type(exc).__name__, str(exc) or repr(exc)) from exc
+            if response.status_code == 200:
+                return response.json() if response.content else {}
+            error, message = _error_fields(response)
+            if auth and error == "ExpiredToken" and not refreshed:
+                await self.refresh_session()
+                refreshed = True
+                continue
+            if response.status_code == 429:
+                reset_at = _reset_at(response)
+                wait = max(0.0, reset_at - time.time()) if reset_at else 1.0
+                if wait <= self.max_rate_limit_wait and attempt < self.max_retries:
+                    attempt += 1
+                    log.info("%s rate limited; waiting %.1fs", method, wait)
+                    await anyio.sleep(wait)
+                    continue
+                raise RateLimitedError(method, 429, error, message, reset_at=reset_at)
+            if (response.status_code in _RETRY_STATUSES and repeatable
+                    and attempt < self.max_retries):
+                attempt += 1
+                await self._backoff(method, attempt, f"{response.status_code} {error}")
+                continue
+            raise _error_for(method, response.status_code, error, message)
+
+    async def _backoff(self, method: str, attempt: int, why: str) -> None:
+        delay = random.uniform(0, self.backoff_base * 2 ** (attempt - 1))  # full jitter
+        log.info("%s failed (%s); retry %d in %.2fs", method, why, attempt, delay)
+        await anyio.sleep(delay)
+
+    async def query(self, method: str, params: dict[str, Any] | None = None,
+                    *, auth: bool = True) -> Any:
+        """A GET XRPC call (safe to repeat)."""
+        return await self._xrpc(method, params=params, auth=auth and self.is_authenticated)
+
+    async def procedure(self, method: str, body: Any = None) -> Any:
+        """A POST XRPC call with a JSON body (refused before sending if it holds a float)."""
+        found = find_float(body, "body")
+        if found:
+            raise ValidationError(found.removeprefix("body."),
+                                  "is a float; ATProto records allow no floats")
+        return await self._xrpc(method, procedure=True, json_body=body)
+
+    # -- records -----------------------------------------------------------------------
+
+    async def create_record(
+        self, collection: str, record: dict[str, Any], *, rkey: str | None = None,
+        validate: bool | None = None,
+    ) -> dict[str, Any]:
+        """Create a record; ``{uri, cid}``. Not repeated blindly after a 5xx."""
+        body: dict[str, Any] = {"repo": self.did, "collection": collection, "record": record}
+        if rkey is not None:
+            body["rkey"] = rkey
+        if validate is not None:
+            body["validate"] = validate
+        return await self.procedure("com.atproto.repo.createRecord", body)
+
+    async def put_record(
+        self, collection: str, rkey: str, record: dict[str, Any], *,
+        swap_record: str | None = None, validate: bool | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace the record at ``rkey``; ``swap_record`` guards a CID."""
+        body: dict[str, Any] = {"repo": self.did, "collection": collection, "rkey": rkey,
+                                "record": record}
+        if swap_record is not None:
+            body["swapRecord"] = swap_record
+        if validate is not None:
+            body["validate"] = validate
+        return await self.procedure("com.atproto.repo.putRecord", body)
+
+    async def get_record(self, collection: str, rkey: str, *,
+                         repo: str | None = None) -> dict[str, Any]:
+        """``{uri, cid, value}``; RecordNotFoundError (a KeyError) when missing."""
+        return await self.query("com.atproto.repo.getRecord",
+                                {"repo": repo or self.did, "collection": collection,
+                                 "rkey": rkey})
+
+    async def delete_record(self, collection: str, rkey: str) -> None:
+        await self.procedure("com.atproto.repo.deleteRecord",
+                             {"repo": self.did, "collection": collection, "rkey": rkey})
+
+    async def list_records(
+        self, collection: str, *, repo: str | None = None, page_size: int = 100,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Every record of a collection, following the cursor to the end."""
+        cursor = None
+        while True:
+            params = {"repo": repo or self.did, "collection": collection,
+                      "limit": min(100, page_size), "cursor": cursor}
+            page = await self.query("com.atproto.repo.listRecords", params)
+            for record in page.get("records", []):
+                yield record
+            cursor = page.get("cursor")
+            if not cursor or not page.get("records"):
+                return
+
+    async def apply_writes(self, writes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Apply writes in atomic chunks of at most 200; returns each write's result."""
+        results: list[dict[str, Any]] = []
+        for start in range(0, len(writes), MAX_WRITES_PER_CALL):
+            chunk = list(writes[start:start + MAX_WRITES_PER_CALL])
+            body = await self.procedure("com.atproto.repo.applyWrites",
+                                        {"repo": self.did, "writes": chunk})
+            results.extend(body.get("results", []))
+        return results
+
+    async def upload_blob(self, data: bytes, content_type: str = "application/octet-stream"
+                          ) -> dict[str, Any]:
+        """Upload bytes; returns the blob ref to put in a record."""
+        body = await self._xrpc("com.atproto.repo.uploadBlob", procedure=True, content=data,
+                                content_type=content_type)
+        return body["blob"]
+
+    async def resolve_handle(self, handle: str) -> str:
+        body = await self.query("com.atproto.identity.resolveHandle", {"handle": handle})
+        return str(body["did"])
+
+    async def describe_repo(self, repo: str | None = None) -> dict[str, Any]:
+        return await self.query("com.atproto.repo.describeRepo", {"repo": repo or self.did})
+
+
+def _query(params: dict[str, Any] | None) -> dict[str, Any] | None:
+    if params is None:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+    try:
+        body = response.json()
+    except ValueError:
+        return None, response.text[:200] or response.reason_phrase
+    if not isinstance(body, dict):
+        return None, None
+    return body.get("error"), body.get("message")
+
+
+def _reset_at(response: httpx.Response) -> float | None:
+    """When a 429 ends, as epoch seconds (``ratelimit-reset``, else ``retry-after``)."""
+    reset = response.headers.get("ratelimit-reset")
+    if reset and reset.isdigit():
+        return float(reset)
+    retry_after = response.headers.get("retry-after")
+    if retry_after and retry_after.isdigit():
+        return time.time() + float(retry_after)
+    return None
+
+
+def _error_for(method: str, status: int, error: str | None, message: str | None) -> XrpcError:
+    if error in _AUTH_ERRORS or status == 401:
+        return AuthError(method, status, error, message)
+    if error in _NOT_FOUND_ERRORS:
+        return RecordNotFoundError(method, status, error, message)
+    if error in _CONFLICT_ERRORS or status == 409:
+        return ConflictError(method, status, error, message)
+    return XrpcError(method, status, error, message)
