@@ -24,7 +24,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ._errors import ConfigurationError, NotFoundError, StorageError
-from ._parts import MIB, plan_parts
+from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
 from ._tasks import run_per_shard, single_error
 from ._urls import S3Location, parse_s3_url
@@ -127,6 +127,8 @@ class S3DataStore:
         max_concurrency: int = 8,
         min_part_size: int = 5 * MIB,
         max_attempts: int = 5,
+        copy_multipart_threshold: int = 1024 * MIB,
+        copy_part_size: int = 128 * MIB,
     ) -> None:
         if not bucket or "/" in bucket:
             raise ConfigurationError(f"bucket must be a bare bucket name, got {bucket!r}")
@@ -137,6 +139,8 @@ class S3DataStore:
         self.max_concurrency = max_concurrency
         self.min_part_size = min_part_size
         self.max_attempts = max_attempts
+        self.copy_multipart_threshold = min(copy_multipart_threshold, MAX_SINGLE_COPY)
+        self.copy_part_size = copy_part_size
         self._client: Any = None
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock: anyio.Lock | None = None
@@ -196,6 +200,10 @@ class S3DataStore:
         client.meta.events.register("before-sign.s3.UploadPart", _use_known_body_sha256)
         self._stack = stack
         return client
+
+    def shares_account_with(self, other: S3DataStore) -> bool:
+        """True when a server-side copy from ``other`` to this store is possible."""
+        return self.credentials == other.credentials
 
     def buffers(self) -> anyio.CapacityLimiter:
         """Tokens for requests holding a part-sized buffer (bounds memory)."""
@@ -430,6 +438,71 @@ class S3DataStore:
         return await run_per_shard(
             [str(p) for p, _ in files], list(files), one, self.max_concurrency, tracker
         )
+
+
+    # -- copies ------------------------------------------------------------------------
+
+    async def copy_from(
+        self, source: S3DataStore, src_url: str, key: str, size: int,
+        tracker: ProgressTracker | None = None,
+    ) -> ShardUpload:
+        """Copy an object into this store: server-side when the account is shared,
+        else streamed through ranged GETs into a (multipart) upload, hashed on the way."""
+        if self.shares_account_with(source):
+            return await self.server_side_copy(src_url, key, size, tracker)
+
+        position = 0
+
+        async def read(n: int) -> bytes:
+            nonlocal position
+            data = await source.get_bytes(src_url, (position, position + n)) if n else b""
+            position += n
+            return data
+
+        return await self.upload_stream(read, size, key, tracker)
+
+    async def server_side_copy(
+        self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None
+    ) -> ShardUpload:
+        """CopyObject, or parallel UploadPartCopy ranges above the copy threshold."""
+        src = parse_s3_url(src_url)
+        s3 = await self.client()
+        url = self.url(key)
+        copy_source = {"Bucket": src.bucket, "Key": src.key}
+        if size <= self.copy_multipart_threshold:
+            async with self.buffers():
+                with self.errors("CopyObject", f"{src_url} -> {url}"):
+                    response = await s3.copy_object(Bucket=self.bucket, Key=key,
+                                                    CopySource=copy_source)
+            if tracker:
+                tracker.add_bytes(size)
+            etag = str(response.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            return ShardUpload(url, size, None, etag)
+        parts = plan_parts(size, self.copy_part_size, self.min_part_size)
+        with self.errors("CreateMultipartUpload", url):
+            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+        etags: dict[int, str] = {}
+
+        async def copy_part(part: Any) -> None:
+            async with self.buffers():
+                with self.errors(f"UploadPartCopy {part.number}", url):
+                    response = await s3.upload_part_copy(
+                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
+                        CopySource=copy_source, CopySourceRange=part.copy_range)
+            etags[part.number] = response["CopyPartResult"]["ETag"]
+            if tracker:
+                tracker.add_bytes(part.size)
+
+        try:
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    for part in parts:
+                        tg.start_soon(copy_part, part)
+            etag = await self.complete_multipart(key, upload_id, etags)
+        except BaseException:
+            await self.abort_multipart(key, upload_id)
+            raise
+        return ShardUpload(url, size, None, etag)
 
 
 def _check_length(url: str, data: bytes, expected: int) -> None:

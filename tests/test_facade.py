@@ -12,14 +12,20 @@ import textwrap
 import pytest
 
 import atdata_async
+import atdata_async.atmosphere
 import atdata_async.local
+import atdata_async.promote
 import atdata_async.sync
+import atdata_async.sync.atmosphere
 import atdata_async.sync.local
+import atdata_async.sync.promote
 from atdata_async._portal import Facade
 
 PAIRS = [
     (atdata_async.sync.local, atdata_async.local),
+    (atdata_async.sync.atmosphere, atdata_async.atmosphere),
     (atdata_async.sync, atdata_async),
+    (atdata_async.sync.promote, atdata_async.promote),
 ]
 
 
@@ -45,11 +51,19 @@ def test_facade_signatures_match_the_async_core(name, facade, core):
                 == inspect.signature(getattr(core, method)).parameters), method
 
 
+def test_promote_facade_has_the_async_signature():
+    sync_fn = atdata_async.sync.promote.promote_to_atmosphere
+    async_fn = atdata_async.promote.promote_to_atmosphere
+    assert inspect.iscoroutinefunction(async_fn) and not inspect.iscoroutinefunction(sync_fn)
+    assert inspect.signature(sync_fn) == inspect.signature(async_fn)
+
+
 def test_non_facade_names_are_the_same_objects():
     for sync_mod, async_mod in PAIRS:
         for name in sync_mod.__all__:
             obj = getattr(sync_mod, name)
-            if not (isinstance(obj, type) and issubclass(obj, Facade)):
+            if not (isinstance(obj, type) and issubclass(obj, Facade)) and name != (
+                    "promote_to_atmosphere"):
                 assert obj is getattr(async_mod, name), name
 
 

@@ -1,0 +1,317 @@
+"""Promotion: publish a local dataset entry as ATProto records.
+
+    plan_promotion (pure: validates everything, decides what to copy and what to write)
+      -> one task group: find-or-publish the schema record | copy or checksum each shard
+      -> write the dataset record last
+
+Nothing remote is written before the plan validates; if a shard fails, every open
+multipart upload is aborted and no dataset record is written.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._atproto import next_tid, record_key_from
+from ._errors import AuthError, EntryError, XrpcError
+from ._index import LocalDatasetEntry, LocalIndex
+from ._lexicon import (
+    DATASET_COLLECTION,
+    SCHEMA_COLLECTION,
+    Checksum,
+    DatasetRecord,
+    DatasetSize,
+    HttpShard,
+    S3Shard,
+    StorageHttp,
+    StorageS3,
+    schema_record_from_local,
+    to_json,
+    validate_dataset,
+)
+from ._progress import ProgressCallback, ProgressTracker
+from ._schema import now_iso, parse_schema_ref
+from ._store import S3DataStore, ShardUpload
+from ._tasks import run_per_shard, single_error
+from ._urls import local_path, parse_s3_url, url_kind
+from ._xrpc import AtmosphereClient
+
+INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples")
+KNOWN_METADATA = {"source_uri": "sourceUri", "created_by": "createdBy", "version": "version",
+                  "processing_steps": "processingSteps", "split": "split"}
+_PLACEHOLDER_REF = "at://did:plc:placeholder/science.alt.dataset.schema/x"
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One shard: where it is, where it goes (None = stays), what we know of it."""
+
+    source_url: str
+    kind: str
+    dest_key: str | None
+    size: int | None
+    sha256: str | None
+
+
+@dataclass(frozen=True)
+class PromotionPlan:
+    """What a promotion will do; built and validated without any I/O."""
+
+    record: DatasetRecord
+    shards: list[ShardPlan]
+    schema_name: str
+    schema_version: str
+
+    @property
+    def copies(self) -> bool:
+        return any(s.dest_key is not None for s in self.shards)
+
+
+def record_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """atdata's record form: known keys camelCased, everything else under ``custom``."""
+    if not metadata:
+        return None
+    out: dict[str, Any] = {}
+    custom: dict[str, Any] = {}
+    for key, value in metadata.items():
+        if key in INTERNAL_METADATA:
+            continue
+        if key in KNOWN_METADATA:
+            out[KNOWN_METADATA[key]] = value
+        else:
+            custom[key] = value
+    if custom:
+        out["custom"] = custom
+    return out or None
+
+
+def plan_promotion(
+    entry: LocalDatasetEntry,
+    *,
+    copy_to: S3DataStore | None,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Sequence[str] | None = None,
+    license: str | None = None,
+) -> PromotionPlan:
+    """Validate the entry and the record-to-be; decide each shard's fate. Pure."""
+    if not entry.data_urls:
+        raise EntryError(f"entry {entry.name!r} has no data URLs: nothing to promote")
+    schema_name, schema_version = parse_schema_ref(entry.schema_ref)
+    kinds = [url_kind(u) for u in entry.data_urls]
+    if copy_to is None:
+        local = [u for u, k in zip(entry.data_urls, kinds, strict=True) if k == "file"]
+        if local:
+            raise EntryError(f"{local[0]} is a local path that nobody else can read; pass "
+                             "data_store=S3DataStore(...) to copy the shards somewhere public")
+        if len(set(kinds)) > 1:
+            raise EntryError("the entry mixes s3:// and http(s) URLs; pass data_store= to copy "
+                             "them into one store")
+        if kinds[0] == "s3" and len({parse_s3_url(u).bucket for u in entry.data_urls}) > 1:
+            raise EntryError("the entry's shards span several buckets; pass data_store= to copy "
+                             "them into one")
+    final_name = name if name is not None else entry.name
+    checksums, sizes = entry.checksums, entry.shard_sizes
+    shards = []
+    seen: set[str] = set()
+    for url, kind in zip(entry.data_urls, kinds, strict=True):
+        dest = None
+        if copy_to is not None:
+            base = posixpath.basename(local_path(url) if kind == "file" else url.split("?")[0])
+            dest = f"promoted/{final_name}/{base}"
+            if dest in seen:
+                raise EntryError(f"two shards are both named {base!r}; they would collide")
+            seen.add(dest)
+        shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url)))
+    samples = (entry.metadata or {}).get("num_samples")
+    record = DatasetRecord(
+        name=final_name, schema_ref=_PLACEHOLDER_REF, created_at=now_iso(),
+        storage=StorageS3(bucket="placeholder", shards=[S3Shard(key="k")]),
+        description=description, tags=list(tags) if tags is not None else None,
+        license=license, metadata=record_metadata(entry.metadata),
+        size=DatasetSize(samples=samples if isinstance(samples, int) else None,
+                         shards=len(shards)))
+    validate_dataset(record)
+    return PromotionPlan(record, shards, schema_name, schema_version)
+
+
+# -- schema records: one listing per client, single flight per schema --------------------
+
+
+class SchemaRegistry:
+    """The client's schema records by (bare name, version), listed once and cached."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, str], str] | None = None
+        self._listing: anyio.Lock | None = None
+        self._inflight: dict[tuple[str, str], anyio.Lock] = {}
+
+    async def _load(self, client: AtmosphereClient) -> dict[tuple[str, str], str]:
+        if self._listing is None:
+            self._listing = anyio.Lock()
+        async with self._listing:
+            if self._known is None:
+                known: dict[tuple[str, str], str] = {}
+                async for rec in client.list_records(SCHEMA_COLLECTION):
+                    value = rec.get("value", {})
+                    if isinstance(value.get("name"), str) and isinstance(value.get("version"), str):
+                        bare = value["name"].rsplit(".", 1)[-1]  # atdata may store module.Class
+                        known.setdefault((bare, value["version"]), rec["uri"])
+                self._known = known
+        return self._known
+
+    async def find_or_publish(self, client: AtmosphereClient, local: dict[str, Any]) -> str:
+        key = (local["name"].rsplit(".", 1)[-1], local["version"])
+        known = await self._load(client)
+        if key in known:
+            return known[key]
+        lock = self._inflight.setdefault(key, anyio.Lock())
+        async with lock:
+            if key in known:
+                return known[key]
+            record = to_json(schema_record_from_local(local, now_iso()))
+            rkey = record_key_from(f"{key[0]}@{key[1]}")
+            try:
+                uri = (await client.create_record(SCHEMA_COLLECTION, record, rkey=rkey))["uri"]
+            except XrpcError:
+                # Another process (or a lost response) may have created it: reuse it if so.
+                try:
+                    got = await client.get_record(SCHEMA_COLLECTION, rkey)
+                except XrpcError:
+                    got = None
+                if got is None or got["value"].get("version") != key[1]:
+                    raise
+                uri = got["uri"]
+            known[key] = uri
+            return uri
+
+
+_registries: weakref.WeakKeyDictionary[AtmosphereClient, SchemaRegistry] = (
+    weakref.WeakKeyDictionary())
+
+
+def schema_registry(client: AtmosphereClient) -> SchemaRegistry:
+    registry = _registries.get(client)
+    if registry is None:
+        registry = _registries[client] = SchemaRegistry()
+    return registry
+
+
+# -- shards ------------------------------------------------------------------------------
+
+
+async def _settle_shard(
+    plan: ShardPlan, source: S3DataStore | None, dest: S3DataStore | None,
+    compute_checksums: bool, tracker: ProgressTracker,
+) -> ShardPlan:
+    """Copy one shard (or just learn its size and checksum); verify what landed."""
+    if plan.dest_key is None:
+        if plan.kind == "s3" and source is not None and compute_checksums and not plan.sha256:
+            digest, size = await source.sha256_of(plan.source_url)
+            plan = replace(plan, sha256=digest, size=size)
+        elif plan.kind == "s3" and source is not None and plan.size is None:
+            plan = replace(plan, size=await source.size_of(plan.source_url))
+        tracker.add_bytes(plan.size or 0)
+        return plan
+    assert dest is not None
+    if plan.kind == "file":
+        done: ShardUpload = await dest.upload_file(local_path(plan.source_url), plan.dest_key,
+                                                   tracker)
+    else:
+        if source is None:
+            raise EntryError(f"copying {plan.source_url} needs the local index's data store")
+        size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
+        done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker)
+    landed = await dest.size_of(done.url)
+    if landed != done.size:
+        raise EntryError(f"copy of {plan.source_url} has {landed} bytes, expected {done.size}")
+    digest = done.sha256 or plan.sha256
+    if digest is None and compute_checksums:
+        digest, _ = await dest.sha256_of(done.url)
+    elif done.sha256 and plan.sha256 and done.sha256 != plan.sha256:
+        raise EntryError(f"{plan.source_url} changed: sha256 {done.sha256} != recorded "
+                         f"{plan.sha256}")
+    return replace(plan, size=done.size, sha256=digest)
+
+
+def _storage(shards: Sequence[ShardPlan], dest: S3DataStore | None,
+             source: S3DataStore | None) -> StorageS3 | StorageHttp:
+    def checksum(s: ShardPlan) -> Checksum:
+        return Checksum("sha256", s.sha256) if s.sha256 else Checksum("none", "")
+
+    if dest is not None:
+        return StorageS3(bucket=dest.bucket, endpoint=dest.endpoint, region=dest.region,
+                         shards=[S3Shard(s.dest_key or "", checksum(s)) for s in shards])
+    if shards[0].kind == "http":
+        return StorageHttp([HttpShard(s.source_url, checksum(s)) for s in shards])
+    bucket = parse_s3_url(shards[0].source_url).bucket
+    return StorageS3(bucket=bucket, endpoint=source.endpoint if source else None,
+                     region=source.region if source else None,
+                     shards=[S3Shard(parse_s3_url(s.source_url).key, checksum(s))
+                             for s in shards])
+
+
+async def promote_to_atmosphere(
+    entry: LocalDatasetEntry,
+    local_index: LocalIndex,
+    client: AtmosphereClient,
+    *,
+    data_store: S3DataStore | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Sequence[str] | None = None,
+    license: str | None = None,
+    compute_checksums: bool = True,
+    max_concurrency: int = 8,
+    progress: ProgressCallback | None = None,
+) -> str:
+    """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
+
+    By default the shards stay where they are; with ``data_store`` they are copied there
+    (server-side when possible). KeyError: schema not in the local index; ValueError:
+    an entry or a record that cannot be published (the message names the field).
+    """
+    plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
+                          tags=tags, license=license)
+    if not client.is_authenticated:
+        raise AuthError("promote_to_atmosphere", None, "NotLoggedIn",
+                        "the AtmosphereClient is not logged in: call client.login() first")
+    local_schema = await local_index.get_schema(entry.schema_ref)  # KeyError before any write
+    source = local_index.data_store
+    tracker = ProgressTracker(progress, len(plan.shards),
+                              sum(s.size or 0 for s in plan.shards))
+    schema_uri = ""
+    settled: list[ShardPlan] = []
+
+    async def resolve_schema() -> None:
+        nonlocal schema_uri
+        schema_uri = await schema_registry(client).find_or_publish(client, local_schema)
+
+    async def settle_shards() -> None:
+        nonlocal settled
+
+        async def one(shard: ShardPlan) -> ShardPlan:
+            return await _settle_shard(shard, source, data_store, compute_checksums, tracker)
+
+        settled = await run_per_shard([s.source_url for s in plan.shards], plan.shards, one,
+                                      max_concurrency, tracker)
+
+    with single_error():
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(resolve_schema)
+            tg.start_soon(settle_shards)
+
+    sizes = [s.size for s in settled]
+    total = sum(x for x in sizes if x is not None) if None not in sizes else None
+    record = validate_dataset(msgspec.structs.replace(
+        plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
+        size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
+    created = await client.create_record(DATASET_COLLECTION, to_json(record), rkey=next_tid())
+    return str(created["uri"])

@@ -1,0 +1,5 @@
+"""Promotion of local dataset entries to ATProto (async core)."""
+
+from ._promote import PromotionPlan, ShardPlan, plan_promotion, promote_to_atmosphere
+
+__all__ = ["PromotionPlan", "ShardPlan", "plan_promotion", "promote_to_atmosphere"]

@@ -1,0 +1,319 @@
+"""Promotion against real redis-server + moto S3 + the reference PDS."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import anyio
+import pytest
+
+from atdata_async import AuthError, Dataset, ShardTransferError, StorageError, XrpcError
+from atdata_async.atmosphere import (
+    DATASET_COLLECTION,
+    SCHEMA_COLLECTION,
+    AtmosphereClient,
+    AtmosphereIndex,
+)
+from atdata_async.local import LocalDatasetEntry, LocalIndex, S3DataStore
+from atdata_async.promote import promote_to_atmosphere
+from tests.conftest import TEST_PART, make_bucket, make_credentials
+from tests.samples import FeatureSample, write_shards
+from tests.test_facade import seed_with_test_endpoints
+
+pytestmark = [pytest.mark.anyio, pytest.mark.pds]
+
+
+def store_for(credentials, bucket, **kw) -> S3DataStore:
+    kw = {"part_size": TEST_PART, "multipart_threshold": 2 * TEST_PART,
+          "min_part_size": TEST_PART, "copy_multipart_threshold": 4 * TEST_PART,
+          "copy_part_size": TEST_PART, **kw}
+    return S3DataStore(credentials, bucket=bucket, **kw)
+
+
+@pytest.fixture
+async def client(pds, pds_account):
+    async with AtmosphereClient(pds.url) as client:
+        await client.login(pds_account["handle"], pds_account["password"])
+        yield client
+
+
+@pytest.fixture
+async def index(redis_url, s3_credentials, bucket):
+    store = store_for(s3_credentials, bucket)
+    async with store, LocalIndex(redis_url, data_store=store) as index:
+        await index.publish_schema(FeatureSample, version="1.0.0")
+        yield index
+
+
+async def insert(index: LocalIndex, tmp_path, name: str, shards: int = 3, per_shard: int = 20,
+                 **kw) -> LocalDatasetEntry:
+    directory = tmp_path / name
+    directory.mkdir()
+    paths = write_shards(directory, shards, per_shard, **kw)
+    return await index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]), name=name,
+                                      metadata={"split": "train", "origin": "unit-test"})
+
+
+async def schema_records(client) -> list[dict]:
+    return [r async for r in client.list_records(SCHEMA_COLLECTION)]
+
+
+def read_s3(endpoint: str, url: str) -> bytes:
+    import boto3
+
+    bucket, key = url.removeprefix("s3://").split("/", 1)
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="x", aws_secret_access_key="y")
+    return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+async def test_keep_urls_record_has_real_checksums_and_metadata(index, client, tmp_path,
+                                                                moto_server):
+    entry = await insert(index, tmp_path, "keep")
+    uri = await promote_to_atmosphere(entry, index, client, description="Training vectors",
+                                      tags=["features", "embeddings"], license="MIT")
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert (got.name, got.description, got.tags, got.license) == (
+        "keep", "Training vectors", ["features", "embeddings"], "MIT")
+    assert got.data_urls == entry.data_urls
+    assert got.storage.endpoint == moto_server.url and got.storage.bucket == index.data_store.bucket
+    for url in entry.data_urls:
+        assert got.checksums[url] == hashlib.sha256(read_s3(moto_server.url, url)).hexdigest()
+    assert got.metadata == {"split": "train", "custom": {"origin": "unit-test"}}
+    assert got.size == {"samples": 60, "shards": 3,
+                        "bytes": sum(entry.shard_sizes.values())}
+    schema = await AtmosphereIndex(client).get_schema(got.schema_ref)
+    assert schema["name"] == "FeatureSample" and schema["version"] == "1.0.0"
+    assert schema["schema"]["properties"]["features"]["$ref"].endswith("#/$defs/ndarray")
+
+
+async def test_missing_checksums_are_computed_by_streaming(index, client, tmp_path, moto_server):
+    entry = await insert(index, tmp_path, "nosums", shards=2)
+    bare = LocalDatasetEntry(entry.name, entry.schema_ref, entry.data_urls, {"split": "x"})
+    got = await AtmosphereIndex(client).get_dataset(
+        await promote_to_atmosphere(bare, index, client))
+    assert got.checksums == entry.checksums and got.size["bytes"] == sum(
+        entry.shard_sizes.values())
+
+
+async def test_schema_dedup_two_entries_and_ten_concurrent(index, client, tmp_path):
+    first = await insert(index, tmp_path, "one")
+    second = await insert(index, tmp_path, "two")
+    u1 = await promote_to_atmosphere(first, index, client)
+    u2 = await promote_to_atmosphere(second, index, client)
+    assert len(await schema_records(client)) == 1
+    entries = [await insert(index, tmp_path, f"c{i}", shards=1, per_shard=3) for i in range(10)]
+    # a fresh client: no cached listing, ten promotions racing for one schema
+    async with AtmosphereClient(client.base_url) as other:
+        await other.login(session=client.export_session())
+        uris = []
+        async with anyio.create_task_group() as tg:
+            for e in entries:
+                async def go(e=e):
+                    uris.append(await promote_to_atmosphere(e, index, other))
+                tg.start_soon(go)
+    assert len(await schema_records(client)) == 1
+    assert len({u1, u2, *uris}) == 12
+    refs = {(await AtmosphereIndex(client).get_dataset(u)).schema_ref for u in uris}
+    assert len(refs) == 1
+
+
+async def test_schema_record_written_by_atdata_is_reused(index, client, tmp_path):
+    atdata_schema = {
+        "$type": SCHEMA_COLLECTION, "name": "FeatureSample", "version": "1.0.0",
+        "schemaType": "jsonSchema", "createdAt": "2025-06-01T00:00:00Z",
+        "schema": {"$type": f"{SCHEMA_COLLECTION}#jsonSchemaFormat",
+                   "$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+                   "properties": {}, "required": []}}
+    existing = await client.create_record(SCHEMA_COLLECTION, atdata_schema)  # a TID key
+    entry = await insert(index, tmp_path, "reuse")
+    got = await AtmosphereIndex(client).get_dataset(
+        await promote_to_atmosphere(entry, index, client))
+    assert got.schema_ref == existing["uri"]
+    assert len(await schema_records(client)) == 1
+
+
+async def test_copy_within_one_server_multi_shard_with_multipart(index, client, tmp_path,
+                                                                 moto_server, s3_credentials):
+    # 22 shards: 20 small, 2 large enough (~2.3 MB) for UploadPartCopy ranges
+    entry = await insert(index, tmp_path, "many", shards=20, per_shard=5)
+    big = await insert(index, tmp_path, "big", shards=2, per_shard=1500, stem="big")
+    merged = await index.add_entry(
+        Dataset[FeatureSample](entry.data_urls + big.data_urls), name="merged",
+        metadata={"checksums": {**entry.checksums, **big.checksums},
+                  "shard_sizes": {**entry.shard_sizes, **big.shard_sizes}})
+    dest_bucket = make_bucket(moto_server.url)
+    seen = []
+    async with store_for(s3_credentials, dest_bucket) as dest:
+        uri = await promote_to_atmosphere(merged, index, client, data_store=dest,
+                                          name="merged-public", progress=seen.append)
+        assert await dest.list_multipart_uploads() == []
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert len(got.data_urls) == 22 and got.storage.bucket == dest_bucket
+    for src, dst in zip(merged.data_urls, got.data_urls, strict=True):
+        assert dst == f"s3://{dest_bucket}/promoted/merged-public/{src.rsplit('/', 1)[1]}"
+        body = read_s3(moto_server.url, dst)
+        assert body == read_s3(moto_server.url, src)
+        assert got.checksums[dst] == hashlib.sha256(body).hexdigest()
+    assert seen[-1].shards_done == 22 and seen[-1].bytes_done == seen[-1].bytes_total > 0
+
+
+async def test_copy_across_endpoints_streams_and_hashes(index, client, tmp_path,
+                                                        second_moto_server):
+    entry = await insert(index, tmp_path, "cross", shards=2, per_shard=1500)
+    other_bucket = make_bucket(second_moto_server.url)
+    async with store_for(make_credentials(second_moto_server.url), other_bucket) as dest:
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert await dest.list_multipart_uploads() == []
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert got.storage.endpoint == second_moto_server.url
+    for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+        body = read_s3(second_moto_server.url, dst)
+        assert hashlib.sha256(body).hexdigest() == entry.checksums[src] == got.checksums[dst]
+
+
+async def test_local_file_entries_are_uploaded_when_copying(redis_url, client, tmp_path,
+                                                            s3_credentials, bucket, moto_server):
+    paths = write_shards(tmp_path, 2, 10)
+    async with LocalIndex(redis_url) as plain, store_for(s3_credentials, bucket) as dest:
+        await plain.publish_schema(FeatureSample, version="1.0.0")
+        entry = await plain.add_entry(Dataset[FeatureSample]([str(p) for p in paths]),
+                                      name="files")
+        with pytest.raises(ValueError, match="data_store="):
+            await promote_to_atmosphere(entry, plain, client)
+        got = await AtmosphereIndex(client).get_dataset(
+            await promote_to_atmosphere(entry, plain, client, data_store=dest))
+    for path, dst in zip(paths, got.data_urls, strict=True):
+        assert read_s3(moto_server.url, dst) == path.read_bytes()
+
+
+async def count_datasets(client) -> int:
+    return len([r async for r in client.list_records(DATASET_COLLECTION)])
+
+
+async def test_failed_shard_copy_writes_no_record_and_leaves_no_upload(
+        index, client, tmp_path, moto_server, s3_credentials, monkeypatch):
+    entry = await insert(index, tmp_path, "fails", shards=4, per_shard=1500)
+    original = S3DataStore.server_side_copy
+
+    async def flaky(self, src_url, key, size, tracker=None):
+        if src_url.endswith("000002.tar"):
+            await anyio.sleep(0.2)
+            raise StorageError("injected: connection reset mid-copy")
+        return await original(self, src_url, key, size, tracker)
+
+    monkeypatch.setattr(S3DataStore, "server_side_copy", flaky)
+    async with store_for(s3_credentials, make_bucket(moto_server.url)) as dest:
+        with pytest.raises(ShardTransferError) as info:
+            await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert await dest.list_multipart_uploads() == []
+    assert list(info.value.failures) == [entry.data_urls[2]]
+    assert "connection reset" in str(info.value)
+    assert await count_datasets(client) == 0
+
+
+async def test_cancellation_mid_copy_leaves_no_upload_and_no_record(
+        index, client, tmp_path, moto_server, monkeypatch):
+    entry = await insert(index, tmp_path, "cancel", shards=3, per_shard=1500)
+    other = make_bucket(moto_server.url)
+    started = anyio.Event()
+    original = S3DataStore.complete_multipart
+
+    async def stall(self, *args):
+        started.set()
+        await anyio.sleep(60)
+        return await original(self, *args)
+
+    monkeypatch.setattr(S3DataStore, "complete_multipart", stall)
+    # different credentials on the same server: the streamed (multipart upload) path
+    creds = {**make_credentials(moto_server.url), "AWS_ACCESS_KEY_ID": "another-key"}
+    async with store_for(creds, other) as dest:
+        with anyio.move_on_after(30) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(promote_to_atmosphere, entry, index, client,
+                                                data_store=dest))
+                await started.wait()
+                assert len(await dest.list_multipart_uploads()) >= 1
+                tg.cancel_scope.cancel()
+        assert not scope.cancelled_caught
+        assert await dest.list_multipart_uploads() == []
+    assert await count_datasets(client) == 0
+
+
+async def test_bad_input_is_refused_before_any_remote_write(index, client, tmp_path, pds):
+    entry = await insert(index, tmp_path, "valid")
+    before = client.request_count
+    with pytest.raises(ValueError, match="no data URLs"):
+        await promote_to_atmosphere(LocalDatasetEntry("e", entry.schema_ref, []), index, client)
+    with pytest.raises(KeyError, match=r"Missing@1\.0\.0"):
+        await promote_to_atmosphere(
+            LocalDatasetEntry("e", "atdata://local/schema/Missing@1.0.0", entry.data_urls),
+            index, client)
+    for kw, field in [({"name": "n" * 201}, "name"), ({"tags": ["t"] * 31}, "tags"),
+                      ({"description": "d" * 5001}, "description"),
+                      ({"license": "l" * 201}, "license")]:
+        with pytest.raises(ValueError) as info:
+            await promote_to_atmosphere(entry, index, client, **kw)
+        assert info.value.field == field
+    floaty = LocalDatasetEntry("f", entry.schema_ref, entry.data_urls, {"ratio": 0.5})
+    with pytest.raises(ValueError, match=r"custom\.ratio"):
+        await promote_to_atmosphere(floaty, index, client)
+    with pytest.raises(ValueError, match="data_store="):
+        await promote_to_atmosphere(
+            LocalDatasetEntry("l", entry.schema_ref, ["/data/x.tar"]), index, client)
+    assert client.request_count == before  # nothing was sent
+    async with AtmosphereClient(pds.url) as anonymous:
+        with pytest.raises(AuthError, match="not logged in"):
+            await promote_to_atmosphere(entry, index, anonymous)
+    assert await count_datasets(client) == 0 and await schema_records(client) == []
+
+
+SEED_PROMOTE = """
+# 5. Promote to atmosphere
+client = AtmosphereClient()
+client.login("myhandle.bsky.social", "app-password")
+at_uri = promote_to_atmosphere(
+    local_entry,
+    local_index,
+    client,
+    description="Feature vectors for classification",
+    tags=["features", "embeddings"],
+    license="MIT",
+)
+print(f"Dataset published: {at_uri}")
+
+# 6. Verify on atmosphere
+from atdata_async.sync.atmosphere import AtmosphereIndex
+atm_index = AtmosphereIndex(client)
+entry = atm_index.get_dataset(at_uri)
+print(f"Name: {entry.name}")
+print(f"Schema: {entry.schema_ref}")
+print(f"URLs: {entry.data_urls}")
+"""
+
+
+def test_seed_complete_workflow_through_the_sync_facade(moto_server, redis_url, bucket, pds,
+                                                        pds_account, tmp_path):
+    imports = ("from atdata_async.sync.atmosphere import AtmosphereClient\n"
+               "from atdata_async.sync.promote import promote_to_atmosphere\n")
+    script = imports + seed_with_test_endpoints(moto_server.url, redis_url, bucket) + (
+        SEED_PROMOTE.replace("AtmosphereClient()", f"AtmosphereClient({pds.url!r})")
+        .replace('"myhandle.bsky.social", "app-password"',
+                 f"{pds_account['handle']!r}, {pds_account['password']!r}"))
+    out = subprocess.run([sys.executable, "-W", "error", "-c", script], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(f"Dataset published: at://{pds_account['did']}/{DATASET_COLLECTION}/")
+    assert lines[1] == "Name: feature-vectors-v1"
+    assert lines[2].startswith(f"Schema: at://{pds_account['did']}/{SCHEMA_COLLECTION}/")
+    assert lines[3].startswith(f"URLs: ['s3://{bucket}/features/data--")
+    assert pds_account["password"] not in out.stdout + out.stderr
+    assert not isinstance(XrpcError, type(None))
+    print(textwrap.indent(out.stdout, "  "))
