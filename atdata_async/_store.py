@@ -145,6 +145,7 @@ class S3DataStore:
         self._stack: contextlib.AsyncExitStack | None = None
         self._lock: anyio.Lock | None = None
         self._buffers: anyio.CapacityLimiter | None = None
+        self.request_count = 0  # HTTP requests sent, retries included
 
     def __repr__(self) -> str:
         endpoint = self.credentials.endpoint or "aws"
@@ -196,6 +197,7 @@ class S3DataStore:
                 config=config,
             )
         )
+        client.meta.events.register("before-send.s3", self._count_request)
         client.meta.events.register("before-sign.s3.PutObject", _use_known_body_sha256)
         client.meta.events.register("before-sign.s3.UploadPart", _use_known_body_sha256)
         self._stack = stack
@@ -204,6 +206,9 @@ class S3DataStore:
     def shares_account_with(self, other: S3DataStore) -> bool:
         """True when a server-side copy from ``other`` to this store is possible."""
         return self.credentials == other.credentials
+
+    def _count_request(self, **_: Any) -> None:
+        self.request_count += 1
 
     def buffers(self) -> anyio.CapacityLimiter:
         """Tokens for requests holding a part-sized buffer (bounds memory)."""
