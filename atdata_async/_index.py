@@ -69,6 +69,11 @@ class LocalDatasetEntry:
     def shard_sizes(self) -> dict[str, int]:
         return dict((self.metadata or {}).get("shard_sizes") or {})
 
+    @property
+    def etags(self) -> dict[str, str]:
+        """The S3 ETag per data URL, as returned when we uploaded it (may be empty)."""
+        return dict((self.metadata or {}).get("etags") or {})
+
 
 _pack = msgspec.msgpack.Encoder().encode
 
@@ -237,6 +242,7 @@ class LocalIndex:
         meta = dict(metadata or {})
         meta["checksums"] = {u.url: u.sha256 for u in uploads}
         meta["shard_sizes"] = {u.url: u.size for u in uploads}
+        meta["etags"] = {u.url: u.etag for u in uploads if u.etag}
         meta["num_samples"] = sum(counts)
         entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
         await self._store_entry(entry)

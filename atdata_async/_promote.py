@@ -43,7 +43,7 @@ from ._tasks import run_per_shard, single_error
 from ._urls import local_path, parse_s3_url, url_kind
 from ._xrpc import AtmosphereClient
 
-INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples")
+INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags")
 KNOWN_METADATA = {"source_uri": "sourceUri", "created_by": "createdBy", "version": "version",
                   "processing_steps": "processingSteps", "split": "split"}
 _PLACEHOLDER_REF = "at://did:plc:placeholder/science.alt.dataset.schema/x"
@@ -58,6 +58,7 @@ class ShardPlan:
     dest_key: str | None
     size: int | None
     sha256: str | None
+    etag: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,7 @@ def plan_promotion(
     description: str | None = None,
     tags: Sequence[str] | None = None,
     license: str | None = None,
+    copy_prefix: str = "promoted",
 ) -> PromotionPlan:
     """Validate the entry and the record-to-be; decide each shard's fate. Pure."""
     if not entry.data_urls:
@@ -118,18 +120,19 @@ def plan_promotion(
             raise EntryError("the entry's shards span several buckets; pass data_store= to copy "
                              "them into one")
     final_name = name if name is not None else entry.name
-    checksums, sizes = entry.checksums, entry.shard_sizes
+    checksums, sizes, etags = entry.checksums, entry.shard_sizes, entry.etags
     shards = []
     seen: set[str] = set()
     for url, kind in zip(entry.data_urls, kinds, strict=True):
         dest = None
         if copy_to is not None:
             base = posixpath.basename(local_path(url) if kind == "file" else url.split("?")[0])
-            dest = f"promoted/{final_name}/{base}"
+            dest = "/".join(p for p in (copy_prefix.strip("/"), final_name, base) if p)
             if dest in seen:
                 raise EntryError(f"two shards are both named {base!r}; they would collide")
             seen.add(dest)
-        shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url)))
+        shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url),
+                                etags.get(url)))
     samples = (entry.metadata or {}).get("num_samples")
     record = DatasetRecord(
         name=final_name, schema_ref=_PLACEHOLDER_REF, created_at=now_iso(),
@@ -167,8 +170,12 @@ class SchemaRegistry:
                 self._known = known
         return self._known
 
+    async def lookup(self, client: AtmosphereClient, local: dict[str, Any]) -> str | None:
+        """The URI of an existing record for this schema, if the repo has one."""
+        return (await self._load(client)).get(_schema_key(local))
+
     async def find_or_publish(self, client: AtmosphereClient, local: dict[str, Any]) -> str:
-        key = (local["name"].rsplit(".", 1)[-1], local["version"])
+        key = _schema_key(local)
         known = await self._load(client)
         if key in known:
             return known[key]
@@ -177,7 +184,7 @@ class SchemaRegistry:
             if key in known:
                 return known[key]
             record = to_json(schema_record_from_local(local, now_iso()))
-            rkey = record_key_from(f"{key[0]}@{key[1]}")
+            rkey = schema_rkey(local)
             try:
                 uri = (await client.create_record(SCHEMA_COLLECTION, record, rkey=rkey))["uri"]
             except XrpcError:
@@ -191,6 +198,16 @@ class SchemaRegistry:
                 uri = got["uri"]
             known[key] = uri
             return uri
+
+
+def _schema_key(local: dict[str, Any]) -> tuple[str, str]:
+    return local["name"].rsplit(".", 1)[-1], local["version"]
+
+
+def schema_rkey(local: dict[str, Any]) -> str:
+    """The deterministic record key of a schema we publish: racing writers collide on it."""
+    name, version = _schema_key(local)
+    return record_key_from(f"{name}@{version}")
 
 
 _registries: weakref.WeakKeyDictionary[AtmosphereClient, SchemaRegistry] = (
@@ -229,9 +246,13 @@ async def _settle_shard(
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
         done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker)
-    landed = await dest.size_of(done.url)
-    if landed != done.size:
-        raise EntryError(f"copy of {plan.source_url} has {landed} bytes, expected {done.size}")
+    # Verified when S3 checked our sha256 on arrival, or when a server-side copy reports
+    # the ETag the source had when we uploaded it; otherwise read the size back.
+    if not (done.verified or (done.etag and done.etag == plan.etag)):
+        landed = await dest.size_of(done.url)
+        if landed != done.size:
+            raise EntryError(f"copy of {plan.source_url} has {landed} bytes, "
+                             f"expected {done.size}")
     digest = done.sha256 or plan.sha256
     if digest is None and compute_checksums:
         digest, _ = await dest.sha256_of(done.url)
@@ -270,6 +291,7 @@ async def promote_to_atmosphere(
     license: str | None = None,
     compute_checksums: bool = True,
     max_concurrency: int = 8,
+    copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
 ) -> str:
     """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
@@ -279,7 +301,7 @@ async def promote_to_atmosphere(
     an entry or a record that cannot be published (the message names the field).
     """
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
-                          tags=tags, license=license)
+                          tags=tags, license=license, copy_prefix=copy_prefix)
     if not client.is_authenticated:
         raise AuthError("promote_to_atmosphere", None, "NotLoggedIn",
                         "the AtmosphereClient is not logged in: call client.login() first")
@@ -315,3 +337,38 @@ async def promote_to_atmosphere(
         size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
     created = await client.create_record(DATASET_COLLECTION, to_json(record), rkey=next_tid())
     return str(created["uri"])
+
+
+async def preview_promotion(
+    entry: LocalDatasetEntry,
+    local_index: LocalIndex,
+    client: AtmosphereClient,
+    *,
+    data_store: S3DataStore | None = None,
+    name: str | None = None,
+    description: str | None = None,
+    tags: Sequence[str] | None = None,
+    license: str | None = None,
+    copy_prefix: str = "promoted",
+) -> dict[str, Any]:
+    """What ``promote_to_atmosphere`` would do, writing nothing: the schema record to reuse
+    or publish, the shards to copy (and bytes), and the dataset record to write."""
+    plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
+                          tags=tags, license=license, copy_prefix=copy_prefix)
+    local_schema = await local_index.get_schema(entry.schema_ref)
+    existing = await schema_registry(client).lookup(client, local_schema)
+    if existing is not None:
+        schema: dict[str, Any] = {"action": "reuse", "uri": existing}
+    else:
+        existing = f"at://{client.did}/{SCHEMA_COLLECTION}/{schema_rkey(local_schema)}"
+        schema = {"action": "publish", "uri": existing,
+                  "record": to_json(schema_record_from_local(local_schema, now_iso()))}
+    source = local_index.data_store
+    shards = [{"source": s.source_url,
+               "destination": data_store.url(s.dest_key) if data_store and s.dest_key else None,
+               "bytes": s.size} for s in plan.shards]
+    record = msgspec.structs.replace(plan.record, schema_ref=existing,
+                                     storage=_storage(plan.shards, data_store, source))
+    return {"schema": schema, "shards": shards,
+            "bytes": sum(s.size or 0 for s in plan.shards),
+            "copies": plan.copies, "record": to_json(record)}

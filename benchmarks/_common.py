@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import resource
@@ -28,20 +29,30 @@ def write_tar_shards(directory: Path, shards: int, shard_mib: float) -> list[Pat
                 for m in range(members):
                     info = tarfile.TarInfo(f"{s * members + m:09d}.msgpack")
                     info.size = member
-                    import io
-
                     tar.addfile(info, io.BytesIO(os.urandom(member)))
         paths.append(path)
     return paths
 
 
+def peak_rss_mib() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: Linux carries ru_maxrss over from
+    the parent across fork+exec, so a child would report its parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(fn: Callable[[], dict]) -> dict:
-    """Run fn, return its dict plus wall seconds and this process's peak RSS (MiB)."""
+    """Run fn, return its dict plus wall seconds, peak RSS and RSS before fn (MiB)."""
+    before = peak_rss_mib()
     start = time.perf_counter()
     extra = fn() or {}
     wall = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"wall": wall, "peak_rss_mib": peak, **extra}
+    return {"wall": wall, "peak_rss_mib": peak_rss_mib(), "start_rss_mib": before, **extra}
 
 
 def run_child(script: str, args: list[str]) -> dict:
@@ -56,8 +67,10 @@ def run_child(script: str, args: list[str]) -> dict:
 def print_table(title: str, rows: list[dict], total_bytes: int, baseline: str) -> None:
     base = next(r for r in rows if r["name"] == baseline)
     print(f"\n{title}")
-    print(f"{'variant':<34} {'wall s':>8} {'MiB/s':>8} {'peak RSS MiB':>13} {'vs ' + baseline:>18}")
+    print(f"{'variant':<34} {'wall s':>8} {'MiB/s':>8} {'peak RSS MiB':>13} {'growth':>7} "
+          f"{'speed vs baseline':>18}")
     for r in rows:
         mibs = total_bytes / MIB / r["wall"]
+        growth = r["peak_rss_mib"] - r["start_rss_mib"]
         print(f"{r['name']:<34} {r['wall']:>8.2f} {mibs:>8.1f} {r['peak_rss_mib']:>13.0f} "
-              f"{base['wall'] / r['wall']:>17.2f}x")
+              f"{growth:>7.0f} {base['wall'] / r['wall']:>17.2f}x")

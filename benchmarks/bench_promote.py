@@ -294,12 +294,13 @@ def print_case(result: dict, concurrency: int) -> None:
     ours = rows["ours"]
     print(f"\n{result['case']} MiB shards, {result['scenario']}: {total / MIB:.0f} MiB, "
           f"concurrency {concurrency}")
-    print(f"  {'variant':<22} {'wall s':>8} {'MiB/s':>8} {'peak RSS':>9} {'S3 req':>7} "
-          f"{'XRPC req':>8} {'ours is':>9}")
+    print(f"  {'variant':<22} {'wall s':>8} {'MiB/s':>8} {'peak RSS':>9} {'growth':>7} "
+          f"{'S3 req':>7} {'XRPC req':>8} {'ours faster by':>15}")
     for name, r in rows.items():
+        growth = r["peak_rss_mib"] - r["start_rss_mib"]
         print(f"  {name:<22} {r['wall']:>8.2f} {total / MIB / r['wall']:>8.1f} "
-              f"{r['peak_rss_mib']:>8.0f}M {r.get('s3_requests', 0):>7} "
-              f"{r.get('xrpc_requests', '-'):>8} {r['wall'] / ours['wall']:>8.2f}x")
+              f"{r['peak_rss_mib']:>8.0f}M {growth:>6.0f}M {r.get('s3_requests', 0):>7} "
+              f"{r.get('xrpc_requests', '-'):>8} {r['wall'] / ours['wall']:>14.2f}x")
     sys.stdout.flush()
 
 

@@ -51,9 +51,10 @@ def test_facade_signatures_match_the_async_core(name, facade, core):
                 == inspect.signature(getattr(core, method)).parameters), method
 
 
-def test_promote_facade_has_the_async_signature():
-    sync_fn = atdata_async.sync.promote.promote_to_atmosphere
-    async_fn = atdata_async.promote.promote_to_atmosphere
+@pytest.mark.parametrize("name", ["promote_to_atmosphere", "preview_promotion"])
+def test_promote_facade_has_the_async_signature(name):
+    sync_fn = getattr(atdata_async.sync.promote, name)
+    async_fn = getattr(atdata_async.promote, name)
     assert inspect.iscoroutinefunction(async_fn) and not inspect.iscoroutinefunction(sync_fn)
     assert inspect.signature(sync_fn) == inspect.signature(async_fn)
 
@@ -62,8 +63,8 @@ def test_non_facade_names_are_the_same_objects():
     for sync_mod, async_mod in PAIRS:
         for name in sync_mod.__all__:
             obj = getattr(sync_mod, name)
-            if not (isinstance(obj, type) and issubclass(obj, Facade)) and name != (
-                    "promote_to_atmosphere"):
+            if not (isinstance(obj, type) and issubclass(obj, Facade)) and name not in (
+                    "promote_to_atmosphere", "preview_promotion"):
                 assert obj is getattr(async_mod, name), name
 
 

@@ -317,3 +317,19 @@ def test_seed_complete_workflow_through_the_sync_facade(moto_server, redis_url, 
     assert pds_account["password"] not in out.stdout + out.stderr
     assert not isinstance(XrpcError, type(None))
     print(textwrap.indent(out.stdout, "  "))
+
+
+async def test_a_copy_that_lands_short_is_caught_before_the_record(
+        index, client, tmp_path, moto_server, s3_credentials, monkeypatch):
+    entry = await insert(index, tmp_path, "short", shards=2)
+    original = S3DataStore.server_side_copy
+
+    async def lying(self, src_url, key, size, tracker=None):
+        done = await original(self, src_url, key, size, tracker)
+        return type(done)(done.url, done.size + 1, None, etag=None)  # claims one byte more
+
+    monkeypatch.setattr(S3DataStore, "server_side_copy", lying)
+    async with store_for(s3_credentials, make_bucket(moto_server.url)) as dest:
+        with pytest.raises(ShardTransferError, match="expected"):
+            await promote_to_atmosphere(entry, index, client, data_store=dest)
+    assert await count_datasets(client) == 0

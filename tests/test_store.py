@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 
@@ -153,3 +154,15 @@ async def test_sha256_of_streams_in_parts(s3_credentials, bucket, caplog):
                                                            len(data))
     await store.aclose()
     assert "testing-secret-key" not in caplog.text
+
+
+async def test_single_puts_carry_our_sha256_for_the_server_to_check(s3_credentials, bucket,
+                                                                    raw_s3):
+    """Real S3 refuses a PutObject whose body does not match x-amz-checksum-sha256 (moto
+    stores it without checking), so a single PUT needs no read-back; we check it is sent."""
+    data = b"the real bytes"
+    async with small_store(s3_credentials, bucket) as store:
+        await store.put_bytes("k", data, hashlib.sha256(data).hexdigest())
+        assert store.request_count == 1
+    head = raw_s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
+    assert base64.b64decode(head["ChecksumSHA256"]) == hashlib.sha256(data).digest()
