@@ -12,6 +12,7 @@ import base64
 import contextlib
 import contextvars
 import hashlib
+import io
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -22,7 +23,14 @@ from typing import Any
 import aioboto3
 import anyio
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
 from ._errors import ConfigurationError, NotFoundError, StorageError
 from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
@@ -45,10 +53,46 @@ def _use_known_body_sha256(request: Any, **_: Any) -> None:
         request.headers["X-Amz-Content-SHA256"] = digest
 
 
+class _BufferReader(io.RawIOBase):
+    """A read-only file over a buffer, without copying it. botocore wraps a bytes body in
+    a BytesIO, which aiohttp copies whole (getbuffer unshares it); a plain file object is
+    streamed in 64 KiB reads instead. Seekable, so botocore can rewind it to retry."""
+
+    def __init__(self, data: bytes | bytearray) -> None:
+        self._view = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        chunk = self._view[self._pos:self._pos + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+
+def _sendable(data: bytes | bytearray) -> _BufferReader:
+    return _BufferReader(data)
+
+
 def _hash_into(hasher: Any, data: bytes) -> str:
     """Feed the running object hash and return the body's own sha256 (in a worker thread)."""
     hasher.update(data)
     return hashlib.sha256(data).hexdigest()
+_UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
+                ConnectionClosedError)
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 
@@ -269,9 +313,11 @@ class S3DataStore:
                 ) from exc
             message = f"{operation} {target}: {status} {code}: {detail}"
             raise StorageError(message, code=code) from exc
-        except BotoCoreError as exc:
+        except _UNREACHABLE as exc:
             where = self.credentials.endpoint or "AWS S3"
             raise StorageError(f"{operation} {target}: cannot reach {where}: {exc}") from exc
+        except BotoCoreError as exc:
+            raise StorageError(f"{operation} {target}: {exc}") from exc
 
     # -- objects -----------------------------------------------------------------------
 
@@ -285,14 +331,24 @@ class S3DataStore:
         return int((await self.head(url))["ContentLength"])
 
     async def get_bytes(self, url: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        """The object's bytes, or ``[start, end)`` of them."""
+        """The object's bytes, or ``[start, end)`` of them (a bytearray, filled in place)."""
         loc = parse_s3_url(url)
         s3 = await self.client()
         extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
         with self.errors("GetObject", url):
             response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
-            async with response["Body"] as body:
-                return await body.read()
+            body = response["Body"]
+            async with body:
+                # Fill one buffer of the announced size: body.read() would hold the chunks
+                # and their join at once (twice the object in memory).
+                buffer = bytearray(int(response["ContentLength"]))
+                filled = 0
+                async for chunk in body.iter_chunks(1 << 20):
+                    buffer[filled:filled + len(chunk)] = chunk
+                    filled += len(chunk)
+        if filled != len(buffer):
+            raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
+        return buffer  # type: ignore[return-value]  (a bytearray is bytes-like)
 
     async def iter_ranges(self, url: str, size: int) -> AsyncIterator[bytes]:
         """The object as consecutive part-sized chunks, one buffer token each."""
@@ -320,7 +376,8 @@ class S3DataStore:
         reset = _body_sha256.set(sha256_hex)
         try:
             with self.errors("PutObject", url):
-                response = await s3.put_object(Bucket=self.bucket, Key=key, Body=data, **extra)
+                response = await s3.put_object(Bucket=self.bucket, Key=key,
+                                               Body=_sendable(data), **extra)
         finally:
             _body_sha256.reset(reset)
         return str(response.get("ETag", "")).strip('"')
@@ -420,7 +477,7 @@ class S3DataStore:
                 try:
                     response = await s3.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=data)
+                        Body=_sendable(data))
                 finally:
                     _body_sha256.reset(reset)
             etags[number] = response["ETag"]
