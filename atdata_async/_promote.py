@@ -245,7 +245,8 @@ async def _settle_shard(
         if source is None:
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
-        done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker)
+        done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
+                                    plan.sha256)
     # Verified when S3 checked our sha256 on arrival, or when a server-side copy reports
     # the ETag the source had when we uploaded it; otherwise read the size back.
     if not (done.verified or (done.etag and done.etag == plan.etag)):

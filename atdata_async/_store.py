@@ -415,11 +415,14 @@ class S3DataStore:
         size: int,
         key: str,
         tracker: ProgressTracker | None = None,
+        known_sha256: str | None = None,
     ) -> ShardUpload:
         """Upload ``size`` bytes pulled from ``read(n)``; multipart above the threshold.
 
         Parts are read (and hashed) in order, then sent concurrently; each part in
-        flight holds a buffer token. A failed or cancelled upload is aborted.
+        flight holds a buffer token. A failed or cancelled upload is aborted. A single
+        PUT of bytes whose sha256 is already known (``known_sha256``) is not hashed
+        again: S3 itself refuses the body unless it matches that digest.
         """
         url = self.url(key)
         hasher = hashlib.sha256()
@@ -428,11 +431,14 @@ class S3DataStore:
             async with self.buffers():
                 data = await read(size)
                 _check_length(url, data, size)
-                await anyio.to_thread.run_sync(hasher.update, data)
-                etag = await self.put_bytes(key, data, hasher.hexdigest())
+                digest = known_sha256
+                if digest is None:
+                    await anyio.to_thread.run_sync(hasher.update, data)
+                    digest = hasher.hexdigest()
+                etag = await self.put_bytes(key, data, digest)
             if tracker:
                 tracker.add_bytes(size)
-            return ShardUpload(url, size, hasher.hexdigest(), etag, verified=True)
+            return ShardUpload(url, size, digest, etag, verified=True)
 
         parts = plan_parts(size, self.part_size, self.min_part_size)
         with self.errors("CreateMultipartUpload", url):
@@ -526,10 +532,11 @@ class S3DataStore:
 
     async def copy_from(
         self, source: S3DataStore, src_url: str, key: str, size: int,
-        tracker: ProgressTracker | None = None,
+        tracker: ProgressTracker | None = None, known_sha256: str | None = None,
     ) -> ShardUpload:
         """Copy an object into this store: server-side when the account is shared,
-        else streamed through ranged GETs into a (multipart) upload, hashed on the way."""
+        else streamed through ranged GETs into a (multipart) upload, hashed on the way
+        (or checked by S3 against ``known_sha256``, see ``upload_stream``)."""
         if self.shares_account_with(source):
             return await self.server_side_copy(src_url, key, size, tracker)
 
@@ -541,7 +548,7 @@ class S3DataStore:
             position += n
             return data
 
-        return await self.upload_stream(read, size, key, tracker)
+        return await self.upload_stream(read, size, key, tracker, known_sha256)
 
     async def server_side_copy(
         self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None
