@@ -10,6 +10,7 @@ multipart upload is aborted and no dataset record is written.
 
 from __future__ import annotations
 
+import logging
 import posixpath
 import weakref
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ from ._tasks import run_per_shard, single_error
 from ._urls import local_path, parse_s3_url, url_kind
 from ._xrpc import AtmosphereClient
 
+log = logging.getLogger("atdata_async.promote")
 INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags")
 KNOWN_METADATA = {"source_uri": "sourceUri", "created_by": "createdBy", "version": "version",
                   "processing_steps": "processingSteps", "split": "split"}
@@ -331,6 +333,10 @@ async def promote_to_atmosphere(
             tg.start_soon(resolve_schema)
             tg.start_soon(settle_shards)
 
+    unchecked = [s.source_url for s in settled if not s.sha256]
+    if unchecked and compute_checksums:
+        log.warning("publishing %d shard(s) without a checksum (none recorded, and the local "
+                    "index has no data store to read them): %s", len(unchecked), unchecked[0])
     sizes = [s.size for s in settled]
     total = sum(x for x in sizes if x is not None) if None not in sizes else None
     record = validate_dataset(msgspec.structs.replace(

@@ -9,22 +9,22 @@ import sys
 
 import pytest
 
-from atdata_async import Dataset
-from atdata_async.local import LocalIndex, S3DataStore
+from atdata_async.sync import Dataset
+from atdata_async.sync.local import LocalIndex, S3DataStore
 from tests.conftest import make_bucket
 from tests.samples import FeatureSample, write_shards
 
-pytestmark = [pytest.mark.anyio, pytest.mark.pds]
+pytestmark = pytest.mark.pds
 
 
 @pytest.fixture
-async def cli_env(redis_url, s3_credentials, bucket, pds, pds_account, tmp_path):
-    async with S3DataStore(s3_credentials, bucket=bucket) as store, \
+def cli_env(redis_url, s3_credentials, bucket, pds, pds_account, tmp_path):
+    with S3DataStore(s3_credentials, bucket=bucket) as store, \
             LocalIndex(redis_url, data_store=store) as index:
-        await index.publish_schema(FeatureSample, version="1.0.0")
+        index.publish_schema(FeatureSample, version="1.0.0")
         paths = write_shards(tmp_path, 3, 10)
-        await index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]),
-                                   name="cli-data", metadata={"split": "test"})
+        index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]),
+                             name="cli-data", metadata={"split": "test"})
     creds = tmp_path / "s3.env"
     creds.write_text("".join(f"{k}={v}\n" for k, v in s3_credentials.items()))
     return {
