@@ -5,16 +5,16 @@
     ├── ValidationError (ValueError)         a record breaks a lexicon limit (names the field)
     ├── EntryError (ValueError)              an entry that cannot be promoted (no data URLs, ...)
     ├── NotFoundError (KeyError)
-    │   ├── SchemaNotFoundError              no such schema in the local index / on the PDS
-    │   ├── EntryNotFoundError               no such dataset entry
-    │   └── RecordNotFoundError              no such ATProto record
-    ├── StorageError                         an S3 call failed (bucket, credentials, endpoint)
+    │   ├── SchemaNotFoundError              no such schema in the local index
+    │   └── EntryNotFoundError               no such dataset entry
+    ├── StorageError                         an S3 or Redis call failed; ``code`` when S3 gave one
+    │   ├── ObjectNotFoundError (KeyError)   no such bucket or key (in ``_store``)
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
         ├── RateLimitedError                 429, carries reset_at (epoch seconds)
         ├── ConflictError                    stale swap, record already exists
-        └── XrpcNotFoundError (NotFoundError) RecordNotFound and friends
+        └── RecordNotFoundError (KeyError)   RecordNotFound and friends
 
 Foreign errors (botocore, redis, httpx) are translated at one seam per backend and
 chained with ``raise ... from exc``. Messages never contain credentials.

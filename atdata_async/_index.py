@@ -111,12 +111,12 @@ class LocalIndex:
     def __init__(
         self, redis: str | aioredis.Redis | None = None, *, data_store: S3DataStore | None = None
     ) -> None:
-        self._url = redis if isinstance(redis, str) or redis is None else None
-        self._redis: aioredis.Redis | None = None
-        if not (self._url is not None or redis is None):
-            self._redis = redis
+        # A URL is connected lazily (on the loop that first uses it) and closed by us;
+        # a client handed in is the caller's to close.
         if redis is None:
-            self._url = DEFAULT_REDIS_URL
+            redis = DEFAULT_REDIS_URL
+        self._url = redis if isinstance(redis, str) else None
+        self._redis = None if isinstance(redis, str) else redis
         self.data_store = data_store
 
     def __repr__(self) -> str:

@@ -9,26 +9,13 @@ Every call runs on one process-wide event loop (see ``atdata_async._portal``).
 from collections.abc import Iterator
 from typing import Any
 
+import atdata_async as _core
+from atdata_async import *  # noqa: F403  (errors, samples and progress are shared)
+
 from .. import _dataset
-from .._errors import (
-    AtdataError,
-    AuthError,
-    ConfigurationError,
-    ConflictError,
-    EntryError,
-    EntryNotFoundError,
-    NotFoundError,
-    RateLimitedError,
-    RecordNotFoundError,
-    SchemaNotFoundError,
-    ShardTransferError,
-    StorageError,
-    ValidationError,
-    XrpcError,
-)
 from .._portal import Facade, call
-from .._progress import TransferProgress
-from .._sample import PackableSample, packable
+
+__all__ = _core.__all__
 
 
 class Dataset(Facade, core=_dataset.Dataset):
@@ -48,24 +35,3 @@ class Dataset(Facade, core=_dataset.Dataset):
         for _, sample in self.items():
             yield sample
 
-
-__all__ = [
-    "AtdataError",
-    "AuthError",
-    "ConfigurationError",
-    "ConflictError",
-    "Dataset",
-    "EntryError",
-    "EntryNotFoundError",
-    "NotFoundError",
-    "PackableSample",
-    "RateLimitedError",
-    "RecordNotFoundError",
-    "SchemaNotFoundError",
-    "ShardTransferError",
-    "StorageError",
-    "TransferProgress",
-    "ValidationError",
-    "XrpcError",
-    "packable",
-]

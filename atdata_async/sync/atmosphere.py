@@ -1,52 +1,15 @@
-"""Blocking twins of ``atdata_async.atmosphere``."""
+"""Blocking twins of ``atdata_async.atmosphere``; its records and helpers as they are."""
 
-from .. import _atindex, _xrpc
-from .._atindex import AtmosphereDatasetEntry
-from .._atproto import AtUri, next_tid, parse_at_uri
-from .._lexicon import (
-    DATASET_COLLECTION,
-    SCHEMA_COLLECTION,
-    Checksum,
-    DatasetRecord,
-    DatasetSize,
-    HttpShard,
-    S3Shard,
-    SchemaRecord,
-    StorageBlobs,
-    StorageExternal,
-    StorageHttp,
-    StorageS3,
-)
+from .. import atmosphere as _core
 from .._portal import Facade
-from .._xrpc import Session
+from ..atmosphere import *  # noqa: F403  (data types and pure helpers are shared)
+
+__all__ = _core.__all__
 
 
-class AtmosphereClient(Facade, core=_xrpc.AtmosphereClient):
+class AtmosphereClient(Facade, core=_core.AtmosphereClient):
     pass
 
 
-class AtmosphereIndex(Facade, core=_atindex.AtmosphereIndex):
+class AtmosphereIndex(Facade, core=_core.AtmosphereIndex):
     pass
-
-
-__all__ = [
-    "DATASET_COLLECTION",
-    "SCHEMA_COLLECTION",
-    "AtUri",
-    "AtmosphereClient",
-    "AtmosphereDatasetEntry",
-    "AtmosphereIndex",
-    "Checksum",
-    "DatasetRecord",
-    "DatasetSize",
-    "HttpShard",
-    "S3Shard",
-    "SchemaRecord",
-    "Session",
-    "StorageBlobs",
-    "StorageExternal",
-    "StorageHttp",
-    "StorageS3",
-    "next_tid",
-    "parse_at_uri",
-]

@@ -1,24 +1,15 @@
-"""Blocking twins of ``atdata_async.local``."""
+"""Blocking twins of ``atdata_async.local``; its data types as they are."""
 
-from .. import _index, _store
-from .._index import LocalDatasetEntry
+from .. import local as _core
 from .._portal import Facade
-from .._store import ObjectNotFoundError, S3Credentials, ShardUpload
+from ..local import *  # noqa: F403  (data types are shared)
+
+__all__ = _core.__all__
 
 
-class S3DataStore(Facade, core=_store.S3DataStore):
+class S3DataStore(Facade, core=_core.S3DataStore):
     pass
 
 
-class LocalIndex(Facade, core=_index.LocalIndex):
+class LocalIndex(Facade, core=_core.LocalIndex):
     pass
-
-
-__all__ = [
-    "LocalDatasetEntry",
-    "LocalIndex",
-    "ObjectNotFoundError",
-    "S3Credentials",
-    "S3DataStore",
-    "ShardUpload",
-]

@@ -1,16 +1,10 @@
-"""Blocking twins of ``atdata_async.promote``."""
+"""Blocking twins of ``atdata_async.promote``; its plan types as they are."""
 
-from .. import _promote
+from .. import promote as _core
 from .._portal import blocking_function
-from .._promote import PromotionPlan, ShardPlan, plan_promotion
+from ..promote import *  # noqa: F403  (plan types and the pure planner are shared)
 
-promote_to_atmosphere = blocking_function(_promote.promote_to_atmosphere)
-preview_promotion = blocking_function(_promote.preview_promotion)
+__all__ = _core.__all__
 
-__all__ = [
-    "PromotionPlan",
-    "ShardPlan",
-    "plan_promotion",
-    "preview_promotion",
-    "promote_to_atmosphere",
-]
+promote_to_atmosphere = blocking_function(_core.promote_to_atmosphere)
+preview_promotion = blocking_function(_core.preview_promotion)
