@@ -110,3 +110,35 @@ def test_errors_are_one_readable_line_with_a_hint(cli_env):
 
     debug = cli(cli_env, "--debug", "promote", "nope")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_progress_is_drawn_on_a_terminal(cli_env, moto_server):
+    import pty
+
+    dest = make_bucket(moto_server.url)
+    controller, terminal = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-W", "error", "-m", "atdata_async.cli", "promote", "cli-data",
+             "--name", "with-progress", "--copy-to", f"s3://{dest}",
+             "--credentials", cli_env["CREDS"], "--source-credentials", cli_env["CREDS"]],
+            env=cli_env, stdout=subprocess.PIPE, stderr=terminal, text=True, timeout=120)
+        os.close(terminal)
+        terminal = -1
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if terminal != -1:
+            os.close(terminal)
+        os.close(controller)
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("published at://")
+    text = drawn.decode()
+    assert "\r  shards 3/3" in text and "MiB/s" in text and "ETA" in text
