@@ -176,3 +176,12 @@ async def test_31st_login_is_rate_limited(limited_pds):
         with pytest.raises(RateLimitedError) as info:
             await client.login(account["handle"], account["password"])
     assert info.value.status == 429 and info.value.reset_at > time.time()
+
+
+async def test_blob_upload_handle_resolution_and_describe(client, pds_account):
+    blob = await client.upload_blob(b"\x00shard bytes\x01", "application/x-tar")
+    assert blob["$type"] == "blob" and blob["size"] == 13
+    assert blob["mimeType"] == "application/x-tar"
+    assert await client.resolve_handle(pds_account["handle"]) == pds_account["did"]
+    described = await client.describe_repo()
+    assert described["did"] == pds_account["did"] and described["handle"] == pds_account["handle"]

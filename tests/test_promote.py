@@ -333,3 +333,29 @@ async def test_a_copy_that_lands_short_is_caught_before_the_record(
         with pytest.raises(ShardTransferError, match="expected"):
             await promote_to_atmosphere(entry, index, client, data_store=dest)
     assert await count_datasets(client) == 0
+
+
+async def test_http_urls_become_a_storage_http_record(index, client):
+    urls = [f"https://data.example.org/set/shard-{i}.tar" for i in range(2)]
+    entry = await index.add_entry(
+        Dataset[FeatureSample](urls), name="web",
+        metadata={"checksums": {u: f"{i:064x}" for i, u in enumerate(urls)},
+                  "shard_sizes": {u: 100 for u in urls}})
+    got = await AtmosphereIndex(client).get_dataset(
+        await promote_to_atmosphere(entry, index, client))
+    assert type(got.storage).__name__ == "StorageHttp" and got.data_urls == urls
+    assert got.checksums == entry.checksums and got.size["bytes"] == 200
+
+
+async def test_schema_created_by_a_racing_process_is_reused(index, client, tmp_path):
+    from atdata_async._promote import SchemaRegistry, schema_rkey
+
+    registry = SchemaRegistry()
+    local = await index.get_schema("atdata://local/schema/FeatureSample@1.0.0")
+    assert await registry.lookup(client, local) is None  # listed: nothing there yet
+    # another process publishes the same schema at the same deterministic key meanwhile
+    raced = await client.put_record(SCHEMA_COLLECTION, schema_rkey(local), {
+        "$type": SCHEMA_COLLECTION, "name": "FeatureSample", "version": "1.0.0",
+        "schemaType": "jsonSchema", "schema": {}, "createdAt": "2026-01-01T00:00:00.000Z"})
+    assert await registry.find_or_publish(client, local) == raced["uri"]
+    assert len(await schema_records(client)) == 1
