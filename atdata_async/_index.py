@@ -4,6 +4,7 @@
 | LocalDatasetEntry:{cid}     | hash   | name, schema_ref, cid, data_urls, metadata     |
 | LocalSchema:{Class}@{ver}   | string | JSON schema record                             |
 | atdata_async:entry_names    | hash   | name -> cid (ours; else found by SCAN)         |
+| atdata_async:promotions     | hash   | promotion key -> dataset record key (a TID)    |
 
 This module is the one place where redis errors become library errors.
 """
@@ -43,6 +44,7 @@ from ._urls import local_path, url_kind
 
 ENTRY_PREFIX = "LocalDatasetEntry:"
 NAME_INDEX = "atdata_async:entry_names"
+PROMOTIONS = "atdata_async:promotions"
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 
 
@@ -262,6 +264,14 @@ class LocalIndex:
                 pipe.hset(ENTRY_PREFIX + entry.cid, mapping=_entry_to_hash(entry))
                 pipe.hset(NAME_INDEX, entry.name, entry.cid)
                 await pipe.execute()
+
+    async def record_key_for(self, promotion: str, fresh: str) -> str:
+        """The record key remembered for ``promotion``, or ``fresh`` stored as it (atomic:
+        two racing promotions of the same thing get the same key)."""
+        with self._errors("record_key_for"):
+            await self.redis.hsetnx(PROMOTIONS, promotion, fresh)
+            stored = await self.redis.hget(PROMOTIONS, promotion)
+        return stored.decode() if stored is not None else fresh
 
     async def get_entry(self, cid: str) -> LocalDatasetEntry:
         with self._errors("get_entry"):

@@ -10,6 +10,7 @@ multipart upload is aborted and no dataset record is written.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import posixpath
 import weakref
@@ -342,8 +343,20 @@ async def promote_to_atmosphere(
     record = validate_dataset(msgspec.structs.replace(
         plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
         size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
-    created = await client.create_record(DATASET_COLLECTION, to_json(record), rkey=next_tid())
-    return str(created["uri"])
+    # The same entry promoted under the same name to the same place always lands at one
+    # record key, kept in the local index: a retry after a failure or a lost response, or
+    # a second run, replaces that record (putRecord is safe to repeat) instead of adding one.
+    rkey = await local_index.record_key_for(
+        promotion_key(client.did, entry, record.name, data_store), next_tid())
+    written = await client.put_record(DATASET_COLLECTION, rkey, to_json(record))
+    return str(written["uri"])
+
+
+def promotion_key(did: str, entry: LocalDatasetEntry, name: str,
+                  dest: S3DataStore | None) -> str:
+    """What makes two promotions "the same": account, entry, published name, destination."""
+    where = f"{dest.endpoint}|{dest.bucket}" if dest is not None else "in-place"
+    return hashlib.sha256(f"{did}|{entry.cid}|{name}|{where}".encode()).hexdigest()
 
 
 async def preview_promotion(

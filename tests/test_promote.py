@@ -11,7 +11,7 @@ import sys
 import anyio
 import pytest
 
-from atdata_async import AuthError, Dataset, ShardTransferError, StorageError
+from atdata_async import AuthError, Dataset, ShardTransferError, StorageError, XrpcError
 from atdata_async.atmosphere import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -356,3 +356,28 @@ async def test_schema_created_by_a_racing_process_is_reused(index, client, tmp_p
         "schemaType": "jsonSchema", "schema": {}, "createdAt": "2026-01-01T00:00:00.000Z"})
     assert await registry.find_or_publish(client, local) == raced["uri"]
     assert len(await schema_records(client)) == 1
+
+
+async def test_retries_and_reruns_never_duplicate_the_dataset_record(index, client, tmp_path,
+                                                                     monkeypatch):
+    entry = await insert(index, tmp_path, "once", shards=2)
+    original = AtmosphereClient.put_record
+    calls = []
+
+    async def lost_response(self, *args, **kwargs):
+        result = await original(self, *args, **kwargs)  # the write lands...
+        calls.append(result["uri"])
+        if len(calls) == 1:  # ...but the first answer never reaches us
+            raise XrpcError("com.atproto.repo.putRecord", None, "ReadError", "connection reset")
+        return result
+
+    monkeypatch.setattr(AtmosphereClient, "put_record", lost_response)
+    with pytest.raises(XrpcError):
+        await promote_to_atmosphere(entry, index, client, description="first")
+    uri = await promote_to_atmosphere(entry, index, client, description="second")
+    assert uri == calls[0] and await count_datasets(client) == 1
+    again = await promote_to_atmosphere(entry, index, client, description="third")
+    assert again == uri and await count_datasets(client) == 1
+    assert (await AtmosphereIndex(client).get_dataset(uri)).description == "third"
+    renamed = await promote_to_atmosphere(entry, index, client, name="once-renamed")
+    assert renamed != uri and await count_datasets(client) == 2
