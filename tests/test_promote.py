@@ -381,3 +381,25 @@ async def test_retries_and_reruns_never_duplicate_the_dataset_record(index, clie
     assert (await AtmosphereIndex(client).get_dataset(uri)).description == "third"
     renamed = await promote_to_atmosphere(entry, index, client, name="once-renamed")
     assert renamed != uri and await count_datasets(client) == 2
+
+
+async def test_secrets_stay_out_of_logs_redis_and_records(index, client, tmp_path, caplog,
+                                                          pds_account, s3_credentials,
+                                                          moto_server):
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    entry = await insert(index, tmp_path, "secretive", shards=2, per_shard=1500)
+    session = client.export_session()
+    async with store_for({**s3_credentials, "AWS_ACCESS_KEY_ID": "other-key"},
+                         make_bucket(moto_server.url)) as dest:
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        secrets = [pds_account["password"], session["accessJwt"], session["refreshJwt"],
+                   s3_credentials["AWS_SECRET_ACCESS_KEY"]]
+        record = await client.get_record(DATASET_COLLECTION, uri.rsplit("/", 1)[1])
+        stored = [repr(await index.redis.dump(k)) async for k in index.redis.scan_iter()]
+        seen = "\n".join([caplog.text, repr(record), *stored, repr(dest), repr(index),
+                          repr(client), repr(client.session)])
+    assert "secretive" in seen  # the haystack is real
+    for secret in secrets:
+        assert secret not in seen
