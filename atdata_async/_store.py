@@ -56,7 +56,7 @@ def _use_known_body_sha256(request: Any, **_: Any) -> None:
 class _BufferReader(io.RawIOBase):
     """A read-only file over a buffer, without copying it. botocore wraps a bytes body in
     a BytesIO, which aiohttp copies whole (getbuffer unshares it); a plain file object is
-    streamed in 64 KiB reads instead. Seekable, so botocore can rewind it to retry."""
+    streamed in 256 KiB reads instead. Seekable, so botocore can rewind it to retry."""
 
     def __init__(self, data: bytes | bytearray) -> None:
         self._view = memoryview(data)
@@ -83,14 +83,12 @@ class _BufferReader(io.RawIOBase):
         return self._pos
 
 
-def _sendable(data: bytes | bytearray) -> _BufferReader:
-    return _BufferReader(data)
-
-
 def _hash_into(hasher: Any, data: bytes) -> str:
     """Feed the running object hash and return the body's own sha256 (in a worker thread)."""
     hasher.update(data)
     return hashlib.sha256(data).hexdigest()
+
+
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
@@ -377,7 +375,7 @@ class S3DataStore:
         try:
             with self.errors("PutObject", url):
                 response = await s3.put_object(Bucket=self.bucket, Key=key,
-                                               Body=_sendable(data), **extra)
+                                               Body=_BufferReader(data), **extra)
         finally:
             _body_sha256.reset(reset)
         return str(response.get("ETag", "")).strip('"')
@@ -483,7 +481,7 @@ class S3DataStore:
                 try:
                     response = await s3.upload_part(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=_sendable(data))
+                        Body=_BufferReader(data))
                 finally:
                     _body_sha256.reset(reset)
             etags[number] = response["ETag"]
