@@ -2,8 +2,8 @@
 
 One aioboto3 client per store, created lazily on the running event loop and closed with
 the store. Retries are botocore's own ("standard" mode); nothing here loops around them.
-Memory is bounded by ``max_concurrency x part_size``: every request that holds a
-buffer first takes a token from one CapacityLimiter shared by all shards.
+Memory is bounded by ``max_concurrency x max(part_size, multipart_threshold)``: every
+request that holds a buffer first takes a token from one CapacityLimiter for all shards.
 """
 
 from __future__ import annotations
