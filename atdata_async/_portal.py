@@ -24,6 +24,8 @@ R = TypeVar("R")
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
 _closers: weakref.WeakSet[Any] = weakref.WeakSet()
+CLEANUP_WAIT = 60.0
+"""Seconds an interrupted facade call waits for its cancelled task to clean up."""
 
 
 def get_portal() -> BlockingPortal:
@@ -54,8 +56,27 @@ def _start() -> BlockingPortal:
 
 
 def call(fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
-    """Run ``await fn(*args, **kwargs)`` on the portal's loop and return its result."""
-    return get_portal().call(functools.partial(fn, *args, **kwargs))
+    """Run ``await fn(*args, **kwargs)`` on the portal's loop and return its result.
+
+    A KeyboardInterrupt (or any exception) raised in the waiting thread cancels the task
+    and waits for its cleanup (shielded multipart aborts) before propagating, so Ctrl-C
+    in a sync script leaves nothing behind.
+    """
+    finished = threading.Event()
+
+    async def run() -> R:
+        try:
+            return await fn(*args, **kwargs)
+        finally:
+            finished.set()
+
+    future = get_portal().start_task_soon(run)
+    try:
+        return future.result()
+    except BaseException:
+        if future.cancel():
+            finished.wait(CLEANUP_WAIT)
+        raise
 
 
 def close_at_exit(resource: Any) -> None:

@@ -7,6 +7,7 @@ account) run on 127.0.0.1; everything is stopped on exit, also on Ctrl-C.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -27,7 +28,29 @@ from atdata_async.sync.promote import promote_to_atmosphere  # noqa: E402
 from tests import services  # noqa: E402
 
 
-def step(text: str) -> None:
+class Interrupted:
+    """Remembers a Ctrl-C even when Python swallows its KeyboardInterrupt.
+
+    A signal that lands while a finalizer (``__del__``) runs raises there and is only
+    printed as "Exception ignored"; the flag makes the next step stop anyway.
+    """
+
+    seen = False
+
+    @classmethod
+    def handle(cls, signum: int, frame: object) -> None:
+        cls.seen = True
+        raise KeyboardInterrupt
+
+    @classmethod
+    def check(cls) -> None:
+        if cls.seen:
+            raise KeyboardInterrupt
+
+
+def step(text: str, *, stoppable: bool = True) -> None:
+    if stoppable:
+        Interrupted.check()
     print(f"\n==> {text}", flush=True)
 
 
@@ -59,8 +82,9 @@ def main() -> int:
             print(f"    redis {redis.url}  s3 {moto.url}  pds {pds.url}  "
                   f"account {account['handle']}")
             run_workflow(work, redis.url, moto.url, pds.url, account)
+            Interrupted.check()
         finally:
-            step("stopping the services this demo started")
+            step("stopping the services this demo started", stoppable=False)
             for service in reversed(started):
                 service.stop()
     return 0
@@ -116,6 +140,7 @@ def run_workflow(work: Path, redis_url: str, s3_url: str, pds_url: str, account:
 
 
 if __name__ == "__main__":
+    signal.signal(signal.SIGINT, Interrupted.handle)
     try:
         sys.exit(main())
     except KeyboardInterrupt:

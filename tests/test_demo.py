@@ -60,6 +60,7 @@ def test_ctrl_c_stops_every_service_the_demo_started():
         assert time.monotonic() < deadline
     assert len(ports) == 3 and not any(refused(p) for p in ports)
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert proc.returncode == 130
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err[-3000:]
+    assert "==> stopping the services this demo started" in out
     assert all(refused(p) for p in ports)

@@ -151,3 +151,33 @@ def test_facade_objects_pass_through_as_cores_and_hide_secrets(s3_credentials, b
     store.put_bytes("hello", b"world")
     assert store.get_bytes(f"s3://{bucket}/hello") == b"world"
     store.close()
+
+
+def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
+    import signal
+    import threading
+
+    import anyio
+
+    from atdata_async import _portal
+
+    events: list[str] = []
+
+    async def long_job() -> None:
+        try:
+            events.append("started")
+            await anyio.sleep(30)
+            events.append("finished")  # never: the call is interrupted
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.3)  # a shielded cleanup, like a multipart abort
+            events.append("cleaned up")
+
+    main = threading.main_thread().ident
+    assert main == threading.get_ident()
+    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt):
+        _portal.call(long_job)
+    timer.join()
+    assert events == ["started", "cleaned up"]
