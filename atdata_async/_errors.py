@@ -9,6 +9,7 @@
     │   └── EntryNotFoundError               no such dataset entry
     ├── StorageError                         an S3 or Redis call failed; ``code`` when S3 gave one
     │   ├── ObjectNotFoundError (KeyError)   no such bucket or key (in ``_store``)
+    │   ├── SourceChangedError               a shard's bytes are not those recorded at insert
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
@@ -66,6 +67,11 @@ class StorageError(AtdataError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class SourceChangedError(StorageError):
+    """A shard no longer holds the bytes the local index recorded (its ETag or sha256
+    differs): publishing it would publish a wrong checksum. Re-insert the dataset."""
 
 
 class ShardTransferError(StorageError):

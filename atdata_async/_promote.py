@@ -22,7 +22,7 @@ import anyio
 import msgspec
 
 from ._atproto import next_tid, record_key_from
-from ._errors import AuthError, EntryError, XrpcError
+from ._errors import AuthError, EntryError, SourceChangedError, XrpcError
 from ._index import LocalDatasetEntry, LocalIndex
 from ._lexicon import (
     DATASET_COLLECTION,
@@ -40,7 +40,7 @@ from ._lexicon import (
 )
 from ._progress import ProgressCallback, ProgressTracker
 from ._schema import now_iso, parse_schema_ref
-from ._store import S3DataStore, ShardUpload
+from ._store import S3DataStore, ShardUpload, etag_of
 from ._tasks import run_per_shard, single_error
 from ._urls import local_path, parse_s3_url, url_kind
 from ._xrpc import AtmosphereClient
@@ -233,11 +233,8 @@ async def _settle_shard(
 ) -> ShardPlan:
     """Copy one shard (or just learn its size and checksum); verify what landed."""
     if plan.dest_key is None:
-        if plan.kind == "s3" and source is not None and compute_checksums and not plan.sha256:
-            digest, size = await source.sha256_of(plan.source_url)
-            plan = replace(plan, sha256=digest, size=size)
-        elif plan.kind == "s3" and source is not None and plan.size is None:
-            plan = replace(plan, size=await source.size_of(plan.source_url))
+        if plan.kind == "s3" and source is not None:
+            plan = await _check_in_place(plan, source, compute_checksums)
         tracker.add_bytes(plan.size or 0)
         return plan
     assert dest is not None
@@ -249,20 +246,57 @@ async def _settle_shard(
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
         done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
-                                    plan.sha256)
-    # Verified when S3 checked our sha256 on arrival, or when a server-side copy reports
-    # the ETag the source had when we uploaded it; otherwise read the size back.
+                                    plan.sha256, source_etag=plan.etag)
+    return await _verify_copy(plan, done, source, dest, compute_checksums)
+
+
+async def _check_in_place(plan: ShardPlan, source: S3DataStore,
+                          compute_checksums: bool) -> ShardPlan:
+    """A shard that stays where it is: its size, and a checksum true of its bytes now."""
+    if plan.sha256 and plan.etag:
+        head = await _still_as_inserted(plan, source)
+        return replace(plan, size=int(head["ContentLength"]))
+    if plan.sha256 is None and compute_checksums:
+        digest, size = await source.sha256_of(plan.source_url)
+        return replace(plan, sha256=digest, size=size)
+    if plan.size is None:
+        return replace(plan, size=await source.size_of(plan.source_url))
+    return plan
+
+
+async def _still_as_inserted(plan: ShardPlan, source: S3DataStore) -> dict[str, Any]:
+    """HEAD the source: it must still be the version whose sha256 insert recorded."""
+    head = await source.head(plan.source_url)
+    if etag_of(head) != plan.etag:
+        raise SourceChangedError(f"{plan.source_url} changed since it was inserted (ETag "
+                                 f"{etag_of(head)} != recorded {plan.etag}); re-insert the "
+                                 "dataset")
+    return head
+
+
+async def _verify_copy(plan: ShardPlan, done: ShardUpload, source: S3DataStore | None,
+                       dest: S3DataStore, compute_checksums: bool) -> ShardPlan:
+    """Check a copy before a record may name it; the sha256 it gets is true of its bytes.
+
+    Verified outright when S3 checked our sha256 on arrival, or when a server-side copy
+    reports the ETag recorded at insert. Otherwise the size is read back, and a
+    server-side copy (whose new ETag may differ for layout or encryption reasons) needs
+    its source to still be the inserted version. Streamed copies read with If-Match.
+    """
     if not (done.verified or (done.etag and done.etag == plan.etag)):
         landed = await dest.size_of(done.url)
         if landed != done.size:
             raise EntryError(f"copy of {plan.source_url} has {landed} bytes, "
                              f"expected {done.size}")
+        if done.sha256 is None and plan.etag and source is not None:
+            await _still_as_inserted(plan, source)
+    if done.sha256 and plan.sha256 and done.sha256 != plan.sha256:
+        raise SourceChangedError(f"{plan.source_url} changed since it was inserted: sha256 "
+                                 f"{done.sha256} != recorded {plan.sha256}; re-insert the "
+                                 "dataset")
     digest = done.sha256 or plan.sha256
     if digest is None and compute_checksums:
         digest, _ = await dest.sha256_of(done.url)
-    elif done.sha256 and plan.sha256 and done.sha256 != plan.sha256:
-        raise EntryError(f"{plan.source_url} changed: sha256 {done.sha256} != recorded "
-                         f"{plan.sha256}")
     return replace(plan, size=done.size, sha256=digest)
 
 

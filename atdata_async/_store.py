@@ -32,7 +32,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ._errors import ConfigurationError, NotFoundError, StorageError
+from ._errors import ConfigurationError, NotFoundError, SourceChangedError, StorageError
 from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
 from ._tasks import run_per_shard, single_error
@@ -92,6 +92,7 @@ def _hash_into(hasher: Any, data: bytes) -> str:
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_PRECONDITION_CODES = {"PreconditionFailed", "412"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
 
 
@@ -303,6 +304,10 @@ class S3DataStore:
                 ) from exc
             if code in _NOT_FOUND_CODES:
                 raise ObjectNotFoundError(f"{operation} {target}: not found", code=code) from exc
+            if code in _PRECONDITION_CODES:
+                raise SourceChangedError(
+                    f"{operation} {target}: changed since it was inserted (its ETag no "
+                    f"longer matches the one recorded); re-insert the dataset", code=code) from exc
             if code in _AUTH_CODES:
                 raise StorageError(
                     f"{operation} {target}: S3 refused the credentials "
@@ -328,11 +333,18 @@ class S3DataStore:
     async def size_of(self, url: str) -> int:
         return int((await self.head(url))["ContentLength"])
 
-    async def get_bytes(self, url: str, byte_range: tuple[int, int] | None = None) -> bytes:
-        """The object's bytes, or ``[start, end)`` of them (a bytearray, filled in place)."""
+    async def get_bytes(self, url: str, byte_range: tuple[int, int] | None = None,
+                        if_match: str | None = None) -> bytes:
+        """The object's bytes, or ``[start, end)`` of them (a bytearray, filled in place).
+
+        With ``if_match`` (an ETag) S3 answers 412 if the object is another version now:
+        consecutive ranges then come from one version, or fail with SourceChangedError.
+        """
         loc = parse_s3_url(url)
         s3 = await self.client()
         extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
+        if if_match:
+            extra["IfMatch"] = _quoted(if_match)
         with self.errors("GetObject", url):
             response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
             body = response["Body"]
@@ -348,17 +360,21 @@ class S3DataStore:
             raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
         return buffer  # type: ignore[return-value]  (a bytearray is bytes-like)
 
-    async def iter_ranges(self, url: str, size: int) -> AsyncIterator[bytes]:
+    async def iter_ranges(self, url: str, size: int,
+                          if_match: str | None = None) -> AsyncIterator[bytes]:
         """The object as consecutive part-sized chunks, one buffer token each."""
         for part in plan_parts(size, self.part_size, 1):
             async with self.buffers():
-                yield await self.get_bytes(url, (part.start, part.end)) if size else b""
+                yield (await self.get_bytes(url, (part.start, part.end), if_match)
+                       if size else b"")
 
     async def sha256_of(self, url: str) -> tuple[str, int]:
-        """Stream the object once and return (sha256 hex, size): memory is one part."""
-        size = await self.size_of(url)
+        """Stream the object once and return (sha256 hex, size): memory is one part.
+        Every range is read from the version the first HEAD saw."""
+        head = await self.head(url)
+        size = int(head["ContentLength"])
         hasher = hashlib.sha256()
-        async for chunk in self.iter_ranges(url, size):
+        async for chunk in self.iter_ranges(url, size, etag_of(head)):
             await anyio.to_thread.run_sync(hasher.update, chunk)
         return hasher.hexdigest(), size
 
@@ -378,7 +394,7 @@ class S3DataStore:
                                                Body=_BufferReader(data), **extra)
         finally:
             _body_sha256.reset(reset)
-        return str(response.get("ETag", "")).strip('"')
+        return etag_of(response)
 
     async def delete(self, url: str) -> None:
         loc = parse_s3_url(url)
@@ -424,7 +440,6 @@ class S3DataStore:
         """
         url = self.url(key)
         hasher = hashlib.sha256()
-        s3 = await self.client()
         if size <= self.multipart_threshold:
             async with self.buffers():
                 data = await read(size)
@@ -439,10 +454,8 @@ class S3DataStore:
             return ShardUpload(url, size, digest, etag, verified=True)
 
         parts = plan_parts(size, self.part_size, self.min_part_size)
-        with self.errors("CreateMultipartUpload", url):
-            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
         etags: dict[int, str] = {}
-        try:
+        async with self.multipart_upload(key) as upload_id:
             with single_error():
                 async with anyio.create_task_group() as tg:
                     for part in parts:
@@ -458,9 +471,6 @@ class S3DataStore:
                         tg.start_soon(self._send_part, key, upload_id, part.number, data,
                                       digest, token, etags, tracker)
             etag = await self.complete_multipart(key, upload_id, etags)
-        except BaseException:
-            await self.abort_multipart(key, upload_id)
-            raise
         return ShardUpload(url, size, hasher.hexdigest(), etag)
 
     async def _send_part(
@@ -497,7 +507,21 @@ class S3DataStore:
             response = await s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
-        return str(response.get("ETag", "")).strip('"')
+        return etag_of(response)
+
+    @contextlib.asynccontextmanager
+    async def multipart_upload(self, key: str) -> AsyncIterator[str]:
+        """An open multipart upload's id, aborted (shielded) if the body fails or is
+        cancelled. The create call is shielded too: a cancellation landing after the
+        request left would lose the id of an upload S3 already opened, orphaning it."""
+        s3 = await self.client()
+        with anyio.CancelScope(shield=True), self.errors("CreateMultipartUpload", self.url(key)):
+            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
+        try:
+            yield upload_id
+        except BaseException:
+            await self.abort_multipart(key, upload_id)
+            raise
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort under a shielded scope; a failed abort is logged, never raised over the cause."""
@@ -531,65 +555,75 @@ class S3DataStore:
     async def copy_from(
         self, source: S3DataStore, src_url: str, key: str, size: int,
         tracker: ProgressTracker | None = None, known_sha256: str | None = None,
+        source_etag: str | None = None,
     ) -> ShardUpload:
         """Copy an object into this store: server-side when the account is shared,
         else streamed through ranged GETs into a (multipart) upload, hashed on the way
-        (or checked by S3 against ``known_sha256``, see ``upload_stream``)."""
+        (or checked by S3 against ``known_sha256``, see ``upload_stream``). With
+        ``source_etag`` the source must still be that version (else SourceChangedError)."""
         if self.shares_account_with(source):
-            return await self.server_side_copy(src_url, key, size, tracker)
+            return await self.server_side_copy(src_url, key, size, tracker, source_etag)
 
         position = 0
 
         async def read(n: int) -> bytes:
             nonlocal position
-            data = await source.get_bytes(src_url, (position, position + n)) if n else b""
+            data = (await source.get_bytes(src_url, (position, position + n), source_etag)
+                    if n else b"")
             position += n
             return data
 
         return await self.upload_stream(read, size, key, tracker, known_sha256)
 
     async def server_side_copy(
-        self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None
+        self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None,
+        source_etag: str | None = None,
     ) -> ShardUpload:
-        """CopyObject, or parallel UploadPartCopy ranges above the copy threshold."""
+        """CopyObject, or parallel UploadPartCopy ranges above the copy threshold;
+        conditional on ``source_etag`` (CopySourceIfMatch) when given."""
         src = parse_s3_url(src_url)
         s3 = await self.client()
         url = self.url(key)
         copy_source = {"Bucket": src.bucket, "Key": src.key}
+        condition = {"CopySourceIfMatch": _quoted(source_etag)} if source_etag else {}
         if size <= self.copy_multipart_threshold:
             async with self.buffers():
                 with self.errors("CopyObject", f"{src_url} -> {url}"):
                     response = await s3.copy_object(Bucket=self.bucket, Key=key,
-                                                    CopySource=copy_source)
+                                                    CopySource=copy_source, **condition)
             if tracker:
                 tracker.add_bytes(size)
-            etag = str(response.get("CopyObjectResult", {}).get("ETag", "")).strip('"')
+            etag = etag_of(response.get("CopyObjectResult", {}))
             return ShardUpload(url, size, None, etag)
         parts = plan_parts(size, self.copy_part_size, self.min_part_size)
-        with self.errors("CreateMultipartUpload", url):
-            upload_id = (await s3.create_multipart_upload(Bucket=self.bucket, Key=key))["UploadId"]
         etags: dict[int, str] = {}
 
-        async def copy_part(part: Any) -> None:
+        async def copy_part(upload_id: str, part: Any) -> None:
             async with self.buffers():
                 with self.errors(f"UploadPartCopy {part.number}", url):
                     response = await s3.upload_part_copy(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
-                        CopySource=copy_source, CopySourceRange=part.copy_range)
+                        CopySource=copy_source, CopySourceRange=part.copy_range, **condition)
             etags[part.number] = response["CopyPartResult"]["ETag"]
             if tracker:
                 tracker.add_bytes(part.size)
 
-        try:
+        async with self.multipart_upload(key) as upload_id:
             with single_error():
                 async with anyio.create_task_group() as tg:
                     for part in parts:
-                        tg.start_soon(copy_part, part)
+                        tg.start_soon(copy_part, upload_id, part)
             etag = await self.complete_multipart(key, upload_id, etags)
-        except BaseException:
-            await self.abort_multipart(key, upload_id)
-            raise
         return ShardUpload(url, size, None, etag)
+
+
+def etag_of(response: Mapping[str, Any]) -> str:
+    """An S3 response's ETag without its quotes ("" when absent)."""
+    return str(response.get("ETag", "")).strip('"')
+
+
+def _quoted(etag: str) -> str:
+    return etag if etag.startswith('"') else f'"{etag}"'
 
 
 def _check_length(url: str, data: bytes, expected: int) -> None:

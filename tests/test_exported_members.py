@@ -11,7 +11,8 @@ PUBLIC = {
         "AtdataError", "AuthError", "ConfigurationError", "ConflictError", "Dataset",
         "EntryError", "EntryNotFoundError", "NotFoundError", "PackableSample",
         "RateLimitedError", "RecordNotFoundError", "SchemaNotFoundError", "ShardTransferError",
-        "StorageError", "TransferProgress", "ValidationError", "XrpcError", "packable"],
+        "SourceChangedError", "StorageError", "TransferProgress", "ValidationError",
+        "XrpcError", "packable"],
     "atdata_async.local": [
         "LocalDatasetEntry", "LocalIndex", "ObjectNotFoundError", "S3Credentials",
         "S3DataStore", "ShardUpload"],

@@ -11,7 +11,14 @@ import sys
 import anyio
 import pytest
 
-from atdata_async import AuthError, Dataset, ShardTransferError, StorageError, XrpcError
+from atdata_async import (
+    AuthError,
+    Dataset,
+    ShardTransferError,
+    SourceChangedError,
+    StorageError,
+    XrpcError,
+)
 from atdata_async.atmosphere import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -200,11 +207,11 @@ async def test_failed_shard_copy_writes_no_record_and_leaves_no_upload(
     entry = await insert(index, tmp_path, "fails", shards=4, per_shard=1500)
     original = S3DataStore.server_side_copy
 
-    async def flaky(self, src_url, key, size, tracker=None):
+    async def flaky(self, src_url, *args):
         if src_url.endswith("000002.tar"):
             await anyio.sleep(0.2)
             raise StorageError("injected: connection reset mid-copy")
-        return await original(self, src_url, key, size, tracker)
+        return await original(self, src_url, *args)
 
     monkeypatch.setattr(S3DataStore, "server_side_copy", flaky)
     async with store_for(s3_credentials, make_bucket(moto_server.url)) as dest:
@@ -321,8 +328,8 @@ async def test_a_copy_that_lands_short_is_caught_before_the_record(
     entry = await insert(index, tmp_path, "short", shards=2)
     original = S3DataStore.server_side_copy
 
-    async def lying(self, src_url, key, size, tracker=None):
-        done = await original(self, src_url, key, size, tracker)
+    async def lying(self, *args):
+        done = await original(self, *args)
         return type(done)(done.url, done.size + 1, None, etag=None)  # claims one byte more
 
     monkeypatch.setattr(S3DataStore, "server_side_copy", lying)
@@ -403,3 +410,30 @@ async def test_secrets_stay_out_of_logs_redis_and_records(index, client, tmp_pat
     assert "secretive" in seen  # the haystack is real
     for secret in secrets:
         assert secret not in seen
+
+
+@pytest.mark.parametrize("per_shard", [20, 1500], ids=["single-part", "multipart"])
+@pytest.mark.parametrize("where", ["keep", "same-account copy", "streamed copy"])
+async def test_a_shard_changed_since_insert_is_never_published_with_its_old_checksum(
+        index, client, tmp_path, moto_server, s3_credentials, raw_s3, where, per_shard):
+    entry = await insert(index, tmp_path, "changed", shards=2, per_shard=per_shard)
+    changed = entry.data_urls[1]
+    bucket, key = changed.removeprefix("s3://").split("/", 1)
+    body = bytearray(raw_s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+    body[-1] ^= 0xFF  # same size, one byte different: only a checksum can tell
+    raw_s3.put_object(Bucket=bucket, Key=key, Body=bytes(body))
+    creds = dict(s3_credentials)
+    if where == "streamed copy":
+        creds["AWS_ACCESS_KEY_ID"] = "another-key"
+    dest = None if where == "keep" else store_for(creds, make_bucket(moto_server.url))
+    try:
+        with pytest.raises(ShardTransferError) as info:
+            await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert list(info.value.failures) == [changed]
+        assert isinstance(info.value.failures[changed], SourceChangedError)
+        assert "changed since it was inserted" in str(info.value)
+        assert await count_datasets(client) == 0
+        assert dest is None or await dest.list_multipart_uploads() == []
+    finally:
+        if dest is not None:
+            await dest.aclose()

@@ -113,6 +113,31 @@ async def test_cancelled_upload_leaves_no_multipart_upload(s3_credentials, bucke
     await store.aclose()
 
 
+async def test_cancel_while_the_create_answer_is_in_flight_leaves_no_upload(
+        s3_credentials, bucket, tmp_path):
+    """S3 opened the upload but its answer had not arrived when the caller was cancelled."""
+    paths = write_shards(tmp_path, 1, 1500)
+    store = small_store(s3_credentials, bucket)
+    s3 = await store.client()
+    real_create = s3.create_multipart_upload
+    created = anyio.Event()
+
+    async def slow_answer(**kwargs):
+        response = await real_create(**kwargs)
+        created.set()
+        await anyio.sleep(0.5)
+        return response
+
+    s3.create_multipart_upload = slow_answer
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(store.upload_files, [(paths[0], "race/x.tar")])
+        await created.wait()
+        assert len(await store.list_multipart_uploads()) == 1
+        tg.cancel_scope.cancel()
+    assert await store.list_multipart_uploads() == []
+    await store.aclose()
+
+
 async def test_memory_tokens_bound_parts_in_flight(s3_credentials, bucket, tmp_path, monkeypatch):
     paths = write_shards(tmp_path, 4, 1500)
     store = small_store(s3_credentials, bucket, max_concurrency=3)
