@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 
 from ._errors import ConfigurationError
+from ._http import HttpShardReader
 from ._sample import PackableSample
 from ._urls import expand_braces, local_path, url_kind
 
@@ -49,7 +50,8 @@ class Dataset(Generic[T]):
     """A WebDataset of samples of type T; ``Dataset[T](url)``.
 
     ``url`` is a path, a brace pattern (``shard-{000000..000009}.tar``), an ``s3://`` URL
-    (read through ``store``), or a list of those. Iteration is in shard order.
+    (read through ``store``), an ``http(s)://`` URL, or a list of those. Iteration is in
+    shard order.
     """
 
     sample_type: ClassVar[type[Any] | None] = None
@@ -85,7 +87,8 @@ class Dataset(Generic[T]):
             if self.store is None:
                 raise ConfigurationError(f"reading {url} needs Dataset(..., store=S3DataStore)")
             return await self.store.get_bytes(url)
-        raise ConfigurationError(f"cannot read {url}: http shards are not readable here yet")
+        async with HttpShardReader() as http:
+            return await http.read_all(url)
 
     async def items(self) -> AsyncIterator[tuple[str, T]]:
         """(``__key__``, sample) pairs in shard order."""

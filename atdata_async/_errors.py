@@ -8,7 +8,7 @@
     │   ├── SchemaNotFoundError              no such schema in the local index
     │   └── EntryNotFoundError               no such dataset entry
     ├── StorageError                         an S3 or Redis call failed; ``code`` when S3 gave one
-    │   ├── ObjectNotFoundError (KeyError)   no such bucket or key (in ``_store``)
+    │   ├── ObjectNotFoundError (KeyError)   no such bucket, key or http(s) shard
     │   ├── SourceChangedError               a shard's bytes are not those recorded at insert
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     └── XrpcError                            an XRPC call failed: status, error, message, method
@@ -67,6 +67,13 @@ class StorageError(AtdataError):
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ObjectNotFoundError(StorageError, NotFoundError):
+    """The bucket, key or http(s) shard does not exist."""
+
+    def __str__(self) -> str:
+        return StorageError.__str__(self)
 
 
 class SourceChangedError(StorageError):

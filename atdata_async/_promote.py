@@ -23,6 +23,7 @@ import msgspec
 
 from ._atproto import next_tid, record_key_from
 from ._errors import AuthError, EntryError, SourceChangedError, XrpcError
+from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
 from ._lexicon import (
     DATASET_COLLECTION,
@@ -228,19 +229,29 @@ def schema_registry(client: AtmosphereClient) -> SchemaRegistry:
 
 
 async def _settle_shard(
-    plan: ShardPlan, source: S3DataStore | None, dest: S3DataStore | None,
-    compute_checksums: bool, tracker: ProgressTracker,
+    plan: ShardPlan, source: S3DataStore | None, http: HttpShardReader,
+    dest: S3DataStore | None, compute_checksums: bool, tracker: ProgressTracker,
 ) -> ShardPlan:
     """Copy one shard (or just learn its size and checksum); verify what landed."""
     if plan.dest_key is None:
         if plan.kind == "s3" and source is not None:
             plan = await _check_in_place(plan, source, compute_checksums)
+        elif plan.kind == "http" and compute_checksums and not plan.sha256:
+            digest, size = await http.sha256_of(plan.source_url)
+            plan = replace(plan, sha256=digest, size=size)
         tracker.add_bytes(plan.size or 0)
         return plan
     assert dest is not None
     if plan.kind == "file":
         done: ShardUpload = await dest.upload_file(local_path(plan.source_url), plan.dest_key,
                                                    tracker)
+    elif plan.kind == "http":
+        async with http.open(plan.source_url) as body:
+            if body.size is None:
+                raise EntryError(f"{plan.source_url}: the server sends no Content-Length, "
+                                 "so the shard cannot be streamed into S3")
+            # hashed on the way (no known digest passed): compared with any recorded one
+            done = await dest.upload_stream(body.read, body.size, plan.dest_key, tracker)
     else:
         if source is None:
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
@@ -358,20 +369,23 @@ async def promote_to_atmosphere(
         nonlocal settled
 
         async def one(shard: ShardPlan) -> ShardPlan:
-            return await _settle_shard(shard, source, data_store, compute_checksums, tracker)
+            return await _settle_shard(shard, source, http, data_store, compute_checksums,
+                                       tracker)
 
         settled = await run_per_shard([s.source_url for s in plan.shards], plan.shards, one,
                                       max_concurrency, tracker)
 
-    with single_error():
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(resolve_schema)
-            tg.start_soon(settle_shards)
+    async with HttpShardReader() as http:
+        with single_error():
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(resolve_schema)
+                tg.start_soon(settle_shards)
 
     unchecked = [s.source_url for s in settled if not s.sha256]
     if unchecked and compute_checksums:
         log.warning("publishing %d shard(s) without a checksum (none recorded, and the local "
-                    "index has no data store to read them): %s", len(unchecked), unchecked[0])
+                    "index has no data store to read them with): %s", len(unchecked),
+                    unchecked[0])
     sizes = [s.size for s in settled]
     total = sum(x for x in sizes if x is not None) if None not in sizes else None
     record = validate_dataset(msgspec.structs.replace(

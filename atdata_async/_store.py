@@ -32,7 +32,12 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from ._errors import ConfigurationError, NotFoundError, SourceChangedError, StorageError
+from ._errors import (
+    ConfigurationError,
+    ObjectNotFoundError,
+    SourceChangedError,
+    StorageError,
+)
 from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
 from ._tasks import run_per_shard, single_error
@@ -94,13 +99,6 @@ _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
-
-
-class ObjectNotFoundError(StorageError, NotFoundError):
-    """The bucket or key does not exist."""
-
-    def __str__(self) -> str:
-        return StorageError.__str__(self)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,14 @@ def redis_url(redis_server) -> str:
 
 
 @pytest.fixture(scope="session")
+def http_server(tmp_path_factory):
+    """A real HTTP server on 127.0.0.1 serving the files under ``extra["root"]``."""
+    service = services.start_http(tmp_path_factory.mktemp("http-root"))
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def moto_server():
     service = services.start_moto(in_process=True)
     yield service

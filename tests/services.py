@@ -109,6 +109,28 @@ def start_moto(in_process: bool = True) -> Service:
     return Service("moto", url, proc)
 
 
+def start_http(directory: Path) -> Service:
+    """A static file server (the standard library's) for shards published over http."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(directory))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, name="http-shards", daemon=True).start()
+
+    def stop() -> None:
+        server.shutdown()
+        server.server_close()
+
+    return Service("http", f"http://127.0.0.1:{server.server_port}", _stop=stop,
+                   extra={"root": directory})
+
+
 def install_pds() -> Path:
     """Install (once, cached) Node 22 + the reference PDS; returns the install folder."""
     out = subprocess.run(["bash", str(PDS_DIR / "install.sh")], check=True,

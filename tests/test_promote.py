@@ -351,6 +351,63 @@ async def test_http_urls_become_a_storage_http_record(index, client):
     assert got.checksums == entry.checksums and got.size["bytes"] == 200
 
 
+def http_shards(http_server, name: str, **kw) -> tuple[list, list[str]]:
+    """Shards under the HTTP server's root, and the URLs it serves them at."""
+    directory = http_server.extra["root"] / name
+    directory.mkdir()
+    paths = write_shards(directory, **{"shards": 3, "per_shard": 40, **kw})
+    return paths, [f"{http_server.url}/{name}/{p.name}" for p in paths]
+
+
+def sha256_hex(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+async def test_http_shards_without_checksums_are_hashed_by_streaming_and_read_back(
+        index, client, http_server):
+    paths, urls = http_shards(http_server, "web-hashed")
+    entry = await index.add_entry(Dataset[FeatureSample](urls), name="web-hashed")
+    assert entry.checksums == {}
+    got = await AtmosphereIndex(client).get_dataset(
+        await promote_to_atmosphere(entry, index, client))
+    assert got.data_urls == urls
+    assert got.checksums == {u: sha256_hex(p) for u, p in zip(urls, paths, strict=True)}
+    assert got.size["bytes"] == sum(p.stat().st_size for p in paths)
+    # anyone can read it back from the record alone
+    local = [s async for s in Dataset[FeatureSample]([str(p) for p in paths])]
+    remote = [s async for s in Dataset[FeatureSample](got.data_urls)]
+    assert len(remote) == 120 and all(
+        a.label == b.label and (a.features == b.features).all()
+        for a, b in zip(local, remote, strict=True))
+
+
+async def test_http_shards_are_copied_into_s3_byte_for_byte(index, client, http_server,
+                                                           moto_server, s3_credentials):
+    small, urls = http_shards(http_server, "web-copied", shards=2, per_shard=40)
+    big = write_shards(small[0].parent, 1, 1500, stem="big")  # multipart upload
+    paths, urls = small + big, [*urls, f"{http_server.url}/web-copied/{big[0].name}"]
+    entry = await index.add_entry(Dataset[FeatureSample](urls), name="web-copied")
+    async with store_for(s3_credentials, make_bucket(moto_server.url)) as dest:
+        got = await AtmosphereIndex(client).get_dataset(
+            await promote_to_atmosphere(entry, index, client, data_store=dest))
+        assert await dest.list_multipart_uploads() == []
+    for path, dst in zip(paths, got.data_urls, strict=True):
+        assert read_s3(moto_server.url, dst) == path.read_bytes()
+        assert got.checksums[dst] == sha256_hex(path)
+
+
+async def test_a_missing_http_shard_fails_the_promotion_and_is_named(index, client,
+                                                                     http_server):
+    paths, urls = http_shards(http_server, "web-missing", shards=2)
+    paths[1].unlink()
+    entry = await index.add_entry(Dataset[FeatureSample](urls), name="web-missing")
+    with pytest.raises(ShardTransferError) as info:
+        await promote_to_atmosphere(entry, index, client)
+    assert list(info.value.failures) == [urls[1]]
+    assert "404" in str(info.value)
+    assert await count_datasets(client) == 0
+
+
 async def test_schema_created_by_a_racing_process_is_reused(index, client, tmp_path):
     from atdata_async._promote import SchemaRegistry, schema_rkey
 

@@ -1,0 +1,142 @@
+"""Shards published at http(s) URLs: streamed, hashed or copied, never whole in memory.
+
+The one seam for plain HTTP reads: retries (5xx and transport errors before the body
+starts, full-jitter backoff) and the translation of httpx failures into StorageError
+live here. Bodies are asked for with ``Accept-Encoding: identity`` (and decoded if a
+server encodes them anyway): the bytes hashed or copied are the file's own bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import random
+from collections.abc import AsyncIterator
+
+import anyio
+import httpx
+
+from ._errors import ObjectNotFoundError, StorageError
+
+log = logging.getLogger("atdata_async.http")
+CHUNK = 1 << 20
+
+
+class HttpBody:
+    """An open response body read by exact sizes; ``size`` is its Content-Length (None
+    when unknown, or when the server encoded the body despite ``identity``)."""
+
+    def __init__(self, url: str, response: httpx.Response) -> None:
+        self.url = url
+        length = response.headers.get("content-length")
+        encoded = response.headers.get("content-encoding", "identity") != "identity"
+        self.size: int | None = int(length) if length is not None and not encoded else None
+        self._chunks = response.aiter_bytes()
+        self._pending = bytearray()
+        self.received = 0
+
+    async def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes (fewer only at the end of the body)."""
+        while len(self._pending) < n:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                break
+            except httpx.HTTPError as exc:
+                raise StorageError(f"GET {self.url}: connection lost after "
+                                   f"{self.received + len(self._pending)} bytes: {exc}") from exc
+            self._pending += chunk
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        self.received += len(data)
+        return data
+
+
+class HttpShardReader:
+    """Reads shards over http(s) with one lazily created httpx client."""
+
+    def __init__(self, *, max_attempts: int = 5, backoff_base: float = 0.5,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    async def __aenter__(self) -> HttpShardReader:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def _http(self) -> httpx.AsyncClient:
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                transport=self._transport, follow_redirects=True,
+                timeout=httpx.Timeout(30, read=120), headers={"Accept-Encoding": "identity"})
+        return self._client
+
+    @contextlib.asynccontextmanager
+    async def open(self, url: str) -> AsyncIterator[HttpBody]:
+        """The shard's body, once the server answered 200."""
+        response = await self._get(url)
+        try:
+            _check(url, response)
+            yield HttpBody(url, response)
+        finally:
+            await response.aclose()
+
+    async def _get(self, url: str) -> httpx.Response:
+        """A streaming GET; 5xx answers and transport errors are retried with backoff."""
+        http = self._http()
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = await http.send(http.build_request("GET", url), stream=True)
+            except httpx.TransportError as exc:
+                if attempt == self.max_attempts:
+                    raise StorageError(f"GET {url}: cannot reach the server: {exc}") from exc
+                why = type(exc).__name__
+            else:
+                if response.status_code < 500 or attempt == self.max_attempts:
+                    return response
+                await response.aclose()
+                why = f"HTTP {response.status_code}"
+            delay = random.uniform(0, self.backoff_base * 2 ** (attempt - 1))  # full jitter
+            log.info("GET %s failed (%s); retry %d in %.2fs", url, why, attempt, delay)
+            await anyio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def sha256_of(self, url: str) -> tuple[str, int]:
+        """Stream the shard once: (sha256 hex, size); memory is one chunk."""
+        hasher = hashlib.sha256()
+        async with self.open(url) as body:
+            while chunk := await body.read(CHUNK):
+                await anyio.to_thread.run_sync(hasher.update, chunk)
+            _check_complete(body)
+            return hasher.hexdigest(), body.received
+
+    async def read_all(self, url: str) -> bytes:
+        async with self.open(url) as body:
+            parts = []
+            while chunk := await body.read(CHUNK):
+                parts.append(chunk)
+            _check_complete(body)
+            return b"".join(parts)
+
+
+def _check(url: str, response: httpx.Response) -> None:
+    if response.status_code == 404:
+        raise ObjectNotFoundError(f"GET {url}: not found (HTTP 404)", code="404")
+    if response.status_code != 200:
+        raise StorageError(f"GET {url}: HTTP {response.status_code}",
+                           code=str(response.status_code))
+
+
+def _check_complete(body: HttpBody) -> None:
+    if body.size is not None and body.received != body.size:
+        raise StorageError(f"GET {body.url}: got {body.received} of {body.size} bytes")
