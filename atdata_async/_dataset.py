@@ -1,18 +1,21 @@
-"""Dataset[T]: typed samples read from WebDataset tar shards (local files or S3)."""
+"""Dataset[T]: typed samples streamed from WebDataset tar shards (files, S3, http(s))."""
 
 from __future__ import annotations
 
+import contextlib
 import io
+import itertools
 import os
 import tarfile
 from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
+from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
 
 from ._errors import ConfigurationError
 from ._http import HttpShardReader
 from ._sample import PackableSample
+from ._streams import READ_AHEAD, AsyncRead, ExactReader, blocking_file
 from ._urls import expand_braces, local_path, url_kind
 
 if TYPE_CHECKING:
@@ -21,7 +24,14 @@ if TYPE_CHECKING:
 T = TypeVar("T", bound=PackableSample)
 
 
-def decode_shard(data: bytes | io.IOBase, sample_type: type[T]) -> Iterator[tuple[str, T]]:
+DECODE_BATCH = 64  # samples decoded per worker-thread hop
+
+
+def _take(pairs: Iterator[tuple[str, T]], n: int) -> list[tuple[str, T]]:
+    return list(itertools.islice(pairs, n))
+
+
+def decode_shard(data: bytes | IO[bytes], sample_type: type[T]) -> Iterator[tuple[str, T]]:
     """Yield (``__key__``, sample) for each ``<key>.msgpack`` member of a tar shard."""
     fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
@@ -77,26 +87,50 @@ class Dataset(Generic[T]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, shards={len(self.shard_urls)})"
 
-    async def read_shard(self, url: str) -> bytes:
-        """The raw bytes of one shard."""
+    @contextlib.asynccontextmanager
+    async def open_shard(self, url: str) -> AsyncIterator[AsyncRead]:
+        """An async ``read(n)`` over one shard, streamed: memory is a chunk, not the shard
+        (S3 shards come in part-sized ranges of the version the first HEAD saw)."""
         kind = url_kind(url)
         if kind == "file":
             async with await anyio.open_file(local_path(url), "rb") as f:
-                return await f.read()
-        if kind == "s3":
+                yield f.read
+        elif kind == "s3":
             if self.store is None:
                 raise ConfigurationError(f"reading {url} needs Dataset(..., store=S3DataStore)")
-            return await self.store.get_bytes(url)
-        async with HttpShardReader() as http:
-            return await http.read_all(url)
+            yield ExactReader(await self.store.open_object(url)).read
+        else:
+            async with HttpShardReader() as http, http.open(url) as body:
+                yield body.read
 
-    async def items(self) -> AsyncIterator[tuple[str, T]]:
+    async def read_shard(self, url: str) -> bytes:
+        """The raw bytes of one shard (whole, in memory)."""
+        chunks = []
+        async with self.open_shard(url) as read:
+            while chunk := await read(READ_AHEAD):
+                chunks.append(chunk)
+        return b"".join(chunks)
+
+    def items(self) -> AsyncIterator[tuple[str, T]]:
         """(``__key__``, sample) pairs in shard order."""
+        return self._stream(with_keys=True)
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self._stream(with_keys=False)
+
+    async def _stream(self, with_keys: bool) -> AsyncIterator[Any]:
+        """Shards streamed one after another, decoded in a worker thread a batch of
+        samples at a time. One generator (not two nested ones), so that a loop left
+        early is finalized cleanly even without ``aclosing``."""
         assert self.sample_type is not None
         for url in self.shard_urls:
-            for pair in decode_shard(await self.read_shard(url), self.sample_type):
-                yield pair
-
-    async def __aiter__(self) -> AsyncIterator[T]:
-        async for _, sample in self.items():
-            yield sample
+            async with self.open_shard(url) as read:
+                pairs = decode_shard(blocking_file(read, anyio.from_thread.run),
+                                     self.sample_type)
+                try:
+                    while batch := await anyio.to_thread.run_sync(_take, pairs, DECODE_BATCH):
+                        for key, sample in batch:
+                            yield (key, sample) if with_keys else sample
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(pairs.close)

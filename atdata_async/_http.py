@@ -18,39 +18,32 @@ import anyio
 import httpx
 
 from ._errors import ObjectNotFoundError, StorageError
+from ._streams import ExactReader
 
 log = logging.getLogger("atdata_async.http")
 CHUNK = 1 << 20
 
 
-class HttpBody:
+class HttpBody(ExactReader):
     """An open response body read by exact sizes; ``size`` is its Content-Length (None
     when unknown, or when the server encoded the body despite ``identity``)."""
 
     def __init__(self, url: str, response: httpx.Response) -> None:
+        super().__init__(self._next_chunk)
         self.url = url
+        self._chunks = response.aiter_bytes()
         length = response.headers.get("content-length")
         encoded = response.headers.get("content-encoding", "identity") != "identity"
         self.size: int | None = int(length) if length is not None and not encoded else None
-        self._chunks = response.aiter_bytes()
-        self._pending = bytearray()
-        self.received = 0
 
-    async def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes (fewer only at the end of the body)."""
-        while len(self._pending) < n:
-            try:
-                chunk = await self._chunks.__anext__()
-            except StopAsyncIteration:
-                break
-            except httpx.HTTPError as exc:
-                raise StorageError(f"GET {self.url}: connection lost after "
-                                   f"{self.received + len(self._pending)} bytes: {exc}") from exc
-            self._pending += chunk
-        data = bytes(self._pending[:n])
-        del self._pending[:n]
-        self.received += len(data)
-        return data
+    async def _next_chunk(self) -> bytes | None:
+        try:
+            return await self._chunks.__anext__()
+        except StopAsyncIteration:
+            return None
+        except httpx.HTTPError as exc:
+            raise StorageError(f"GET {self.url}: connection lost after "
+                               f"{self.received + len(self._pending)} bytes: {exc}") from exc
 
 
 class HttpShardReader:

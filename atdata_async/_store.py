@@ -358,22 +358,31 @@ class S3DataStore:
             raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
         return buffer  # type: ignore[return-value]  (a bytearray is bytes-like)
 
-    async def iter_ranges(self, url: str, size: int,
-                          if_match: str | None = None) -> AsyncIterator[bytes]:
-        """The object as consecutive part-sized chunks, one buffer token each."""
-        for part in plan_parts(size, self.part_size, 1):
+    async def open_object(self, url: str) -> Callable[[], Awaitable[bytes | None]]:
+        """A puller of the object's part-sized ranges (None at the end), all of the
+        version the HEAD made here saw. Each pull is one request under a buffer token,
+        so pulls may come from any task (a blocking reader's hops to the loop do)."""
+        head = await self.head(url)
+        size, etag = int(head["ContentLength"]), etag_of(head)
+        parts = iter(plan_parts(size, self.part_size, 1) if size else ())
+
+        async def pull() -> bytes | None:
+            part = next(parts, None)
+            if part is None:
+                return None
             async with self.buffers():
-                yield (await self.get_bytes(url, (part.start, part.end), if_match)
-                       if size else b"")
+                return await self.get_bytes(url, (part.start, part.end), etag)
+
+        return pull
 
     async def sha256_of(self, url: str) -> tuple[str, int]:
-        """Stream the object once and return (sha256 hex, size): memory is one part.
-        Every range is read from the version the first HEAD saw."""
-        head = await self.head(url)
-        size = int(head["ContentLength"])
+        """Stream the object once and return (sha256 hex, size): memory is one part."""
         hasher = hashlib.sha256()
-        async for chunk in self.iter_ranges(url, size, etag_of(head)):
+        size = 0
+        pull = await self.open_object(url)
+        while (chunk := await pull()) is not None:
             await anyio.to_thread.run_sync(hasher.update, chunk)
+            size += len(chunk)
         return hasher.hexdigest(), size
 
     async def put_bytes(self, key: str, data: bytes, sha256_hex: str | None = None) -> str:

@@ -181,3 +181,29 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
         _portal.call(long_job)
     timer.join()
     assert events == ["started", "cleaned up"]
+
+
+def test_sync_datasets_stream_shards_and_can_stop_early(s3_credentials, bucket, raw_s3,
+                                                        tmp_path):
+    from atdata_async._streams import READ_AHEAD
+    from atdata_async.sync.local import S3DataStore
+    from tests.conftest import TEST_PART
+    from tests.samples import FeatureSample, write_shards
+
+    paths = write_shards(tmp_path, 2, 1500)
+    for path in paths:
+        raw_s3.upload_file(str(path), bucket, f"sync/{path.name}")
+    store = S3DataStore(s3_credentials, bucket=bucket, part_size=TEST_PART)
+    ds = atdata_async.sync.Dataset[FeatureSample]([f"s3://{bucket}/sync/{p.name}"
+                                                   for p in paths], store=store)
+    try:
+        before = store._core.request_count
+        for n, _ in enumerate(ds, start=1):
+            if n == 10:
+                break
+        # a HEAD, then ranges for one read-ahead: not the 3.8 MB shard, nor the second one
+        assert store._core.request_count - before == 1 + READ_AHEAD // TEST_PART
+        keys = [key for key, _ in ds.items()]
+        assert keys == [f"{i:06d}" for i in range(3000)]
+    finally:
+        store.close()

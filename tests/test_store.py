@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -191,3 +195,57 @@ async def test_single_puts_carry_our_sha256_for_the_server_to_check(s3_credentia
         assert store.request_count == 1
     head = raw_s3.head_object(Bucket=bucket, Key="k", ChecksumMode="ENABLED")
     assert base64.b64decode(head["ChecksumSHA256"]) == hashlib.sha256(data).digest()
+
+
+async def test_datasets_stream_s3_shards_in_ranges_of_one_version(s3_credentials, bucket,
+                                                                  tmp_path, raw_s3):
+    paths = write_shards(tmp_path, 2, 1500)  # ~850 KB each: four 256 KiB ranges
+    store = small_store(s3_credentials, bucket)
+    for path in paths:
+        raw_s3.upload_file(str(path), bucket, f"stream/{path.name}")
+    urls = [f"s3://{bucket}/stream/{p.name}" for p in paths]
+    local = [s async for s in Dataset[FeatureSample]([str(p) for p in paths])]
+    before = store.request_count
+    remote = [s async for s in Dataset[FeatureSample](urls, store=store)]
+    ranges = sum(-(-p.stat().st_size // TEST_PART) for p in paths)
+    assert store.request_count - before == len(paths) + ranges  # a HEAD, then its ranges
+    assert len(remote) == 3000 and all(
+        a.label == b.label and (a.features == b.features).all()
+        for a, b in zip(local, remote, strict=True))
+    # stopping early releases the stream: the next read starts cleanly
+    keys = []
+    async with contextlib.aclosing(Dataset[FeatureSample](urls, store=store).items()) as it:
+        async for key, _ in it:
+            keys.append(key)
+            if len(keys) == 3:
+                break
+    assert keys == ["000000", "000001", "000002"]
+    assert store.buffers().borrowed_tokens == 0
+    await store.aclose()
+
+
+LEAVE_EARLY = """
+import sys
+import anyio
+import atdata_async
+from tests.samples import FeatureSample, write_shards
+from pathlib import Path
+
+async def main():
+    urls = [str(p) for p in write_shards(Path(sys.argv[1]), 2, 500)]
+    dataset = atdata_async.Dataset[FeatureSample](urls)
+    async for _ in (dataset.items() if sys.argv[2] == "items" else dataset):
+        break  # no aclosing: the stream is left open for the event loop to finalize
+    print("done")
+
+anyio.run(main)
+"""
+
+
+@pytest.mark.parametrize("loop", ["samples", "items"])
+def test_a_dataset_loop_left_early_is_finalized_cleanly(tmp_path, loop):
+    out = subprocess.run([sys.executable, "-W", "error", "-c", LEAVE_EARLY, str(tmp_path), loop],
+                         capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and out.stdout == "done\n", out.stderr
+    assert out.stderr == ""

@@ -13,7 +13,8 @@ import atdata_async as _core
 from atdata_async import *  # noqa: F403  (errors, samples and progress are shared)
 
 from .. import _dataset
-from .._portal import Facade, call
+from .._portal import Facade, get_portal
+from .._streams import blocking_file
 
 __all__ = _core.__all__
 
@@ -26,10 +27,17 @@ class Dataset(Facade, core=_dataset.Dataset):
         return type(core.__name__, (cls,), {"_core_type": core, "__module__": cls.__module__})
 
     def items(self) -> Iterator[tuple[str, Any]]:
-        """(``__key__``, sample) pairs in shard order."""
+        """(``__key__``, sample) pairs in shard order, each shard streamed (decoded in the
+        caller's thread, its bytes read on the portal's loop)."""
+        portal = get_portal()
         for url in self._core.shard_urls:
-            yield from _dataset.decode_shard(call(self._core.read_shard, url),
-                                             self._core.sample_type)
+            with portal.wrap_async_context_manager(self._core.open_shard(url)) as read:
+                pairs = _dataset.decode_shard(blocking_file(read, portal.call),
+                                              self._core.sample_type)
+                try:
+                    yield from pairs
+                finally:
+                    pairs.close()
 
     def __iter__(self) -> Iterator[Any]:
         for _, sample in self.items():
