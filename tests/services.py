@@ -90,8 +90,12 @@ def start_redis(workdir: Path) -> Service:
     return Service("redis", f"redis://127.0.0.1:{port}/0", proc)
 
 
-def start_moto(in_process: bool = True) -> Service:
-    """A moto S3 server: in this process (tests) or as its own process (benchmarks)."""
+def start_moto(in_process: bool = True, *, auth_after: int | None = None) -> Service:
+    """A moto S3 server: in this process (tests) or as its own process (benchmarks).
+
+    ``auth_after=N`` (own process only): after N unchecked requests (enough to create an
+    IAM user, its key and a bucket) moto checks every signature like AWS does.
+    """
     if in_process:
         from moto.server import ThreadedMotoServer
 
@@ -101,7 +105,10 @@ def start_moto(in_process: bool = True) -> Service:
         return Service("moto", f"http://{host}:{port}", _stop=server.stop)
     port = free_port()
     moto = Path(sys.executable).with_name("moto_server")
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)],
+    env = dict(os.environ)
+    if auth_after is not None:
+        env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=1).status == 200,

@@ -5,16 +5,19 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import subprocess
 import sys
 from pathlib import Path
 
 import anyio
+import boto3
 import pytest
 
 from atdata_async import ConfigurationError, Dataset, ShardTransferError, StorageError
 from atdata_async.local import LocalIndex, ObjectNotFoundError, S3DataStore
+from tests import services
 from tests.conftest import TEST_PART, make_credentials
 from tests.samples import FeatureSample, write_shards
 
@@ -172,6 +175,48 @@ async def test_clear_errors_for_bucket_credentials_endpoint(s3_credentials, buck
     assert "testing-secret-key" not in str(info.value)
     for s in (missing, dead):
         await s.aclose()
+
+
+@pytest.fixture(scope="module")
+def strict_s3():
+    """A moto server that checks signatures, with one IAM user allowed s3:* and a bucket."""
+    service = services.start_moto(in_process=False, auth_after=4)
+    try:
+        unsigned = {"endpoint_url": service.url, "region_name": "us-east-1",
+                    "aws_access_key_id": "x", "aws_secret_access_key": "y"}
+        iam = boto3.client("iam", **unsigned)
+        iam.create_user(UserName="promoter")
+        key = iam.create_access_key(UserName="promoter")["AccessKey"]
+        iam.put_user_policy(UserName="promoter", PolicyName="s3", PolicyDocument=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+        boto3.client("s3", **unsigned).create_bucket(Bucket="strict")  # the 4th, last free one
+        yield service, {"AWS_ENDPOINT": service.url, "AWS_ACCESS_KEY_ID": key["AccessKeyId"],
+                        "AWS_SECRET_ACCESS_KEY": key["SecretAccessKey"]}
+    finally:
+        service.stop()
+
+
+@pytest.mark.parametrize("wrong", ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"])
+async def test_bad_credentials_are_one_clear_error_that_hides_the_secret(strict_s3, tmp_path,
+                                                                         wrong):
+    _, good = strict_s3
+    async with S3DataStore(good, bucket="strict") as store:  # the right key works
+        assert await store.put_bytes("ok", b"fine")
+    creds = {**good, wrong: "AKIAWRONGWRONGWRONG" if wrong == "AWS_ACCESS_KEY_ID"
+             else "a-wrong-secret-that-must-not-leak"}
+    paths = write_shards(tmp_path, 1, 20)
+    async with S3DataStore(creds, bucket="strict", max_attempts=1) as store:
+        with pytest.raises(ShardTransferError) as info:
+            await store.upload_files([(paths[0], "denied.tar")])
+        with pytest.raises(StorageError) as head:
+            await store.size_of("s3://strict/ok")
+    for error in (info.value, head.value):
+        assert "S3 refused the credentials" in str(error)
+        assert creds["AWS_SECRET_ACCESS_KEY"] not in str(error) + repr(error)
+    cause = next(iter(info.value.failures.values()))
+    assert cause.code == ("InvalidAccessKeyId" if wrong == "AWS_ACCESS_KEY_ID"
+                          else "SignatureDoesNotMatch")
 
 
 async def test_sha256_of_streams_in_parts(s3_credentials, bucket, caplog):
