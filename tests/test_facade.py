@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -162,10 +163,12 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
     from atdata_async import _portal
 
     events: list[str] = []
+    started = threading.Event()
 
     async def long_job() -> None:
         try:
             events.append("started")
+            started.set()
             await anyio.sleep(30)
             events.append("finished")  # never: the call is interrupted
         finally:
@@ -175,11 +178,17 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
 
     main = threading.main_thread().ident
     assert main == threading.get_ident()
-    timer = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT))
-    timer.start()
+
+    def ctrl_c_once_started() -> None:
+        if started.wait(30):
+            time.sleep(0.2)  # let the caller reach its wait for the result
+            signal.pthread_kill(main, signal.SIGINT)
+
+    presser = threading.Thread(target=ctrl_c_once_started)
+    presser.start()
     with pytest.raises(KeyboardInterrupt):
         _portal.call(long_job)
-    timer.join()
+    presser.join()
     assert events == ["started", "cleaned up"]
 
 
