@@ -26,6 +26,10 @@ class ProgressTracker:
         self._callback = callback
         self.state = TransferProgress(shards_total=shards, bytes_total=total_bytes)
 
+    def learn_size(self, n: int) -> None:
+        """A shard the totals did not count turned out to have ``n`` bytes."""
+        self._emit(replace(self.state, bytes_total=self.state.bytes_total + n))
+
     def add_bytes(self, n: int) -> None:
         self._emit(replace(self.state, bytes_done=self.state.bytes_done + n))
 

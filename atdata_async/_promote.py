@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import posixpath
 import weakref
 from collections.abc import Sequence
@@ -234,31 +235,42 @@ async def _settle_shard(
 ) -> ShardPlan:
     """Copy one shard (or just learn its size and checksum); verify what landed."""
     if plan.dest_key is None:
+        settled = plan
         if plan.kind == "s3" and source is not None:
-            plan = await _check_in_place(plan, source, compute_checksums)
+            settled = await _check_in_place(plan, source, compute_checksums)
         elif plan.kind == "http" and compute_checksums and not plan.sha256:
             digest, size = await http.sha256_of(plan.source_url)
-            plan = replace(plan, sha256=digest, size=size)
-        tracker.add_bytes(plan.size or 0)
-        return plan
+            settled = replace(plan, sha256=digest, size=size)
+        _learn_size(tracker, plan, settled.size)
+        tracker.add_bytes(settled.size or 0)
+        return settled
     assert dest is not None
     if plan.kind == "file":
-        done: ShardUpload = await dest.upload_file(local_path(plan.source_url), plan.dest_key,
-                                                   tracker)
+        path = local_path(plan.source_url)
+        _learn_size(tracker, plan, os.path.getsize(path))
+        done: ShardUpload = await dest.upload_file(path, plan.dest_key, tracker)
     elif plan.kind == "http":
         async with http.open(plan.source_url) as body:
             if body.size is None:
                 raise EntryError(f"{plan.source_url}: the server sends no Content-Length, "
                                  "so the shard cannot be streamed into S3")
+            _learn_size(tracker, plan, body.size)
             # hashed on the way (no known digest passed): compared with any recorded one
             done = await dest.upload_stream(body.read, body.size, plan.dest_key, tracker)
     else:
         if source is None:
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
+        _learn_size(tracker, plan, size)
         done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
                                     plan.sha256, source_etag=plan.etag)
     return await _verify_copy(plan, done, source, dest, compute_checksums)
+
+
+def _learn_size(tracker: ProgressTracker, plan: ShardPlan, size: int | None) -> None:
+    """Grow the progress total by a shard whose size the plan did not know."""
+    if plan.size is None and size is not None:
+        tracker.learn_size(size)
 
 
 async def _check_in_place(plan: ShardPlan, source: S3DataStore,

@@ -202,7 +202,7 @@ class ProgressLine:
             return
         self.last = now
         rate = p.bytes_done / max(now - self.start, 1e-6)
-        eta = (p.bytes_total - p.bytes_done) / rate if rate and p.bytes_total else 0
+        eta = max(p.bytes_total - p.bytes_done, 0) / rate if rate else 0
         sys.stderr.write(f"\r  shards {p.shards_done}/{p.shards_total}  "
                          f"{p.bytes_done / MIB:.1f}/{p.bytes_total / MIB:.1f} MiB  "
                          f"{rate / MIB:.1f} MiB/s  ETA {eta:.0f}s   ")

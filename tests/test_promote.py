@@ -367,12 +367,17 @@ async def test_http_shards_without_checksums_are_hashed_by_streaming_and_read_ba
         index, client, http_server):
     paths, urls = http_shards(http_server, "web-hashed")
     entry = await index.add_entry(Dataset[FeatureSample](urls), name="web-hashed")
-    assert entry.checksums == {}
+    assert entry.checksums == {} and entry.shard_sizes == {}
+    seen = []
     got = await AtmosphereIndex(client).get_dataset(
-        await promote_to_atmosphere(entry, index, client))
+        await promote_to_atmosphere(entry, index, client, progress=seen.append))
     assert got.data_urls == urls
     assert got.checksums == {u: sha256_hex(p) for u, p in zip(urls, paths, strict=True)}
-    assert got.size["bytes"] == sum(p.stat().st_size for p in paths)
+    total = sum(p.stat().st_size for p in paths)
+    assert got.size["bytes"] == total
+    # sizes unknown at the start: the progress total grows as they are learned
+    assert seen[0].bytes_total < total and all(s.bytes_done <= s.bytes_total for s in seen)
+    assert (seen[-1].shards_done, seen[-1].bytes_done, seen[-1].bytes_total) == (3, total, total)
     # anyone can read it back from the record alone
     local = [s async for s in Dataset[FeatureSample]([str(p) for p in paths])]
     remote = [s async for s in Dataset[FeatureSample](got.data_urls)]
