@@ -262,8 +262,11 @@ async def _settle_shard(
             raise EntryError(f"copying {plan.source_url} needs the local index's data store")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
         _learn_size(tracker, plan, size)
-        done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
-                                    plan.sha256, source_etag=plan.etag)
+        try:
+            done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
+                                        plan.sha256, source_etag=plan.etag)
+        except SourceChangedError as exc:
+            raise _changed_since_insert(plan, "its ETag no longer matches") from exc
     return await _verify_copy(plan, done, source, dest, compute_checksums)
 
 
@@ -291,10 +294,13 @@ async def _still_as_inserted(plan: ShardPlan, source: S3DataStore) -> dict[str, 
     """HEAD the source: it must still be the version whose sha256 insert recorded."""
     head = await source.head(plan.source_url)
     if etag_of(head) != plan.etag:
-        raise SourceChangedError(f"{plan.source_url} changed since it was inserted (ETag "
-                                 f"{etag_of(head)} != recorded {plan.etag}); re-insert the "
-                                 "dataset")
+        raise _changed_since_insert(plan, f"ETag {etag_of(head)} != recorded {plan.etag}")
     return head
+
+
+def _changed_since_insert(plan: ShardPlan, detail: str) -> SourceChangedError:
+    return SourceChangedError(f"{plan.source_url} changed since it was inserted ({detail}); "
+                              "re-insert the dataset")
 
 
 async def _verify_copy(plan: ShardPlan, done: ShardUpload, source: S3DataStore | None,
@@ -314,9 +320,7 @@ async def _verify_copy(plan: ShardPlan, done: ShardUpload, source: S3DataStore |
         if done.sha256 is None and plan.etag and source is not None:
             await _still_as_inserted(plan, source)
     if done.sha256 and plan.sha256 and done.sha256 != plan.sha256:
-        raise SourceChangedError(f"{plan.source_url} changed since it was inserted: sha256 "
-                                 f"{done.sha256} != recorded {plan.sha256}; re-insert the "
-                                 "dataset")
+        raise _changed_since_insert(plan, f"sha256 {done.sha256} != recorded {plan.sha256}")
     digest = done.sha256 or plan.sha256
     if digest is None and compute_checksums:
         digest, _ = await dest.sha256_of(done.url)

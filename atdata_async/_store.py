@@ -304,8 +304,8 @@ class S3DataStore:
                 raise ObjectNotFoundError(f"{operation} {target}: not found", code=code) from exc
             if code in _PRECONDITION_CODES:
                 raise SourceChangedError(
-                    f"{operation} {target}: changed since it was inserted (its ETag no "
-                    f"longer matches the one recorded); re-insert the dataset", code=code) from exc
+                    f"{operation} {target}: the object changed (it no longer has the "
+                    f"ETag this read expected)", code=code) from exc
             if code in _AUTH_CODES:
                 raise StorageError(
                     f"{operation} {target}: S3 refused the credentials "
