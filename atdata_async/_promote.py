@@ -15,7 +15,7 @@ import logging
 import os
 import posixpath
 import weakref
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -179,11 +179,18 @@ class SchemaRegistry:
         """The URI of an existing record for this schema, if the repo has one."""
         return (await self._load(client)).get(_schema_key(local))
 
-    async def find_or_publish(self, client: AtmosphereClient, local: dict[str, Any]) -> str:
+    async def find_or_publish(
+        self, client: AtmosphereClient, local: dict[str, Any],
+        ready: Callable[[], Awaitable[Any]] | None = None,
+    ) -> str:
+        """The schema record's URI, published once if the repo has none. A publish first
+        awaits ``ready()`` (the caller's proof that the promotion can go through)."""
         key = _schema_key(local)
         known = await self._load(client)
         if key in known:
             return known[key]
+        if ready is not None:
+            await ready()
         lock = self._inflight.setdefault(key, anyio.Lock())
         async with lock:
             if key in known:
@@ -376,17 +383,23 @@ async def promote_to_atmosphere(
                               sum(s.size or 0 for s in plan.shards))
     schema_uri = ""
     settled: list[ShardPlan] = []
+    # Nothing is written to the PDS before one shard has settled: a wrong bucket, bad
+    # credentials or an unreachable store fail the promotion with no stray schema record.
+    first_shard_settled = anyio.Event()
 
     async def resolve_schema() -> None:
         nonlocal schema_uri
-        schema_uri = await schema_registry(client).find_or_publish(client, local_schema)
+        schema_uri = await schema_registry(client).find_or_publish(
+            client, local_schema, ready=first_shard_settled.wait)
 
     async def settle_shards() -> None:
         nonlocal settled
 
         async def one(shard: ShardPlan) -> ShardPlan:
-            return await _settle_shard(shard, source, http, data_store, compute_checksums,
+            done = await _settle_shard(shard, source, http, data_store, compute_checksums,
                                        tracker)
+            first_shard_settled.set()
+            return done
 
         settled = await run_per_shard([s.source_url for s in plan.shards], plan.shards, one,
                                       max_concurrency, tracker)

@@ -223,6 +223,23 @@ async def test_failed_shard_copy_writes_no_record_and_leaves_no_upload(
     assert await count_datasets(client) == 0
 
 
+@pytest.mark.parametrize("problem", ["missing bucket", "unreachable endpoint"])
+async def test_an_unusable_destination_writes_nothing_to_the_pds(
+        index, client, tmp_path, moto_server, s3_credentials, problem):
+    entry = await insert(index, tmp_path, "nowhere", shards=3)
+    if problem == "missing bucket":
+        dest = store_for(s3_credentials, "no-such-bucket-here")
+    else:
+        dest = store_for(make_credentials("http://127.0.0.1:1"), "any", max_attempts=1)
+    async with dest:
+        with pytest.raises(ShardTransferError) as info:
+            await promote_to_atmosphere(entry, index, client, data_store=dest)
+    assert ("does not exist" if problem == "missing bucket" else "cannot reach") in str(
+        info.value)
+    assert await schema_records(client) == []  # the schema was new: not published either
+    assert await count_datasets(client) == 0
+
+
 async def test_cancellation_mid_copy_leaves_no_upload_and_no_record(
         index, client, tmp_path, moto_server, monkeypatch):
     entry = await insert(index, tmp_path, "cancel", shards=3, per_shard=1500)
