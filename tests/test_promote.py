@@ -395,9 +395,16 @@ async def test_http_shards_without_checksums_are_hashed_by_streaming_and_read_ba
     # sizes unknown at the start: the progress total grows as they are learned
     assert seen[0].bytes_total < total and all(s.bytes_done <= s.bytes_total for s in seen)
     assert (seen[-1].shards_done, seen[-1].bytes_done, seen[-1].bytes_total) == (3, total, total)
-    # anyone can read it back from the record alone
+    # anyone can read it back from the record alone: no account, no credentials
+    async with AtmosphereClient(client.base_url) as stranger:
+        assert not stranger.is_authenticated
+        public = AtmosphereIndex(stranger)
+        seen_by_stranger = await public.get_dataset(got.uri)
+        schema = await public.get_schema(seen_by_stranger.schema_ref)
+    assert seen_by_stranger.data_urls == urls and seen_by_stranger.checksums == got.checksums
+    assert schema["name"] == "FeatureSample"
     local = [s async for s in Dataset[FeatureSample]([str(p) for p in paths])]
-    remote = [s async for s in Dataset[FeatureSample](got.data_urls)]
+    remote = [s async for s in Dataset[FeatureSample](seen_by_stranger.data_urls)]
     assert len(remote) == 120 and all(
         a.label == b.label and (a.features == b.features).all()
         for a, b in zip(local, remote, strict=True))
