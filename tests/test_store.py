@@ -15,7 +15,13 @@ import anyio
 import boto3
 import pytest
 
-from atdata_async import ConfigurationError, Dataset, ShardTransferError, StorageError
+from atdata_async import (
+    ConfigurationError,
+    Dataset,
+    ShardTransferError,
+    SourceChangedError,
+    StorageError,
+)
 from atdata_async.local import LocalIndex, ObjectNotFoundError, S3DataStore
 from tests import services
 from tests.conftest import TEST_PART, make_credentials
@@ -265,6 +271,11 @@ async def test_datasets_stream_s3_shards_in_ranges_of_one_version(s3_credentials
             if len(keys) == 3:
                 break
     assert keys == ["000000", "000001", "000002"]
+    # a shard overwritten while it is being read is an error, never a mix of two versions
+    with pytest.raises(SourceChangedError):
+        async for key, _ in Dataset[FeatureSample](urls, store=store).items():
+            if key == "000010":
+                raw_s3.upload_file(str(paths[1]), bucket, f"stream/{paths[0].name}")
     assert store.buffers().borrowed_tokens == 0
     await store.aclose()
 
