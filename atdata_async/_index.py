@@ -40,6 +40,7 @@ from ._schema import (
     schema_ref,
 )
 from ._store import S3DataStore
+from ._tasks import single_error
 from ._urls import local_path, url_kind
 
 ENTRY_PREFIX = "LocalDatasetEntry:"
@@ -214,7 +215,8 @@ class LocalIndex:
         metadata: dict[str, Any] | None = None,
         progress: ProgressCallback | None = None,
     ) -> LocalDatasetEntry:
-        """Upload local shards to the data store byte for byte, then index them.
+        """Upload local shards to the data store byte for byte, then index them; all or
+        nothing (a failure deletes the shards this call uploaded).
 
         Shards are named ``{prefix}/data--{uuid4}--{i:06d}.tar``; each shard's sha256
         and size land in ``metadata["checksums"]`` / ``["shard_sizes"]``. Without a data
@@ -231,23 +233,30 @@ class LocalIndex:
         run = uuid.uuid4()
         stem = (prefix or name).strip("/")
         keys = [f"{stem}/data--{run}--{i:06d}.tar" for i in range(len(paths))]
-        async with anyio.create_task_group() as tg:
-            counts: list[int] = []
+        counts: list[int] = []
 
-            async def count() -> None:
-                for p in paths:
-                    counts.append(await anyio.to_thread.run_sync(count_samples, p))
+        async def count() -> None:
+            for p in paths:
+                counts.append(await anyio.to_thread.run_sync(count_samples, p))
 
-            tg.start_soon(count)
-            uploads = await self.data_store.upload_files(list(zip(paths, keys, strict=True)),
-                                                         progress)
-        meta = dict(metadata or {})
-        meta["checksums"] = {u.url: u.sha256 for u in uploads}
-        meta["shard_sizes"] = {u.url: u.size for u in uploads}
-        meta["etags"] = {u.url: u.etag for u in uploads if u.etag}
-        meta["num_samples"] = sum(counts)
-        entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
-        await self._store_entry(entry)
+        try:
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(count)
+                    uploads = await self.data_store.upload_files(
+                        list(zip(paths, keys, strict=True)), progress)
+            meta = dict(metadata or {})
+            meta["checksums"] = {u.url: u.sha256 for u in uploads}
+            meta["shard_sizes"] = {u.url: u.size for u in uploads}
+            meta["etags"] = {u.url: u.etag for u in uploads if u.etag}
+            meta["num_samples"] = sum(counts)
+            entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
+            await self._store_entry(entry)
+        except BaseException:
+            # The keys are this run's own (a fresh uuid): what landed is removed, so a
+            # failed or cancelled insert (or index write) leaves the bucket as it was.
+            await self.data_store.discard(keys)
+            raise
         return entry
 
     async def _schema_ref_of(self, ds: Dataset[Any]) -> str:

@@ -409,6 +409,20 @@ class S3DataStore:
         with self.errors("DeleteObject", url):
             await s3.delete_object(Bucket=loc.bucket, Key=loc.key)
 
+    async def discard(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (missing ones are fine) under a shielded scope, to clean up
+        after a failed batch; a failure is logged, never raised over the cause."""
+        with anyio.CancelScope(shield=True):
+            try:
+                s3 = await self.client()
+                for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 at most
+                    batch = [{"Key": k} for k in keys[start:start + 1000]]
+                    await s3.delete_objects(Bucket=self.bucket,
+                                            Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                log.warning("could not delete %d object(s) under %s: %s", len(keys),
+                            self.url(""), exc)
+
     async def list_multipart_uploads(self) -> list[dict[str, Any]]:
         """Open (unfinished) multipart uploads in this bucket."""
         s3 = await self.client()

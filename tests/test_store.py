@@ -305,3 +305,24 @@ def test_a_dataset_loop_left_early_is_finalized_cleanly(tmp_path, loop):
                          cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0 and out.stdout == "done\n", out.stderr
     assert out.stderr == ""
+
+
+async def test_a_failed_insert_leaves_the_bucket_as_it_was(s3_credentials, bucket, tmp_path,
+                                                          redis_url, raw_s3, monkeypatch):
+    paths = write_shards(tmp_path, 4, 60)
+    original = S3DataStore.upload_file
+
+    async def third_fails(self, path, key, tracker=None):
+        if str(path).endswith("000002.tar"):
+            await anyio.sleep(0.3)  # the others have landed by then
+            raise StorageError("injected: connection reset")
+        return await original(self, path, key, tracker)
+
+    monkeypatch.setattr(S3DataStore, "upload_file", third_fails)
+    store = small_store(s3_credentials, bucket)
+    async with store, LocalIndex(redis_url, data_store=store) as index:
+        with pytest.raises(ShardTransferError):
+            await index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]),
+                                       name="half", prefix="half")
+        assert await index.list_entries() == []
+    assert raw_s3.list_objects_v2(Bucket=bucket, Prefix="half/").get("KeyCount") == 0
