@@ -10,6 +10,7 @@
     ├── StorageError                         an S3 or Redis call failed; ``code`` when S3 gave one
     │   ├── ObjectNotFoundError (KeyError)   no such bucket, key or http(s) shard
     │   ├── SourceChangedError               a shard's bytes are not those recorded at insert
+    │   ├── LocalIndexError                  the local index's Redis cannot be used
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
@@ -79,6 +80,10 @@ class ObjectNotFoundError(StorageError, NotFoundError):
 class SourceChangedError(StorageError):
     """A shard no longer holds the bytes the local index recorded (its ETag or sha256
     differs): publishing it would publish a wrong checksum. Re-insert the dataset."""
+
+
+class LocalIndexError(StorageError):
+    """A Redis call of the local index failed (unreachable, refused, wrong database)."""
 
 
 class ShardTransferError(StorageError):

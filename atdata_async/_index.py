@@ -28,8 +28,8 @@ from ._dataset import Dataset, count_samples
 from ._errors import (
     ConfigurationError,
     EntryNotFoundError,
+    LocalIndexError,
     SchemaNotFoundError,
-    StorageError,
 )
 from ._progress import ProgressCallback
 from ._schema import (
@@ -151,7 +151,7 @@ class LocalIndex:
             yield
         except RedisError as exc:
             where = _redact_url(self._url) if self._url else "redis"
-            raise StorageError(f"{operation}: Redis at {where} failed: {exc}") from exc
+            raise LocalIndexError(f"{operation}: Redis at {where} failed: {exc}") from exc
 
     # -- schemas -----------------------------------------------------------------------
 

@@ -108,6 +108,9 @@ def test_errors_are_one_readable_line_with_a_hint(cli_env):
     assert wrong.returncode == 1 and "not-the-password" not in wrong.stderr
     assert "hint: check ATDATA_HANDLE" in wrong.stderr
 
+    no_redis = cli({**cli_env, "ATDATA_REDIS_URL": "redis://127.0.0.1:1/0"}, "ls")
+    assert no_redis.returncode == 1 and "hint: check --redis-url" in no_redis.stderr
+
     debug = cli(cli_env, "--debug", "promote", "nope")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
 

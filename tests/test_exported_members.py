@@ -9,7 +9,8 @@ import pytest
 PUBLIC = {
     "atdata_async": [
         "AtdataError", "AuthError", "ConfigurationError", "ConflictError", "Dataset",
-        "EntryError", "EntryNotFoundError", "NotFoundError", "PackableSample",
+        "EntryError", "EntryNotFoundError", "LocalIndexError", "NotFoundError",
+        "PackableSample",
         "RateLimitedError", "RecordNotFoundError", "SchemaNotFoundError", "ShardTransferError",
         "SourceChangedError", "StorageError", "TransferProgress", "ValidationError",
         "XrpcError", "packable"],

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 import redis.asyncio as aioredis
 
-from atdata_async import Dataset, EntryNotFoundError, SchemaNotFoundError
+from atdata_async import Dataset, EntryNotFoundError, LocalIndexError, SchemaNotFoundError
 from atdata_async._cid import entry_cid
 from atdata_async.local import LocalIndex
 from tests.samples import FeatureSample, write_shards
@@ -88,7 +88,7 @@ async def test_stale_name_index_falls_back_to_scan(index, tmp_path):
 
 async def test_unreachable_redis_is_a_clear_error():
     index = LocalIndex("redis://127.0.0.1:1/0")
-    with pytest.raises(Exception) as info:
+    with pytest.raises(LocalIndexError) as info:
         await index.get_schema("atdata://local/schema/A@1.0.0")
     assert "Redis at redis://127.0.0.1:1/0" in str(info.value)
     await index.aclose()
