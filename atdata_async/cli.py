@@ -32,8 +32,10 @@ from ._errors import (
     ConfigurationError,
     LocalIndexError,
     NotFoundError,
+    ObjectNotFoundError,
     RateLimitedError,
     ShardTransferError,
+    SourceChangedError,
     StorageError,
     ValidationError,
 )
@@ -99,6 +101,23 @@ HINTS: list[tuple[type[BaseException], str]] = [
 ]
 
 
+SHARD_HINTS: list[tuple[type[BaseException], str]] = [
+    (SourceChangedError, "re-insert the dataset: its shards are not what the index recorded"),
+    (ObjectNotFoundError, "check the bucket and the S3 endpoint of the store named above"),
+]
+
+
+def hint_for(exc: BaseException) -> str | None:
+    """The hint for an error; a failed batch is explained by its shards' causes when one
+    of them says more (a shard changed since insert, a missing bucket)."""
+    causes = list(exc.failures.values()) if isinstance(exc, ShardTransferError) else []
+    for cause in causes:
+        for kind, hint in SHARD_HINTS:
+            if isinstance(cause, kind):
+                return hint
+    return next((hint for kind, hint in HINTS if isinstance(exc, kind)), None)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -114,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         for line in message.splitlines()[1:6]:
             print(f"  {line.strip()}", file=sys.stderr)
-        hint = next((h for t, h in HINTS if isinstance(exc, t)), None)
+        hint = hint_for(exc)
         if hint:
             print(f"hint: {hint}", file=sys.stderr)
         return 1

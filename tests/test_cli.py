@@ -145,3 +145,17 @@ def test_progress_is_drawn_on_a_terminal(cli_env, moto_server):
     assert proc.stdout.startswith("published at://")
     text = drawn.decode()
     assert "\r  shards 3/3" in text and "MiB/s" in text and "ETA" in text
+
+
+def test_hints_name_the_real_cause_of_a_failed_batch():
+    from atdata_async import ShardTransferError, SourceChangedError, StorageError
+    from atdata_async.cli import hint_for
+    from atdata_async.local import ObjectNotFoundError
+
+    def batch(cause: Exception) -> ShardTransferError:
+        return ShardTransferError({"s3://b/k.tar": cause}, 3)
+
+    assert "re-insert" in hint_for(batch(SourceChangedError("changed")))
+    assert "check the bucket" in hint_for(batch(ObjectNotFoundError("no bucket")))
+    assert "rerun" in hint_for(batch(StorageError("connection reset")))
+    assert "S3 endpoint, bucket and credentials" in hint_for(StorageError("refused"))
