@@ -36,11 +36,13 @@ class Interrupted:
     """
 
     seen = False
+    stopping = False  # while services stop, a Ctrl-C is noted but does not cut cleanup short
 
     @classmethod
     def handle(cls, signum: int, frame: object) -> None:
         cls.seen = True
-        raise KeyboardInterrupt
+        if not cls.stopping:
+            raise KeyboardInterrupt
 
     @classmethod
     def check(cls) -> None:
@@ -84,10 +86,11 @@ def main() -> int:
             run_workflow(work, redis.url, moto.url, pds.url, account)
             Interrupted.check()
         finally:
+            Interrupted.stopping = True
             step("stopping the services this demo started", stoppable=False)
             for service in reversed(started):
                 service.stop()
-    return 0
+    return 130 if Interrupted.seen else 0
 
 
 def run_workflow(work: Path, redis_url: str, s3_url: str, pds_url: str, account: dict) -> None:
