@@ -7,7 +7,7 @@ import io
 import itertools
 import os
 import tarfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Generator, Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
@@ -31,7 +31,8 @@ def _take(pairs: Iterator[tuple[str, T]], n: int) -> list[tuple[str, T]]:
     return list(itertools.islice(pairs, n))
 
 
-def decode_shard(data: bytes | IO[bytes], sample_type: type[T]) -> Iterator[tuple[str, T]]:
+def decode_shard(data: bytes | IO[bytes],
+                 sample_type: type[T]) -> Generator[tuple[str, T], None, None]:
     """Yield (``__key__``, sample) for each ``<key>.msgpack`` member of a tar shard."""
     fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
     with tarfile.open(fileobj=fileobj, mode="r|*") as tar:

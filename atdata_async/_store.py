@@ -356,7 +356,7 @@ class S3DataStore:
                     filled += len(chunk)
         if filled != len(buffer):
             raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
-        return buffer  # type: ignore[return-value]  (a bytearray is bytes-like)
+        return buffer  # type: ignore[return-value]  # a bytearray is bytes-like
 
     async def open_object(self, url: str) -> Callable[[], Awaitable[bytes | None]]:
         """A puller of the object's part-sized ranges (None at the end), all of the
