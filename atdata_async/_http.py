@@ -43,7 +43,7 @@ class HttpBody(ExactReader):
             return None
         except httpx.HTTPError as exc:
             raise StorageError(f"GET {self.url}: connection lost after "
-                               f"{self.received + len(self._pending)} bytes: {exc}") from exc
+                               f"{self.received + self.buffered} bytes: {exc}") from exc
 
 
 class HttpShardReader:

@@ -23,16 +23,25 @@ class ExactReader:
     def __init__(self, pull: Callable[[], Awaitable[bytes | None]]) -> None:
         self._pull = pull
         self._pending = bytearray()
+        self._offset = 0  # bytes of _pending already handed out (compacted lazily)
         self.received = 0  # bytes handed out so far
 
+    @property
+    def buffered(self) -> int:
+        """Bytes pulled but not handed out yet."""
+        return len(self._pending) - self._offset
+
     async def read(self, n: int) -> bytes:
-        while len(self._pending) < n:
+        while self.buffered < n:
             chunk = await self._pull()
             if chunk is None:
                 break
+            del self._pending[:self._offset]  # what is left is under n bytes: cheap
+            self._offset = 0
             self._pending += chunk
-        data = bytes(self._pending[:n])
-        del self._pending[:n]
+        end = min(self._offset + n, len(self._pending))
+        data = bytes(self._pending[self._offset:end])
+        self._offset = end
         self.received += len(data)
         return data
 
