@@ -6,6 +6,7 @@ account) run on 127.0.0.1; everything is stopped on exit, also on Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -87,7 +88,8 @@ def main() -> int:
             Interrupted.check()
         finally:
             Interrupted.stopping = True
-            step("stopping the services this demo started", stoppable=False)
+            with contextlib.suppress(OSError):  # stdout may be gone (`scripts/demo | head`)
+                step("stopping the services this demo started", stoppable=False)
             for service in reversed(started):
                 service.stop()
     return 130 if Interrupted.seen else 0

@@ -64,3 +64,19 @@ def test_ctrl_c_stops_every_service_the_demo_started():
     assert proc.returncode == 130, err[-3000:]
     assert "==> stopping the services this demo started" in out
     assert all(refused(p) for p in ports)
+
+
+def test_a_closed_output_pipe_still_stops_every_service():
+    proc = demo()
+    assert proc.stdout is not None and proc.stderr is not None
+    ports: list[int] = []
+    for line in proc.stdout:
+        if "redis redis://" in line:
+            ports = service_ports(line)
+            break
+    proc.stdout.close()  # like `scripts/demo | head`: the demo's next print fails
+    with proc.stderr:
+        err = proc.stderr.read()
+    proc.wait(timeout=120)
+    assert proc.returncode != 0 and "BrokenPipeError" in err
+    assert len(ports) == 3 and all(refused(p) for p in ports)
