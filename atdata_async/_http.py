@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import random
 from collections.abc import AsyncIterator
 
 import anyio
@@ -19,6 +18,7 @@ import httpx
 
 from ._errors import ObjectNotFoundError, StorageError
 from ._streams import ExactReader
+from ._tasks import backoff
 
 log = logging.getLogger("atdata_async.http")
 CHUNK = 1 << 20
@@ -99,9 +99,7 @@ class HttpShardReader:
                     return response
                 await response.aclose()
                 why = f"HTTP {response.status_code}"
-            delay = random.uniform(0, self.backoff_base * 2 ** (attempt - 1))  # full jitter
-            log.info("GET %s failed (%s); retry %d in %.2fs", url, why, attempt, delay)
-            await anyio.sleep(delay)
+            await backoff(log, f"GET {url}", attempt, self.backoff_base, why)
         raise AssertionError("unreachable")
 
     async def sha256_of(self, url: str) -> tuple[str, int]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import random
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
@@ -65,3 +67,10 @@ async def run_per_shard(
     if failures:
         raise ShardTransferError(failures, len(items))
     return results
+
+
+async def backoff(log: logging.Logger, what: str, attempt: int, base: float, why: str) -> None:
+    """Sleep before retry ``attempt`` (1, 2, ...): full jitter, up to base * 2**(attempt-1)."""
+    delay = random.uniform(0, base * 2 ** (attempt - 1))
+    log.info("%s failed (%s); retry %d in %.2fs", what, why, attempt, delay)
+    await anyio.sleep(delay)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from ._errors import (
     XrpcError,
 )
 from ._lexicon import find_float
+from ._tasks import backoff
 
 log = logging.getLogger("atdata_async.xrpc")
 
@@ -249,7 +249,7 @@ class AtmosphereClient:
             except httpx.TransportError as exc:
                 if repeatable and attempt < self.max_retries:
                     attempt += 1
-                    await self._backoff(method, attempt, repr(exc))
+                    await backoff(log, method, attempt, self.backoff_base, repr(exc))
                     continue
                 raise XrpcError(method, None, type(exc).__name__, str(exc) or repr(exc)) from exc
             if response.status_code == 200:
@@ -271,14 +271,10 @@ class AtmosphereClient:
             if (response.status_code in _RETRY_STATUSES and repeatable
                     and attempt < self.max_retries):
                 attempt += 1
-                await self._backoff(method, attempt, f"{response.status_code} {error}")
+                await backoff(log, method, attempt, self.backoff_base,
+                              f"{response.status_code} {error}")
                 continue
             raise _error_for(method, response.status_code, error, message)
-
-    async def _backoff(self, method: str, attempt: int, why: str) -> None:
-        delay = random.uniform(0, self.backoff_base * 2 ** (attempt - 1))  # full jitter
-        log.info("%s failed (%s); retry %d in %.2fs", method, why, attempt, delay)
-        await anyio.sleep(delay)
 
     async def query(self, method: str, params: dict[str, Any] | None = None,
                     *, auth: bool = True) -> Any:
