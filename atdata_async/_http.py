@@ -9,19 +9,16 @@ server encodes them anyway): the bytes hashed or copied are the file's own bytes
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 
-import anyio
 import httpx
 
 from ._errors import ObjectNotFoundError, StorageError
-from ._streams import ExactReader
+from ._streams import ExactReader, sha256_of_chunks
 from ._tasks import backoff
 
 log = logging.getLogger("atdata_async.http")
-CHUNK = 1 << 20
 
 
 class HttpBody(ExactReader):
@@ -29,21 +26,25 @@ class HttpBody(ExactReader):
     when unknown, or when the server encoded the body despite ``identity``)."""
 
     def __init__(self, url: str, response: httpx.Response) -> None:
-        super().__init__(self._next_chunk)
+        super().__init__(self.next_chunk)
         self.url = url
         self._chunks = response.aiter_bytes()
+        self.pulled = 0  # bytes received from the server so far
         length = response.headers.get("content-length")
         encoded = response.headers.get("content-encoding", "identity") != "identity"
         self.size: int | None = int(length) if length is not None and not encoded else None
 
-    async def _next_chunk(self) -> bytes | None:
+    async def next_chunk(self) -> bytes | None:
+        """The body's next chunk, None at its end (a puller)."""
         try:
-            return await self._chunks.__anext__()
+            chunk = await self._chunks.__anext__()
         except StopAsyncIteration:
             return None
         except httpx.HTTPError as exc:
-            raise StorageError(f"GET {self.url}: connection lost after "
-                               f"{self.received + self.buffered} bytes: {exc}") from exc
+            raise StorageError(f"GET {self.url}: connection lost after {self.pulled} bytes: "
+                               f"{exc}") from exc
+        self.pulled += len(chunk)
+        return chunk
 
 
 class HttpShardReader:
@@ -104,20 +105,11 @@ class HttpShardReader:
 
     async def sha256_of(self, url: str) -> tuple[str, int]:
         """Stream the shard once: (sha256 hex, size); memory is one chunk."""
-        hasher = hashlib.sha256()
         async with self.open(url) as body:
-            while chunk := await body.read(CHUNK):
-                await anyio.to_thread.run_sync(hasher.update, chunk)
-            _check_complete(body)
-            return hasher.hexdigest(), body.received
-
-    async def read_all(self, url: str) -> bytes:
-        async with self.open(url) as body:
-            parts = []
-            while chunk := await body.read(CHUNK):
-                parts.append(chunk)
-            _check_complete(body)
-            return b"".join(parts)
+            digest, size = await sha256_of_chunks(body.next_chunk)
+        if body.size is not None and size != body.size:
+            raise StorageError(f"GET {url}: got {size} of {body.size} bytes")
+        return digest, size
 
 
 def _check(url: str, response: httpx.Response) -> None:
@@ -126,8 +118,3 @@ def _check(url: str, response: httpx.Response) -> None:
     if response.status_code != 200:
         raise StorageError(f"GET {url}: HTTP {response.status_code}",
                            code=str(response.status_code))
-
-
-def _check_complete(body: HttpBody) -> None:
-    if body.size is not None and body.received != body.size:
-        raise StorageError(f"GET {body.url}: got {body.received} of {body.size} bytes")

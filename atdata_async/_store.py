@@ -40,6 +40,7 @@ from ._errors import (
 )
 from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
+from ._streams import Pull, sha256_of_chunks
 from ._tasks import run_per_shard, single_error
 from ._urls import S3Location, parse_s3_url
 
@@ -358,7 +359,7 @@ class S3DataStore:
             raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
         return buffer  # type: ignore[return-value]  # a bytearray is bytes-like
 
-    async def open_object(self, url: str) -> Callable[[], Awaitable[bytes | None]]:
+    async def open_object(self, url: str) -> Pull:
         """A puller of the object's part-sized ranges (None at the end), all of the
         version the HEAD made here saw. Each pull is one request under a buffer token,
         so pulls may come from any task (a blocking reader's hops to the loop do)."""
@@ -377,13 +378,7 @@ class S3DataStore:
 
     async def sha256_of(self, url: str) -> tuple[str, int]:
         """Stream the object once and return (sha256 hex, size): memory is one part."""
-        hasher = hashlib.sha256()
-        size = 0
-        pull = await self.open_object(url)
-        while (chunk := await pull()) is not None:
-            await anyio.to_thread.run_sync(hasher.update, chunk)
-            size += len(chunk)
-        return hasher.hexdigest(), size
+        return await sha256_of_chunks(await self.open_object(url))
 
     async def put_bytes(self, key: str, data: bytes, sha256_hex: str | None = None) -> str:
         """PutObject. With ``sha256_hex`` (of ``data``) botocore does not hash the body

@@ -1,38 +1,48 @@
 """Byte streams between the async core and blocking readers such as ``tarfile``.
 
-``ExactReader`` turns a puller of chunks (an HTTP body, S3 ranges) into an async
+A puller is an async callable giving the next chunk, or None at the end (S3 ranges, an
+HTTP body). ``sha256_of_chunks`` hashes one; ``ExactReader`` turns one into an async
 ``read(n)``; ``blocking_file`` turns an async ``read(n)`` into a buffered blocking file
 for code that runs in another thread (a worker thread, or a facade caller's thread).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import anyio
+
 READ_AHEAD = 1 << 20  # bytes per hop from a blocking reader to the event loop
 
 AsyncRead = Callable[[int], Awaitable[bytes]]
+Pull = Callable[[], Awaitable[bytes | None]]
+
+
+async def sha256_of_chunks(pull: Pull) -> tuple[str, int]:
+    """(sha256 hex, size) of everything ``pull`` gives; hashed in a worker thread, so
+    memory is one chunk and the event loop keeps running."""
+    hasher = hashlib.sha256()
+    size = 0
+    while (chunk := await pull()) is not None:
+        await anyio.to_thread.run_sync(hasher.update, chunk)
+        size += len(chunk)
+    return hasher.hexdigest(), size
 
 
 class ExactReader:
     """``read(n)`` over a puller of chunks (None at the end): exactly n bytes, fewer only
     at the end."""
 
-    def __init__(self, pull: Callable[[], Awaitable[bytes | None]]) -> None:
+    def __init__(self, pull: Pull) -> None:
         self._pull = pull
         self._pending = bytearray()
         self._offset = 0  # bytes of _pending already handed out (compacted lazily)
-        self.received = 0  # bytes handed out so far
-
-    @property
-    def buffered(self) -> int:
-        """Bytes pulled but not handed out yet."""
-        return len(self._pending) - self._offset
 
     async def read(self, n: int) -> bytes:
-        while self.buffered < n:
+        while len(self._pending) - self._offset < n:
             chunk = await self._pull()
             if chunk is None:
                 break
@@ -42,7 +52,6 @@ class ExactReader:
         end = min(self._offset + n, len(self._pending))
         data = bytes(self._pending[self._offset:end])
         self._offset = end
-        self.received += len(data)
         return data
 
 

@@ -44,7 +44,7 @@ async def test_a_server_that_keeps_failing_is_one_clear_error():
     http, seen = reader([httpx.Response(502)])
     async with http:
         with pytest.raises(StorageError, match=r"GET http://shards\.invalid/.*HTTP 502") as info:
-            await http.read_all(URL)
+            await http.sha256_of(URL)
     assert info.value.code == "502" and len(seen) == 3
 
 
@@ -52,7 +52,7 @@ async def test_not_found_is_not_retried_and_is_a_key_error():
     http, seen = reader([httpx.Response(404)])
     async with http:
         with pytest.raises(ObjectNotFoundError) as info:
-            await http.read_all(URL)
+            await http.sha256_of(URL)
     assert isinstance(info.value, KeyError) and len(seen) == 1
 
 
