@@ -2,6 +2,7 @@
 
     plan_promotion (pure: validates everything, decides what to copy and what to write)
       -> one task group: find-or-publish the schema record | copy or checksum each shard
+         (a new schema record waits until one shard has settled)
       -> write the dataset record last
 
 Nothing remote is written before the plan validates; if a shard fails, every open
