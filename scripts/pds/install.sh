@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install Node 22 (from the npm registry) and the reference PDS into a cache folder
 # outside the clone, keyed by a hash of package.json; prints that folder on stdout.
-# A second run with the same package.json costs nothing. Progress goes to stderr.
+# A second run with the same package.json costs nothing. The launcher scripts (*.mjs)
+# are copied in on every run, so editing them never forces a reinstall. Concurrent runs
+# (several clones, parallel test sessions) wait for one install. Progress goes to stderr.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 NODE_VERSION="${PDS_NODE_VERSION:-22.23.3}"
-KEY="$(cat "$HERE/package.json" "$HERE/pds-server.mjs" | sha256sum | cut -c1-12)-node$NODE_VERSION"
+KEY="$(sha256sum < "$HERE/package.json" | cut -c1-12)-node$NODE_VERSION"
 HOME_DIR="${ATDATA_PDS_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/atdata-async/pds-$KEY}"
 log() { echo "[pds-install] $*" >&2; }
 
@@ -16,9 +18,14 @@ case "$(uname -m)" in
 esac
 NODE_DIR="$HOME_DIR/.node/node_modules/$NODE_PKG"
 
-if [[ -f "$HOME_DIR/.installed" ]]; then echo "$HOME_DIR"; exit 0; fi
+copy_launchers() { cp "$HERE"/*.mjs "$HOME_DIR/"; }
+if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$HOME_DIR"; exit 0; fi
 mkdir -p "$HOME_DIR/.node"
-cp "$HERE/package.json" "$HERE/pds-server.mjs" "$HOME_DIR/"
+exec 9>"$HOME_DIR/.install.lock"
+flock 9
+if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$HOME_DIR"; exit 0; fi
+cp "$HERE/package.json" "$HOME_DIR/"
+copy_launchers
 if [[ ! -x "$NODE_DIR/bin/node" ]]; then
   log "installing Node.js $NODE_VERSION ($NODE_PKG) from the npm registry (once)"
   echo '{"private":true}' > "$HOME_DIR/.node/package.json"
