@@ -107,7 +107,10 @@ class XrpcError(AtdataError):
         self.status = status
         self.error = error
         self.message = message
-        super().__init__(f"{method} failed: {status} {error or ''}: {message or ''}".strip())
+        # only what is known: no "None" for a call that never got an HTTP status
+        what = " ".join(str(x) for x in (status, error) if x)
+        text = f"{method} failed" + (f": {what}" if what else "")
+        super().__init__(text + (f": {message}" if message else ""))
 
 
 class AuthError(XrpcError):

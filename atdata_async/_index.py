@@ -214,19 +214,21 @@ class LocalIndex:
         prefix: str | None = None,
         metadata: dict[str, Any] | None = None,
         progress: ProgressCallback | None = None,
+        schema_ref: str | None = None,
     ) -> LocalDatasetEntry:
         """Upload local shards to the data store byte for byte, then index them; all or
         nothing (a failure deletes the shards this call uploaded).
 
         Shards are named ``{prefix}/data--{uuid4}--{i:06d}.tar``; each shard's sha256
         and size land in ``metadata["checksums"]`` / ``["shard_sizes"]``. Without a data
-        store the dataset is indexed where it is.
+        store the dataset is indexed where it is. ``schema_ref`` names a stored schema
+        (default: the latest local version of the sample type's, published if none).
         """
         if not name:
             raise ConfigurationError("a dataset needs a non-empty name")
         if self.data_store is None:
-            return await self.add_entry(ds, name=name, metadata=metadata)
-        ref = await self._schema_ref_of(ds)
+            return await self.add_entry(ds, name=name, schema_ref=schema_ref, metadata=metadata)
+        ref = schema_ref or await self._schema_ref_of(ds)
         paths = [local_path(u) for u in ds.shard_urls if url_kind(u) == "file"]
         if len(paths) != len(ds.shard_urls):
             raise ConfigurationError("insert_dataset uploads local shards; use add_entry for URLs")

@@ -267,7 +267,8 @@ async def _settle_shard(
             done = await dest.upload_stream(body.read, body.size, plan.dest_key, tracker)
     else:
         if source is None:
-            raise EntryError(f"copying {plan.source_url} needs the local index's data store")
+            raise EntryError(f"copying {plan.source_url} needs credentials for its store: "
+                             "LocalIndex(data_store=S3DataStore(...))")
         size = plan.size if plan.size is not None else await source.size_of(plan.source_url)
         _learn_size(tracker, plan, size)
         try:
@@ -379,7 +380,7 @@ async def promote_to_atmosphere(
         raise AuthError("promote_to_atmosphere", None, "NotLoggedIn",
                         "the AtmosphereClient is not logged in: call client.login() first")
     local_schema = await local_index.get_schema(entry.schema_ref)  # KeyError before any write
-    source = local_index.data_store
+    source = source_store(local_index, data_store, plan)
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     schema_uri = ""
@@ -430,6 +431,17 @@ async def promote_to_atmosphere(
     return str(written["uri"])
 
 
+def source_store(local_index: LocalIndex, dest: S3DataStore | None,
+                 plan: PromotionPlan) -> S3DataStore | None:
+    """The store the s3:// shards are read from: the local index's, else (when copying)
+    the destination's credentials, the usual case of one account holding both buckets."""
+    if local_index.data_store is not None:
+        return local_index.data_store
+    if dest is not None and any(s.kind == "s3" for s in plan.shards):
+        return dest
+    return None
+
+
 def promotion_key(did: str, entry: LocalDatasetEntry, name: str,
                   dest: S3DataStore | None) -> str:
     """What makes two promotions "the same": account, entry, published name, destination."""
@@ -461,7 +473,7 @@ async def preview_promotion(
         existing = f"at://{client.did}/{SCHEMA_COLLECTION}/{schema_rkey(local_schema)}"
         schema = {"action": "publish", "uri": existing,
                   "record": to_json(schema_record_from_local(local_schema, now_iso()))}
-    source = local_index.data_store
+    source = source_store(local_index, data_store, plan)
     shards = [{"source": s.source_url,
                "destination": data_store.url(s.dest_key) if data_store and s.dest_key else None,
                "bytes": s.size} for s in plan.shards]

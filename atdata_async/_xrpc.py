@@ -251,7 +251,9 @@ class AtmosphereClient:
                     attempt += 1
                     await backoff(log, method, attempt, self.backoff_base, repr(exc))
                     continue
-                raise XrpcError(method, None, type(exc).__name__, str(exc) or repr(exc)) from exc
+                raise XrpcError(method, None, type(exc).__name__,
+                                f"cannot reach {self.service_url}: {str(exc) or repr(exc)}"
+                                ) from exc
             if response.status_code == 200:
                 return response.json() if response.content else {}
             error, message = _error_fields(response)
@@ -377,7 +379,12 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
     try:
         body = response.json()
     except ValueError:
-        return None, response.text[:200] or response.reason_phrase
+        kind = response.headers.get("content-type", "").split(";")[0].strip()
+        if kind.startswith("text/html") or response.text.lstrip()[:1] == "<":
+            # a web page, not an XRPC error: the URL is most likely not a PDS
+            return None, (f"{response.url.host} answered with a web page ({kind or 'html'}), "
+                          "not XRPC: is this URL a PDS?")
+        return None, response.text[:200].strip() or response.reason_phrase
     if not isinstance(body, dict):
         return None, None
     return body.get("error"), body.get("message")

@@ -1,31 +1,35 @@
-"""``atdata-async``: promote local datasets to ATProto from the shell.
+"""``atdata-async``: index, publish and read WebDataset datasets from the shell.
 
+    atdata-async insert PATHS|PATTERN --name N (--schema module:Class | --schema-ref REF)
+                        [--to s3://bucket/prefix [--credentials FILE.env]] [--meta k=v]...
     atdata-async ls
     atdata-async schemas [--remote]
+    atdata-async schemas publish module:Class --version V
     atdata-async promote NAME [--copy-to s3://bucket/prefix --credentials FILE.env]
                               [--name N] [--description D] [--tag T]... [--license L]
-                              [--dry-run]
     atdata-async show AT_URI
+    atdata-async dev up|down|status          (in a clone: local services to try it on)
 
-The PDS and account come from --pds-url/--handle or ATDATA_PDS_URL, ATDATA_HANDLE and
-ATDATA_PASSWORD (the password is read from the environment only, never a flag);
-Redis from --redis-url or ATDATA_REDIS_URL. Errors are one line plus a hint; --debug
-shows the traceback.
+Global flags (--json, --debug, --redis-url, --pds-url, --handle, --progress/--no-progress,
+--dry-run) go anywhere on the line. The password is read from ATDATA_PASSWORD only.
+Errors are one line plus a hint (JSON on stderr with --json); the exit code says which
+kind of failure it was (see EXIT_CODES). Heavy modules (aioboto3, numpy, webdataset) are
+imported by the commands that need them, never at module level: the CLI starts fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
+import signal
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import anyio
-
-from ._atindex import AtmosphereIndex
 from ._errors import (
     AtdataError,
     AuthError,
@@ -38,68 +42,239 @@ from ._errors import (
     SourceChangedError,
     StorageError,
     ValidationError,
+    XrpcError,
 )
-from ._index import DEFAULT_REDIS_URL, LocalIndex
-from ._progress import TransferProgress
-from ._promote import preview_promotion, promote_to_atmosphere
-from ._store import S3DataStore
-from ._urls import parse_s3_url
-from ._xrpc import AtmosphereClient
+
+if TYPE_CHECKING:
+    from ._index import LocalIndex
+    from ._progress import TransferProgress
+    from ._store import S3DataStore
+    from ._xrpc import AtmosphereClient
 
 MIB = 1024 * 1024
+DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+DEFAULT_PDS_URL = "https://bsky.social"
+S3_MIN_PART = 5 * MIB           # S3's limits on one multipart part
+S3_MAX_PART = 5 * 1024 * MIB
+
+# (exit code, stable JSON ``error`` code): documented in docs/cli.md
+EXIT_CODES = {
+    "ok": 0,
+    "error": 1,          # anything not below: a record or entry that cannot be published
+    "usage": 2,          # a bad flag or argument, a malformed credentials file or URL
+    "not_found": 3,      # no such entry, schema, record, file, bucket or key
+    "auth": 4,           # not logged in, wrong handle or password, refused token
+    "storage": 5,        # S3 or Redis failed or cannot be reached
+    "rate_limited": 6,   # the PDS rate limits this account
+    "pds": 7,            # the PDS cannot be reached or refused the call
+    "interrupted": 130,  # Ctrl-C (SIGINT); SIGTERM and SIGHUP exit 128 + signal number
+}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("atdata-async")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "0+unknown"
+
+
+# -- arguments ---------------------------------------------------------------------------
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}
+
+
+def part_size(text: str) -> int:
+    """A multipart part size like ``16MiB``: S3 takes 5 MiB to 5 GiB per part."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a size like 16MiB, got {text!r}")
+    value = int(match.group(1)) * _UNITS[(match.group(2) or "")[:1].lower()]
+    if not S3_MIN_PART <= value <= S3_MAX_PART:
+        raise argparse.ArgumentTypeError(
+            f"S3 takes parts of 5MiB to 5GiB, got {text} ({value} bytes)")
+    return value
+
+
+def meta_item(text: str) -> tuple[str, Any]:
+    """``key=value``: the value as JSON when it is an int, bool, list or object (ATProto
+    records allow no floats), else as the string it is."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    if isinstance(value, float) or value is None:
+        value = raw
+    return key.strip(), value
+
+
+def nonempty(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return text
+
+
+def global_flags(with_defaults: bool) -> argparse.ArgumentParser:
+    """The flags every command takes, anywhere on the line. Only the top-level parser
+    sets defaults; the copies on subcommands must not overwrite a value given earlier."""
+    flags = argparse.ArgumentParser(add_help=False)
+    env = os.environ.get
+
+    def default(value: Any) -> Any:
+        return value if with_defaults else argparse.SUPPRESS
+
+    group = flags.add_argument_group("global options (accepted anywhere)")
+    group.add_argument("--redis-url", metavar="URL",
+                       default=default(env("ATDATA_REDIS_URL", DEFAULT_REDIS_URL)),
+                       help="the local index (env ATDATA_REDIS_URL)")
+    group.add_argument("--pds-url", metavar="URL",
+                       default=default(env("ATDATA_PDS_URL", DEFAULT_PDS_URL)),
+                       help="the PDS (env ATDATA_PDS_URL)")
+    group.add_argument("--handle", default=default(env("ATDATA_HANDLE")),
+                       help="the account (env ATDATA_HANDLE; password: ATDATA_PASSWORD)")
+    group.add_argument("--json", action="store_true", default=default(False),
+                       help="machine-readable output; errors as JSON on stderr")
+    group.add_argument("--debug", action="store_true", default=default(False),
+                       help="show tracebacks")
+    group.add_argument("--progress", action=argparse.BooleanOptionalAction,
+                       default=default(None),
+                       help="draw a progress line on stderr (default: when it is a terminal)")
+    group.add_argument("--dry-run", action="store_true", default=default(False),
+                       help="check everything that can be checked, write nothing")
+    return flags
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors share the error path."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if message.endswith("required: command"):
+            message = "a command is needed: " + ", ".join(self.commands)
+        raise UsageError(message, self.prog)
+
+    commands: tuple[str, ...] = ("insert", "ls", "schemas", "show", "promote", "dev")
+
+
+class UsageError(Exception):
+    """A bad command line; ``prog`` is the (sub)command whose --help explains it."""
+
+    def __init__(self, message: str, prog: str) -> None:
+        super().__init__(message)
+        self.prog = prog
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="atdata-async", description="Publish local WebDataset datasets to ATProto.",
+    parser = Parser(
+        prog="atdata-async", parents=[global_flags(True)],
+        description="Index, publish and read WebDataset datasets (Redis + S3 -> ATProto).",
         epilog="Environment: ATDATA_REDIS_URL, ATDATA_PDS_URL, ATDATA_HANDLE, ATDATA_PASSWORD, "
-               "ATDATA_SOURCE_CREDENTIALS (a .env for the shards' current S3 store).")
-    parser.add_argument("--redis-url", default=os.environ.get("ATDATA_REDIS_URL",
-                                                              DEFAULT_REDIS_URL))
-    parser.add_argument("--pds-url", default=os.environ.get("ATDATA_PDS_URL",
-                                                            "https://bsky.social"))
-    parser.add_argument("--handle", default=os.environ.get("ATDATA_HANDLE"))
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+               "ATDATA_SOURCE_CREDENTIALS (a .env for the shards' current S3 store), and "
+               "AWS_ENDPOINT / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as default S3 "
+               "credentials. Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 auth, "
+               "5 storage, 6 rate limited, 7 PDS, 130 interrupted.")
+    parser.add_argument("--version", action="version", version=f"atdata-async {_version()}")
+    commands = parser.add_subparsers(dest="command", required=True,
+                                     parser_class=Parser)
+    common = [global_flags(False)]
 
-    commands.add_parser("ls", help="list local dataset entries")
-    schemas = commands.add_parser("schemas", help="list schemas (local, or --remote on the PDS)")
-    schemas.add_argument("--remote", action="store_true")
-    show = commands.add_parser("show", help="show a published dataset")
-    show.add_argument("at_uri")
+    def command(name: str, help: str, parent: Any = commands) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, description=help, parents=common)
 
-    promote = commands.add_parser("promote", help="publish a local entry as ATProto records")
+    insert = command("insert", "index local shards, uploading them to S3 with --to")
+    insert.add_argument("paths", nargs="+", metavar="PATHS",
+                        help="tar shards: paths, globs or a brace pattern "
+                             "(features-{000000..000003}.tar)")
+    insert.add_argument("--name", required=True, type=nonempty, help="the entry's name")
+    which = insert.add_mutually_exclusive_group(required=True)
+    which.add_argument("--schema", metavar="module:Class",
+                       help="the sample type (imported; its schema is published if new)")
+    which.add_argument("--schema-ref", metavar="REF",
+                       help="a schema already in the local index (`atdata-async schemas`)")
+    insert.add_argument("--to", metavar="s3://BUCKET[/PREFIX]",
+                        help="upload the shards there (default: index them where they are)")
+    insert.add_argument("--credentials", metavar="FILE.env",
+                        help="credentials (.env) of the --to store (default: AWS_* in the "
+                             "environment)")
+    insert.add_argument("--meta", action="append", type=meta_item, default=[],
+                        metavar="KEY=VALUE", help="metadata (repeatable)")
+    insert.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
+    insert.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
+                        help="multipart part size, 5MiB..5GiB (default 16MiB)")
+
+    command("ls", "list local dataset entries")
+
+    schemas = command("schemas", "list schemas (local, or --remote on the PDS); publish one")
+    schemas.add_argument("--remote", action="store_true", help="the account's schema records")
+    schema_commands = schemas.add_subparsers(dest="schemas_command", metavar="SUBCOMMAND",
+                                             parser_class=Parser)
+    command("list", "list schemas (the default)", schema_commands).add_argument(
+        "--remote", action="store_true", help="the account's schema records")
+    publish = command("publish", "store a sample type's schema in the local index",
+                      schema_commands)
+    publish.add_argument("sample_type", metavar="module:Class")
+    publish.add_argument("--version", dest="schema_version", default="1.0.0",
+                         help="semver (default 1.0.0)")
+    publish.add_argument("--description")
+
+    show = command("show", "show a published dataset (no login needed)")
+    show.add_argument("at_uri", metavar="AT_URI")
+
+    promote = command("promote", "publish a local entry as ATProto records")
     promote.add_argument("entry", metavar="NAME", help="the local entry's name")
     promote.add_argument("--copy-to", metavar="s3://BUCKET[/PREFIX]",
                          help="copy the shards to this S3 location first")
     promote.add_argument("--credentials", metavar="FILE.env",
-                         help="credentials (.env) of the --copy-to store")
+                         help="credentials (.env) of the --copy-to store (default: AWS_* in "
+                              "the environment)")
     promote.add_argument("--source-credentials", metavar="FILE.env",
                          default=os.environ.get("ATDATA_SOURCE_CREDENTIALS"),
-                         help="credentials (.env) of the store the shards are in now")
-    promote.add_argument("--name", help="the published name (default: the entry's)")
+                         help="credentials (.env) of the store the shards are in now "
+                              "(default: AWS_* in the environment, else --credentials)")
+    promote.add_argument("--name", type=nonempty, help="the published name (default: the "
+                                                       "entry's)")
     promote.add_argument("--description")
     promote.add_argument("--tag", action="append", dest="tags", metavar="TAG",
                          help="a discovery tag (repeatable)")
     promote.add_argument("--license")
-    promote.add_argument("--concurrency", type=int, default=8)
-    promote.add_argument("--dry-run", action="store_true",
-                         help="print the plan and the record; write nothing")
+    promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
+    promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
+                         help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
+
+    dev = command("dev", "local services to try the commands on (from a clone)")
+    dev.add_argument("action", choices=["up", "down", "status"])
+    dev.add_argument("--env-file", metavar="FILE",
+                     help="where to write the environment (default .dev/env in the clone)")
     return parser
 
 
-HINTS: list[tuple[type[BaseException], str]] = [
-    (AuthError, "check ATDATA_HANDLE / ATDATA_PASSWORD (an app password) and --pds-url"),
-    (RateLimitedError, "the PDS is rate limiting this account; try again after the reset"),
-    (ValidationError, "shorten or fix the named field; ATProto records allow no floats"),
-    (ShardTransferError, "nothing was published and no partial upload was left; rerun"),
-    (LocalIndexError, "check --redis-url / ATDATA_REDIS_URL: is redis-server running there?"),
-    (StorageError, "check the S3 endpoint, bucket and credentials"),
-    (NotFoundError, "`atdata-async ls` lists local entries; `schemas` lists schemas"),
-    (ConfigurationError, "see `atdata-async COMMAND --help`"),
-]
+# -- errors ------------------------------------------------------------------------------
 
+
+HINTS: list[tuple[type[BaseException], str]] = [
+    (RateLimitedError, "the PDS is rate limiting this account; try again after the reset"),
+    (AuthError, "check ATDATA_HANDLE / ATDATA_PASSWORD (an app password) and --pds-url"),
+    (ValidationError, "fix the named field and run the command again"),
+    (LocalIndexError, "check --redis-url / ATDATA_REDIS_URL: is redis-server running there?"),
+    (SourceChangedError, "re-insert the dataset: its shards are not what the index recorded"),
+    (StorageError, "check the S3 endpoint, bucket and credentials"),
+    (ConfigurationError, "see `atdata-async --help`"),
+]
 
 SHARD_HINTS: list[tuple[type[BaseException], str]] = [
     (SourceChangedError, "re-insert the dataset: its shards are not what the index recorded"),
@@ -107,58 +282,212 @@ SHARD_HINTS: list[tuple[type[BaseException], str]] = [
 ]
 
 
-def hint_for(exc: BaseException) -> str | None:
-    """The hint for an error; a failed batch is explained by its shards' causes when one
-    of them says more (a shard changed since insert, a missing bucket)."""
-    causes = list(exc.failures.values()) if isinstance(exc, ShardTransferError) else []
-    for cause in causes:
-        for kind, hint in SHARD_HINTS:
-            if isinstance(cause, kind):
-                return hint
+def hint_for(exc: BaseException, args: argparse.Namespace | None = None) -> str | None:
+    """The hint for an error: the most specific that helps. A failed batch is explained by
+    its shards' causes when one of them says more (a shard changed, a missing bucket)."""
+    command = getattr(args, "command", None)
+    if isinstance(exc, ShardTransferError):
+        for cause in exc.failures.values():
+            for kind, hint in SHARD_HINTS:
+                if isinstance(cause, kind):
+                    return hint
+        return "check the S3 endpoint, bucket and credentials, then run the command again"
+    if isinstance(exc, NotFoundError) and not isinstance(exc, ObjectNotFoundError):
+        if "schema" in str(exc):
+            return "`atdata-async schemas` lists local schemas; `schemas publish` adds one"
+        if "record" in str(exc).lower() or isinstance(exc, XrpcError):
+            return "check the at:// URI (`atdata-async schemas --remote` lists your records)"
+        return "`atdata-async ls` lists local entries"
+    if isinstance(exc, XrpcError) and not isinstance(exc, AuthError | RateLimitedError):
+        if exc.status is None:
+            return "check --pds-url / ATDATA_PDS_URL: is a PDS answering there?"
+        return None
+    if isinstance(exc, ConfigurationError) and command:
+        return f"see `atdata-async {command} --help`"
     return next((hint for kind, hint in HINTS if isinstance(exc, kind)), None)
 
 
+def error_code(exc: BaseException) -> str:
+    """The stable ``error`` code (and so the exit code) of an exception."""
+    if isinstance(exc, UsageError | ConfigurationError):
+        return "usage"
+    if isinstance(exc, RateLimitedError):
+        return "rate_limited"
+    if isinstance(exc, AuthError):
+        return "auth"
+    if isinstance(exc, ShardTransferError | LocalIndexError | SourceChangedError):
+        return "storage"
+    if isinstance(exc, NotFoundError | FileNotFoundError):
+        return "not_found"
+    if isinstance(exc, StorageError):
+        return "storage"
+    if isinstance(exc, XrpcError):
+        return "pds"
+    return "error"
+
+
+def message_of(exc: BaseException) -> str:
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return message or type(exc).__name__
+
+
+def report(args: argparse.Namespace | None, code: str, message: str,
+           hint: str | None, **extra: Any) -> None:
+    """One error on stderr: ``error: ...`` + detail lines + ``hint: ...``, or one JSON
+    object ``{"error": code, "message": ..., "hint": ..., "exit_code": n}``."""
+    lines = message.splitlines() or [message]
+    if args is not None and getattr(args, "json", False):
+        body = {"error": code, "message": lines[0], "details": [x.strip() for x in lines[1:]],
+                "hint": hint, "exit_code": EXIT_CODES.get(code, 1), **extra}
+        if not body["details"]:
+            del body["details"]
+        print(json.dumps(body), file=sys.stderr)
+        return
+    print(f"error: {lines[0]}", file=sys.stderr)
+    for line in lines[1:6]:
+        print(f"  {line.strip()}", file=sys.stderr)
+    if len(lines) > 6:
+        print(f"  ... {len(lines) - 6} more", file=sys.stderr)
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
+
+
+# -- signals -----------------------------------------------------------------------------
+
+
+class Interrupt:
+    """SIGTERM and SIGHUP take Ctrl-C's path: the running command is cancelled (open
+    multipart uploads aborted, clients closed) and the exit code says which signal."""
+
+    signum: int | None = None
+
+    @classmethod
+    def install(cls) -> None:
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, cls.handle)
+
+    @classmethod
+    def handle(cls, signum: int, frame: Any) -> None:
+        cls.signum = signum
+        on_sigint = signal.getsignal(signal.SIGINT)
+        if callable(on_sigint):  # asyncio's runner cancels the main task; else raises
+            on_sigint(signal.SIGINT, frame)
+        else:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def exit_code(cls) -> int:
+        return 128 + (cls.signum or signal.SIGINT)
+
+
+class Outcome:
+    """What the command achieved before it ended, so an interruption is told truthfully."""
+
+    def __init__(self) -> None:
+        self.written: list[str] = []   # records written (at:// URIs), in order
+
+    def interrupted_message(self) -> str:
+        name = signal.Signals(Interrupt.signum or signal.SIGINT).name
+        if not self.written:
+            return f"interrupted ({name}); nothing was published"
+        return (f"interrupted ({name}) after writing {', '.join(self.written)}; "
+                "that record exists (run the command again to replace it)")
+
+
+# -- main --------------------------------------------------------------------------------
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    Interrupt.install()
+    args: argparse.Namespace | None = None
+    outcome = Outcome()
     try:
-        return anyio.run(run, args)
+        parser = build_parser()
+        try:
+            args, extra = parser.parse_known_args(argv)
+            if extra:
+                prog = " ".join(["atdata-async", args.command,
+                                 getattr(args, "schemas_command", None) or ""]).strip()
+                raise UsageError(f"unrecognized arguments: {' '.join(extra)}", prog)
+        except UsageError as exc:
+            wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
+            report(argparse.Namespace(json=wants_json), "usage", f"{exc.prog}: {exc}",
+                   f"see `{exc.prog} --help`")
+            return EXIT_CODES["usage"]
+        if args.command == "dev":
+            return dev(args)
+        import anyio
+
+        return emit(args, *anyio.run(run, args, outcome))
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        report(args, "interrupted", outcome.interrupted_message(), None)
+        return Interrupt.exit_code()
+    except BrokenPipeError:
+        return quiet_broken_pipe()
     except (AtdataError, ValueError, KeyError, OSError) as exc:
-        if args.debug:
+        if args is not None and args.debug:
             raise
-        message = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-        print(f"error: {message.splitlines()[0] if message else type(exc).__name__}",
-              file=sys.stderr)
-        for line in message.splitlines()[1:6]:
-            print(f"  {line.strip()}", file=sys.stderr)
-        hint = hint_for(exc)
-        if hint:
-            print(f"hint: {hint}", file=sys.stderr)
-        return 1
+        code = error_code(exc)
+        report(args, code, message_of(exc), hint_for(exc, args))
+        return EXIT_CODES[code]
 
 
-async def run(args: argparse.Namespace) -> int:
+def quiet_broken_pipe() -> int:
+    """``atdata-async ls | head``: the reader left; stop quietly (no traceback, and no
+    second error when Python flushes stdout at exit)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
+
+
+def emit(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> int:
+    """Print a command's result: only once the command has finished (so nothing claims
+    success for an interrupted run)."""
+    if args.json:
+        print(json.dumps(data, indent=2, default=str))
+    else:
+        human(data)
+    sys.stdout.flush()
+    return 0
+
+
+Result = tuple[Any, Callable[[Any], None]]
+
+
+async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
+    from ._index import LocalIndex
+
     async with LocalIndex(args.redis_url) as index:
         if args.command == "ls":
-            return output(args, [entry_row(e) for e in await index.list_entries()], print_entries)
+            rows = [entry_row(e) for e in await index.list_entries()]
+            return rows, lambda r: print_entries(r, args)
+        if args.command == "insert":
+            return await insert(args, index)
+        sub = getattr(args, "schemas_command", None)
+        if args.command == "schemas" and sub == "publish":
+            return await publish_schema(args, index)
         if args.command == "schemas" and not args.remote:
             rows = [{"ref": f"{s['name']}@{s['version']}", "fields": len(s.get("fields", [])),
                      "description": s.get("description")} for s in await index.list_schemas()]
-            return output(args, rows, print_schemas)
+            return rows, print_schemas
+        from ._xrpc import AtmosphereClient
+
         async with AtmosphereClient(args.pds_url) as client:
             if args.command == "show":
+                from ._atindex import AtmosphereIndex
+
                 await login(args, client, required=False)
                 entry = await AtmosphereIndex(client).get_dataset(args.at_uri)
-                return output(args, entry_dict(entry), print_dataset)
+                return entry_dict(entry), print_dataset
             await login(args, client, required=True)
             if args.command == "schemas":
                 rows = [{"uri": r["uri"], "ref": f"{r['value'].get('name')}@"
                          f"{r['value'].get('version')}"}
                         async for r in client.list_records("science.alt.dataset.schema")]
-                return output(args, rows, print_schemas)
-            return await promote(args, index, client)
+                return rows, print_schemas
+            return await promote(args, index, client, outcome)
 
 
 async def login(args: argparse.Namespace, client: AtmosphereClient, *, required: bool) -> None:
@@ -166,48 +495,283 @@ async def login(args: argparse.Namespace, client: AtmosphereClient, *, required:
     if args.handle and password:
         await client.login(args.handle, password)
     elif required:
+        missing = " and ".join(name for name, value in (("ATDATA_HANDLE (or --handle)",
+                                                         args.handle),
+                                                        ("ATDATA_PASSWORD", password))
+                               if not value)
         raise AuthError("login", None, "NoCredentials",
-                        "set ATDATA_HANDLE (or --handle) and ATDATA_PASSWORD to log in")
+                        f"set {missing} to log in to {args.pds_url}")
 
 
-async def promote(args: argparse.Namespace, index: LocalIndex,
-                  client: AtmosphereClient) -> int:
-    entry = await index.get_entry_by_name(args.entry)
-    if args.source_credentials:
-        index.data_store = S3DataStore(args.source_credentials,
-                                       bucket=_first_bucket(entry.data_urls),
-                                       max_concurrency=args.concurrency)
-    dest, prefix = None, "promoted"
-    if args.copy_to:
-        if not args.credentials:
-            raise ConfigurationError("--copy-to needs --credentials FILE.env for that store")
-        location = parse_s3_url(args.copy_to.rstrip("/") + "/_")
-        dest = S3DataStore(args.credentials, bucket=location.bucket,
-                           max_concurrency=args.concurrency)
-        prefix = location.key.removesuffix("_").strip("/") or "promoted"
-    kwargs: dict[str, Any] = dict(data_store=dest, name=args.name, description=args.description,
-                                  tags=args.tags, license=args.license, copy_prefix=prefix)
+# -- S3 stores from the command line -----------------------------------------------------
+
+
+def s3_location(url: str, flag: str) -> tuple[str, str]:
+    """``s3://bucket[/prefix]`` -> (bucket, prefix)."""
+    if not url.startswith("s3://"):
+        raise ConfigurationError(f"{flag} must be s3://BUCKET[/PREFIX], got {url!r}")
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not bucket:
+        raise ConfigurationError(f"{flag} names no bucket: {url!r}")
+    return bucket, prefix.strip("/")
+
+
+def credentials_from(path: str | None, flag: str) -> str | dict[str, str]:
+    """A .env path, or the AWS_* variables of the environment when no file is given."""
+    if path:
+        return path
+    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        return dict(os.environ)
+    raise ConfigurationError(f"{flag} FILE.env is needed (or AWS_ACCESS_KEY_ID and "
+                             "AWS_SECRET_ACCESS_KEY in the environment)")
+
+
+def make_store(credentials: str | dict[str, str], bucket: str,
+               args: argparse.Namespace) -> S3DataStore:
+    from ._store import S3DataStore
+
+    part = getattr(args, "part_size", 16 * MIB)
+    return S3DataStore(credentials, bucket=bucket, max_concurrency=args.concurrency,
+                       part_size=part, multipart_threshold=max(2 * part, 32 * MIB))
+
+
+async def check_bucket(store: S3DataStore) -> str:
+    """HeadBucket: the endpoint answers, the credentials are accepted, the bucket exists."""
+    s3 = await store.client()
+    where = store.endpoint or "AWS S3"
+    try:
+        with store.errors("HeadBucket", f"s3://{store.bucket}"):
+            await s3.head_bucket(Bucket=store.bucket)
+    except ObjectNotFoundError:
+        raise ObjectNotFoundError(f"bucket {store.bucket!r} does not exist at {where}",
+                                  code="NoSuchBucket") from None
+    return f"bucket {store.bucket} exists at {where} and accepts the credentials"
+
+
+# -- insert and schemas publish ----------------------------------------------------------
+
+
+def import_sample_type(spec: str) -> type:
+    """``module:Class`` (the current directory is importable, as for ``python -m``)."""
+    import importlib
+
+    from ._sample import PackableSample
+
+    module_name, sep, class_name = spec.partition(":")
+    if not sep or not module_name or not class_name:
+        raise ConfigurationError(f"--schema must be module:Class, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigurationError(f"cannot import {module_name!r}: {exc}") from None
+    sample_type = getattr(module, class_name, None)
+    if sample_type is None:
+        raise ConfigurationError(f"module {module_name!r} has no {class_name!r}")
+    if not (isinstance(sample_type, type) and issubclass(sample_type, PackableSample)):
+        raise ConfigurationError(f"{spec} is not a sample type (decorate it with "
+                                 "@atdata_async.packable)")
+    return sample_type
+
+
+def shard_paths(patterns: list[str]) -> list[str]:
+    """Paths, brace patterns and globs (when the shell left them) -> existing tar files."""
+    import glob
+
+    from ._urls import expand_braces
+
+    paths: list[str] = []
+    for pattern in patterns:
+        for expanded in expand_braces(pattern):
+            found = sorted(glob.glob(expanded)) if glob.has_magic(expanded) else [expanded]
+            if not found:
+                raise FileNotFoundError(2, "no file matches", expanded)
+            paths.extend(found)
+    for path in paths:
+        if not os.path.isfile(path):
+            raise FileNotFoundError(2, "no such file", path)
+    return [os.path.abspath(p) for p in paths]
+
+
+async def insert(args: argparse.Namespace, index: LocalIndex) -> Result:
+    from ._dataset import Dataset
+    from ._sample import PackableSample
+
+    paths = shard_paths(args.paths)
+    if args.schema:
+        sample_type = import_sample_type(args.schema)
+        ref = None
+    else:
+        ref = args.schema_ref
+        await index.get_schema(ref)  # not found -> exit 3 before anything is uploaded
+        sample_type = PackableSample
+    dataset = Dataset[sample_type](paths)  # type: ignore[valid-type]
+    metadata = dict(args.meta) or None
+    store = None
+    prefix = None
+    checks = [f"{len(paths)} shard file(s) found ({sum(map(os.path.getsize, paths)) / MIB:.1f}"
+              " MiB)"]
+    if args.to:
+        bucket, prefix = s3_location(args.to, "--to")
+        store = make_store(credentials_from(args.credentials, "--credentials"), bucket, args)
     try:
         if args.dry_run:
-            plan = await preview_promotion(entry, index, client, **kwargs)
-            return output(args, plan, print_plan)
-        show = ProgressLine() if sys.stderr.isatty() and not args.json else None
-        uri = await promote_to_atmosphere(entry, index, client, max_concurrency=args.concurrency,
-                                          progress=show, **kwargs)
-        if show:
-            show.finish()
-        return output(args, {"uri": uri}, lambda r: print(f"published {r['uri']}"))
-    finally:
-        for store in (dest, index.data_store):
+            await index.list_schemas()  # Redis answers
+            checks.append(f"the local index at {redact(args.redis_url)} answers")
             if store is not None:
-                await store.aclose()
+                checks.append(await check_bucket(store))
+            plan = {"name": args.name, "shards": paths, "to": args.to, "metadata": metadata,
+                    "schema": ref or f"{sample_type.__name__} (latest local version, or 1.0.0)",
+                    "checks": checks}
+            return plan, print_insert_plan
+        index.data_store = store
+        entry = await index.insert_dataset(dataset, name=args.name, prefix=prefix or None,
+                                           metadata=metadata, schema_ref=ref,
+                                           progress=progress_for(args))
+        finish_progress(args)
+    finally:
+        if store is not None:
+            await store.aclose()
+    row = entry_row(entry)
+    row["data_urls"] = entry.data_urls
+    return row, print_inserted
 
 
-def _first_bucket(urls: list[str]) -> str:
-    for url in urls:
-        if url.startswith("s3://"):
-            return parse_s3_url(url).bucket
-    raise ConfigurationError("--source-credentials is only for entries with s3:// URLs")
+async def publish_schema(args: argparse.Namespace, index: LocalIndex) -> Result:
+    from ._schema import schema_record
+
+    sample_type = import_sample_type(args.sample_type)
+    if args.dry_run:
+        record = schema_record(sample_type, args.schema_version, args.description)
+        return {"record": record, "dry_run": True}, print_schema_plan
+    ref = await index.publish_schema(sample_type, version=args.schema_version,
+                                     description=args.description)
+    return {"ref": ref}, lambda r: print(f"stored schema {r['ref']}")
+
+
+# -- promote -----------------------------------------------------------------------------
+
+
+async def promote(args: argparse.Namespace, index: LocalIndex, client: AtmosphereClient,
+                  outcome: Outcome) -> Result:
+    from ._promote import preview_promotion, promote_to_atmosphere
+
+    entry = await index.get_entry_by_name(args.entry)
+    s3_buckets = [u.removeprefix("s3://").split("/", 1)[0] for u in entry.data_urls
+                  if u.startswith("s3://")]
+    dest, prefix = None, "promoted"
+    stores: list[S3DataStore] = []
+    try:
+        if args.copy_to:
+            bucket, prefix = s3_location(args.copy_to, "--copy-to")
+            dest = make_store(credentials_from(args.credentials, "--credentials"), bucket, args)
+            stores.append(dest)
+            prefix = prefix or "promoted"
+        if s3_buckets:
+            # The shards' current store: its own credentials, else the environment's AWS_*,
+            # else the destination's (one account holding both buckets is the usual case).
+            source_creds = (args.source_credentials
+                            or (dict(os.environ) if os.environ.get("AWS_ACCESS_KEY_ID")
+                                and os.environ.get("AWS_SECRET_ACCESS_KEY") else None)
+                            or (args.credentials if args.copy_to else None))
+            if source_creds:
+                index.data_store = make_store(source_creds, s3_buckets[0], args)
+                stores.append(index.data_store)
+        kwargs: dict[str, Any] = dict(data_store=dest, name=args.name,
+                                      description=args.description, tags=args.tags,
+                                      license=args.license, copy_prefix=prefix)
+        if args.dry_run:
+            plan = await preview_promotion(entry, index, client, **kwargs)
+            plan["checks"] = await dry_run_checks(args, entry, index, client, dest)
+            return plan, print_plan
+        show = progress_for(args)
+        try:
+            uri = await promote_to_atmosphere(entry, index, client,
+                                              max_concurrency=args.concurrency,
+                                              progress=show, **kwargs)
+        except ShardTransferError as exc:
+            raise left_behind(exc, dest) from None
+        outcome.written.append(uri)
+        finish_progress(args)
+        return {"uri": uri}, lambda r: print(f"published {r['uri']}")
+    finally:
+        for store in stores:
+            await store.aclose()
+
+
+def left_behind(exc: ShardTransferError, dest: S3DataStore | None) -> ShardTransferError:
+    """The batch error with a last line that says truthfully what stayed behind."""
+    lines = str(exc).splitlines()
+    total = int(lines[0].split(" of ")[1].split()[0]) if " of " in lines[0] else 0
+    copied = total - len(exc.failures)
+    if dest is None:
+        tail = "no dataset record was written; nothing was copied"
+    else:
+        tail = (f"no dataset record was written; unfinished multipart uploads were aborted; "
+                f"shards already copied to s3://{dest.bucket}/ stay there (up to {copied}), "
+                "and running the command again overwrites them")
+    out = ShardTransferError(exc.failures, total)
+    out.args = (str(exc) + "\n" + tail,)
+    return out
+
+
+async def dry_run_checks(args: argparse.Namespace, entry: Any, index: LocalIndex,
+                         client: AtmosphereClient, dest: S3DataStore | None) -> list[str]:
+    """What a dry run proves without writing: the PDS answers and took the login, the
+    destination bucket exists and takes the credentials, every source shard is there."""
+    import anyio
+
+    checks = [f"PDS {args.pds_url} answers; logged in as {client.handle} ({client.did})"]
+    if dest is not None:
+        checks.append("destination " + await check_bucket(dest))
+    source = index.data_store
+    s3_urls = [u for u in entry.data_urls if u.startswith("s3://")]
+    if s3_urls and source is not None:
+        limiter = anyio.CapacityLimiter(args.concurrency)
+
+        async def head(url: str) -> None:
+            async with limiter:
+                await source.head(url)
+
+        async with anyio.create_task_group() as tg:
+            for url in s3_urls:
+                tg.start_soon(head, url)
+        checks.append(f"all {len(s3_urls)} source shard(s) readable at "
+                      f"{source.endpoint or 'AWS S3'}")
+    elif s3_urls:
+        checks.append("source shards not checked (no credentials for their store: "
+                      "--source-credentials)")
+    local = [u for u in entry.data_urls if not u.startswith(("s3://", "http://", "https://"))]
+    missing = [u for u in local if not os.path.isfile(u.removeprefix("file://"))]
+    if missing:
+        raise FileNotFoundError(2, "shard file missing", missing[0])
+    if local:
+        checks.append(f"all {len(local)} local shard file(s) present")
+    checks.append("the record passes the lexicon's limits")
+    return checks
+
+
+# -- progress ----------------------------------------------------------------------------
+
+
+_progress_line: ProgressLine | None = None
+
+
+def progress_for(args: argparse.Namespace) -> ProgressLine | None:
+    """A progress line when asked for (--progress), or by default when stderr is a
+    terminal and the output is not JSON."""
+    global _progress_line
+    wanted = args.progress
+    if wanted is None:
+        wanted = sys.stderr.isatty() and not args.json
+    _progress_line = ProgressLine() if wanted else None
+    return _progress_line
+
+
+def finish_progress(args: argparse.Namespace) -> None:
+    if _progress_line is not None and _progress_line.drawn:
+        _progress_line.finish()
 
 
 class ProgressLine:
@@ -216,6 +780,7 @@ class ProgressLine:
     def __init__(self) -> None:
         self.start = time.monotonic()
         self.last = 0.0
+        self.drawn = False
 
     def __call__(self, p: TransferProgress) -> None:
         now = time.monotonic()
@@ -224,24 +789,41 @@ class ProgressLine:
         self.last = now
         rate = p.bytes_done / max(now - self.start, 1e-6)
         eta = max(p.bytes_total - p.bytes_done, 0) / rate if rate else 0
-        sys.stderr.write(f"\r  shards {p.shards_done}/{p.shards_total}  "
-                         f"{p.bytes_done / MIB:.1f}/{p.bytes_total / MIB:.1f} MiB  "
-                         f"{rate / MIB:.1f} MiB/s  ETA {eta:.0f}s   ")
-        sys.stderr.flush()
+        try:
+            sys.stderr.write(f"\r  shards {p.shards_done}/{p.shards_total}  "
+                             f"{p.bytes_done / MIB:.1f}/{p.bytes_total / MIB:.1f} MiB  "
+                             f"{rate / MIB:.1f} MiB/s  ETA {eta:.0f}s   ")
+            sys.stderr.flush()
+            self.drawn = True
+        except OSError:  # stderr went away: the work goes on without a display
+            pass
 
     def finish(self) -> None:
-        sys.stderr.write("\n")
+        with contextlib.suppress(OSError):
+            sys.stderr.write("\n")
+
+
+# -- dev services (a clone's scripts/demo.py) --------------------------------------------
+
+
+def dev(args: argparse.Namespace) -> int:
+    """``dev up|down|status``: the demo's services kept running, for trying commands."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
+    if not script.is_file():
+        raise ConfigurationError("`dev` needs a clone of the repository (its scripts/demo.py "
+                                 "starts the services); this install has none")
+    command = [sys.executable, str(script), f"--{args.action}"]
+    if args.env_file:
+        command += ["--env-file", args.env_file]
+    if args.json:
+        command.append("--json")
+    return subprocess.run(command, check=False).returncode
 
 
 # -- output ------------------------------------------------------------------------------
-
-
-def output(args: argparse.Namespace, data: Any, human: Callable[[Any], None]) -> int:
-    if args.json:
-        print(json.dumps(data, indent=2, default=str))
-    else:
-        human(data)
-    return 0
 
 
 def entry_row(entry: Any) -> dict[str, Any]:
@@ -256,12 +838,43 @@ def entry_dict(entry: Any) -> dict[str, Any]:
             "checksums": entry.checksums}
 
 
-def print_entries(rows: list[dict[str, Any]]) -> None:
+def print_entries(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     if not rows:
-        print("no local entries")
+        print(f"no local entries in {redact(args.redis_url)}; add one with "
+              "`atdata-async insert PATHS --name NAME --schema module:Class`")
     for r in sorted(rows, key=lambda r: r["name"]):
         size = f"{r['bytes'] / MIB:.1f} MiB" if r["bytes"] else "size unknown"
         print(f"{r['name']:<32} {r['shards']:>5} shards  {size:>14}  {r['schema']}")
+
+
+def redact(url: str) -> str:
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+
+
+def print_inserted(r: dict[str, Any]) -> None:
+    size = f"{r['bytes'] / MIB:.1f} MiB" if r["bytes"] else "size unknown"
+    print(f"inserted {r['name']}: {r['shards']} shards, {size}, schema {r['schema']}")
+    for url in r["data_urls"][:20]:
+        print(f"  {url}")
+    if len(r["data_urls"]) > 20:
+        print(f"  ... {len(r['data_urls']) - 20} more")
+
+
+def print_insert_plan(plan: dict[str, Any]) -> None:
+    print(f"insert {plan['name']}: {len(plan['shards'])} shard(s) -> "
+          f"{plan['to'] or 'indexed where they are'}")
+    print(f"schema: {plan['schema']}")
+    for check in plan["checks"]:
+        print(f"checked: {check}")
+    print("dry run: nothing was written")
+
+
+def print_schema_plan(plan: dict[str, Any]) -> None:
+    print(json.dumps(plan["record"], indent=2))
+    print("dry run: nothing was written")
 
 
 def print_schemas(rows: list[dict[str, Any]]) -> None:
@@ -298,6 +911,8 @@ def print_plan(plan: dict[str, Any]) -> None:
         print(f"  {s['source']}" + (f" -> {s['destination']}" if s["destination"] else ""))
     if len(plan["shards"]) > 20:
         print(f"  ... {len(plan['shards']) - 20} more")
+    for check in plan.get("checks", []):
+        print(f"checked: {check}")
     print("record (checksums are filled in when the shards are read):")
     print(json.dumps(plan["record"], indent=2))
     print("dry run: nothing was written")

@@ -89,10 +89,10 @@ def test_promote_with_copy(cli_env, moto_server):
 
 def test_errors_are_one_readable_line_with_a_hint(cli_env):
     missing = cli(cli_env, "promote", "nope")
-    assert missing.returncode == 1
+    assert missing.returncode == 3  # not found
     first = missing.stderr.splitlines()[0]
     assert first == "error: no dataset entry named 'nope' in the local index"
-    assert missing.stderr.splitlines()[1].startswith("hint:")
+    assert missing.stderr.splitlines()[1] == "hint: `atdata-async ls` lists local entries"
     assert "Traceback" not in missing.stderr
 
     bad_flag = cli(cli_env, "promote", "cli-data", "--no-such-flag")
@@ -100,20 +100,202 @@ def test_errors_are_one_readable_line_with_a_hint(cli_env):
 
     too_long = cli(cli_env, "promote", "cli-data", "--license", "x" * 300)
     assert too_long.returncode == 1 and too_long.stderr.startswith("error: license:")
+    assert "float" not in too_long.stderr
 
     env = {k: v for k, v in cli_env.items() if k != "ATDATA_PASSWORD"}
     anonymous = cli(env, "promote", "cli-data")
-    assert anonymous.returncode == 1 and "ATDATA_PASSWORD" in anonymous.stderr
+    assert anonymous.returncode == 4
+    assert anonymous.stderr.splitlines()[0] == (
+        f"error: login failed: NoCredentials: set ATDATA_PASSWORD to log in to "
+        f"{cli_env['ATDATA_PDS_URL']}")
 
     wrong = cli({**cli_env, "ATDATA_PASSWORD": "not-the-password"}, "promote", "cli-data")
-    assert wrong.returncode == 1 and "not-the-password" not in wrong.stderr
+    assert wrong.returncode == 4 and "not-the-password" not in wrong.stderr
     assert "hint: check ATDATA_HANDLE" in wrong.stderr
 
     no_redis = cli({**cli_env, "ATDATA_REDIS_URL": "redis://127.0.0.1:1/0"}, "ls")
-    assert no_redis.returncode == 1 and "hint: check --redis-url" in no_redis.stderr
+    assert no_redis.returncode == 5 and "hint: check --redis-url" in no_redis.stderr
 
     debug = cli(cli_env, "--debug", "promote", "nope")
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+    for out in (missing, bad_flag, too_long, anonymous, wrong, no_redis):
+        assert "None" not in out.stderr and "COMMAND" not in out.stderr
+
+
+def test_version_and_global_flags_anywhere(cli_env):
+    version = cli(cli_env, "--version")
+    assert version.returncode == 0 and version.stdout.startswith("atdata-async 0.")
+    before = json.loads(cli(cli_env, "--json", "ls").stdout)
+    after = cli(cli_env, "ls", "--json")
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout) == before
+    late = cli({**cli_env, "ATDATA_REDIS_URL": "redis://127.0.0.1:1/0"},
+               "ls", "--redis-url", cli_env["ATDATA_REDIS_URL"])
+    assert late.returncode == 0 and late.stdout.startswith("cli-data")
+
+
+def test_json_errors_have_a_stable_code_and_the_exit_code_tells_the_kind(cli_env):
+    cases = [
+        (("promote", "nope"), cli_env, "not_found", 3),
+        (("promote", "cli-data", "--concurrency", "0"), cli_env, "usage", 2),
+        (("ls",), {**cli_env, "ATDATA_REDIS_URL": "redis://127.0.0.1:1/0"}, "storage", 5),
+        (("promote", "cli-data"), {**cli_env, "ATDATA_PASSWORD": "wrong"}, "auth", 4),
+        (("promote", "cli-data"), {**cli_env, "ATDATA_PDS_URL": "http://127.0.0.1:1"},
+         "pds", 7),
+    ]
+    for argv, env, code, exit_code in cases:
+        out = cli(env, *argv, "--json")
+        assert out.returncode == exit_code, (argv, out.stderr)
+        body = json.loads(out.stderr)
+        assert body["error"] == code and body["exit_code"] == exit_code
+        assert body["message"] and "None" not in body["message"]
+        assert out.stdout == ""
+    unreachable = json.loads(cli({**cli_env, "ATDATA_PDS_URL": "http://127.0.0.1:1"},
+                                 "--json", "promote", "cli-data").stderr)
+    assert unreachable["message"].startswith(
+        "com.atproto.server.createSession failed: ConnectError: cannot reach "
+        "http://127.0.0.1:1")
+    assert unreachable["hint"] == "check --pds-url / ATDATA_PDS_URL: is a PDS answering there?"
+
+
+def test_arguments_are_checked_at_the_edge(cli_env):
+    for argv, says in [
+        (("promote", "cli-data", "--concurrency", "-3"), "must be at least 1, got -3"),
+        (("promote", "cli-data", "--concurrency", "0"), "must be at least 1, got 0"),
+        (("promote", "cli-data", "--part-size", "1MiB"), "S3 takes parts of 5MiB to 5GiB"),
+        (("promote", "cli-data", "--part-size", "6GiB"), "S3 takes parts of 5MiB to 5GiB"),
+        (("promote", "cli-data", "--name", ""), "--name: must not be empty"),
+        (("insert", "x.tar", "--name", "", "--schema", "m:C"), "--name: must not be empty"),
+        (("insert", "x.tar", "--name", "n"), "one of the arguments --schema --schema-ref"),
+        (("promote", "cli-data", "--copy-to", "http://x/y", "--credentials", "c.env"),
+         "--copy-to must be s3://BUCKET[/PREFIX]"),
+    ]:
+        out = cli(cli_env, *argv)
+        assert out.returncode == 2, (argv, out.stderr)
+        assert says in out.stderr, (argv, out.stderr)
+        assert "float" not in out.stderr and "total_tokens" not in out.stderr
+
+
+def test_a_closed_pipe_ends_quietly(cli_env):
+    script = f"{sys.executable} -m atdata_async.cli --json ls | true; echo ${{PIPESTATUS[0]}}"
+    out = subprocess.run(["bash", "-c", script], env=cli_env, capture_output=True,
+                         text=True, timeout=60)
+    assert out.stdout.strip() == "0" and out.stderr == ""
+
+
+def test_insert_and_schemas_publish_from_the_shell(cli_env, tmp_path, moto_server, raw_s3):
+    module = tmp_path / "my_samples.py"
+    module.write_text("import atdata_async\nfrom numpy.typing import NDArray\n\n\n"
+                      "@atdata_async.packable\nclass Vec:\n    values: NDArray\n"
+                      "    label: int\n")
+    published = cli_env_run(cli_env, tmp_path, "schemas", "publish", "my_samples:Vec",
+                            "--version", "2.1.0")
+    assert published.returncode == 0, published.stderr
+    assert published.stdout.strip() == "stored schema atdata://local/schema/Vec@2.1.0"
+    paths = write_shards(tmp_path, 2, 5, stem="vec")
+    dest = make_bucket(moto_server.url)
+    pattern = str(tmp_path / "vec-{000000..000001}.tar")
+    dry = cli_env_run(cli_env, tmp_path, "insert", pattern, "--name", "vecs",
+                      "--schema-ref", "atdata://local/schema/Vec@2.1.0",
+                      "--to", f"s3://{dest}/v", "--credentials", cli_env["CREDS"], "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert f"checked: bucket {dest} exists" in dry.stdout
+    assert raw_s3.list_objects_v2(Bucket=dest)["KeyCount"] == 0  # nothing written
+    missing_bucket = cli_env_run(cli_env, tmp_path, "insert", pattern, "--name", "vecs",
+                                 "--schema", "my_samples:Vec", "--to", "s3://no-such-bucket",
+                                 "--credentials", cli_env["CREDS"], "--dry-run")
+    assert missing_bucket.returncode == 3
+    assert "bucket 'no-such-bucket' does not exist" in missing_bucket.stderr
+    out = cli_env_run(cli_env, tmp_path, "--json", "insert", pattern, "--name", "vecs",
+                      "--schema-ref", "atdata://local/schema/Vec@2.1.0",
+                      "--to", f"s3://{dest}/v", "--credentials", cli_env["CREDS"],
+                      "--meta", "split=train", "--meta", "version=3")
+    assert out.returncode == 0, out.stderr
+    row = json.loads(out.stdout)
+    assert row["shards"] == 2 and row["schema"] == "atdata://local/schema/Vec@2.1.0"
+    assert all(u.startswith(f"s3://{dest}/v/data--") for u in row["data_urls"])
+    with LocalIndex(cli_env["ATDATA_REDIS_URL"]) as index:
+        entry = index.get_entry_by_name("vecs")
+    assert entry.metadata["split"] == "train" and entry.metadata["version"] == 3
+    assert len(entry.checksums) == 2
+    in_place = cli_env_run(cli_env, tmp_path, "insert", *map(str, paths), "--name", "here",
+                           "--schema", "my_samples:Vec")
+    assert in_place.returncode == 0, in_place.stderr
+    assert in_place.stdout.startswith("inserted here: 2 shards")
+    nothing = cli_env_run(cli_env, tmp_path, "insert", "nope-*.tar", "--name", "n",
+                          "--schema", "my_samples:Vec")
+    assert nothing.returncode == 3 and "nope-*.tar: no file matches" in nothing.stderr
+
+
+def cli_env_run(env: dict, cwd, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-W", "error", "-m", "atdata_async.cli", *args],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_copy_of_s3_shards_needs_no_source_flag(cli_env, moto_server):
+    """The README's line: --copy-to with only --credentials, for an S3-backed entry."""
+    dest = make_bucket(moto_server.url)
+    env = {k: v for k, v in cli_env.items() if not k.startswith("AWS_")}
+    out = cli(env, "promote", "cli-data", "--name", "copied-plain",
+              "--copy-to", f"s3://{dest}/releases", "--credentials", cli_env["CREDS"])
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("published at://")
+
+
+def test_dry_run_checks_the_destination_and_the_pds(cli_env, moto_server):
+    dest = make_bucket(moto_server.url)
+    ok = cli(cli_env, "promote", "cli-data", "--dry-run", "--copy-to", f"s3://{dest}/x",
+             "--credentials", cli_env["CREDS"])
+    assert ok.returncode == 0, ok.stderr
+    assert f"checked: PDS {cli_env['ATDATA_PDS_URL']} answers; logged in as" in ok.stdout
+    assert f"checked: destination bucket {dest} exists" in ok.stdout
+    assert "checked: all 3 source shard(s) readable" in ok.stdout
+    no_bucket = cli(cli_env, "promote", "cli-data", "--dry-run", "--copy-to",
+                    "s3://missing-bucket/x", "--credentials", cli_env["CREDS"])
+    assert no_bucket.returncode == 3 and "'missing-bucket' does not exist" in no_bucket.stderr
+    dead = cli_env["CREDS"] + ".dead"
+    with open(dead, "w") as f:
+        f.write("AWS_ENDPOINT=http://127.0.0.1:1\nAWS_ACCESS_KEY_ID=a\n"
+                "AWS_SECRET_ACCESS_KEY=b\n")
+    dead_endpoint = cli(cli_env, "promote", "cli-data", "--dry-run", "--copy-to",
+                        f"s3://{dest}/x", "--credentials", dead)
+    assert dead_endpoint.returncode == 5, dead_endpoint.stderr
+    assert "cannot reach http://127.0.0.1:1" in dead_endpoint.stderr
+
+
+def test_sigterm_is_handled_like_ctrl_c(cli_env, tmp_path):
+    """SIGTERM mid-copy (the destination never answers): exit 143, nothing published."""
+    import signal
+    import socket
+    import time
+
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)
+    stuck = tmp_path / "stuck.env"
+    stuck.write_text(f"AWS_ENDPOINT=http://127.0.0.1:{hang.getsockname()[1]}\n"
+                     "AWS_ACCESS_KEY_ID=a\nAWS_SECRET_ACCESS_KEY=b\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-W", "error", "-m", "atdata_async.cli", "promote", "cli-data",
+         "--copy-to", "s3://stuck/x", "--credentials", str(stuck),
+         "--source-credentials", cli_env["CREDS"]],
+        env=cli_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hang.settimeout(60)
+        conn, _ = hang.accept()  # the copy has started
+        time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        hang.close()
+    conn.close()
+    assert proc.returncode == 143, err
+    assert "published" not in out
+    assert err.strip().splitlines()[-1] == "error: interrupted (SIGTERM); nothing was published"
+    remote = json.loads(cli(cli_env, "--json", "schemas", "--remote").stdout)
+    assert remote == []  # no stray schema record either
 
 
 def test_progress_is_drawn_on_a_terminal(cli_env, moto_server):
@@ -158,5 +340,5 @@ def test_hints_name_the_real_cause_of_a_failed_batch():
 
     assert "re-insert" in hint_for(batch(SourceChangedError("changed")))
     assert "check the bucket" in hint_for(batch(ObjectNotFoundError("no bucket")))
-    assert "rerun" in hint_for(batch(StorageError("connection reset")))
+    assert "run the command again" in hint_for(batch(StorageError("connection reset")))
     assert "S3 endpoint, bucket and credentials" in hint_for(StorageError("refused"))
