@@ -1,8 +1,8 @@
-"""AtmosphereIndex: read dataset and schema records back from any repo."""
+"""AtmosphereIndex: read dataset and schema records back from any repo, on its own PDS."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ._atproto import parse_at_uri
@@ -38,6 +38,7 @@ class AtmosphereDatasetEntry:
     storage: Any = None
     cid: str | None = None
     created_at: str | None = None
+    pds_url: str | None = None  # the PDS the record was read from (its blobs are there)
 
 
 def _shard_urls(storage: Any) -> tuple[list[str], dict[str, str]]:
@@ -71,7 +72,11 @@ def entry_from_record(uri: str, record: DatasetRecord, cid: str | None) -> Atmos
 
 
 class AtmosphereIndex:
-    """Datasets and schemas published on ATProto, read through a client."""
+    """Datasets and schemas published on ATProto, read through a client.
+
+    Each read goes to the PDS of the record's author (``client.resolve_pds``): the
+    client's own for its own repo, any other unauthenticated, so no login is needed.
+    """
 
     def __init__(self, client: AtmosphereClient) -> None:
         self.client = client
@@ -79,28 +84,41 @@ class AtmosphereIndex:
     def __repr__(self) -> str:
         return f"AtmosphereIndex({self.client!r})"
 
+    async def _service(self, repo: str | None) -> str:
+        """Where ``repo`` lives (None: the client's own repo)."""
+        return await self.client.resolve_pds(repo if repo is not None else self.client.did)
+
     async def get_dataset(self, at_uri: str) -> AtmosphereDatasetEntry:
         """The dataset record at ``at_uri`` (ValueError if it is not one; KeyError if gone)."""
         uri = parse_at_uri(at_uri, DATASET_COLLECTION)
-        got = await self.client.get_record(uri.collection, uri.rkey, repo=uri.repo)
-        return entry_from_record(got.get("uri", at_uri), dataset_from_json(got["value"]),
-                                 got.get("cid"))
+        service = await self._service(uri.repo)
+        got = await self.client.get_record(uri.collection, uri.rkey, repo=uri.repo,
+                                           service=service)
+        entry = entry_from_record(got.get("uri", at_uri), dataset_from_json(got["value"]),
+                                  got.get("cid"))
+        return replace(entry, pds_url=service)
 
     async def get_schema(self, at_uri: str) -> dict[str, Any]:
         """The schema record's JSON value (validated against our Struct)."""
         uri = parse_at_uri(at_uri, SCHEMA_COLLECTION)
-        got = await self.client.get_record(uri.collection, uri.rkey, repo=uri.repo)
+        got = await self.client.get_record(uri.collection, uri.rkey, repo=uri.repo,
+                                           service=await self._service(uri.repo))
         schema_from_json(got["value"])
         return got["value"]
 
     async def list_datasets(self, repo: str | None = None) -> list[AtmosphereDatasetEntry]:
         """Every dataset record of a repo (the client's own by default)."""
+        service = await self._service(repo)
         out = []
-        async for rec in self.client.list_records(DATASET_COLLECTION, repo=repo):
-            out.append(entry_from_record(rec["uri"], dataset_from_json(rec["value"]),
-                                         rec.get("cid")))
+        async for rec in self.client.list_records(DATASET_COLLECTION, repo=repo,
+                                                  service=service):
+            entry = entry_from_record(rec["uri"], dataset_from_json(rec["value"]),
+                                      rec.get("cid"))
+            out.append(replace(entry, pds_url=service))
         return out
 
     async def list_schemas(self, repo: str | None = None) -> list[dict[str, Any]]:
         """Every schema record of a repo as ``{uri, cid, value}``."""
-        return [rec async for rec in self.client.list_records(SCHEMA_COLLECTION, repo=repo)]
+        service = await self._service(repo)
+        return [rec async for rec in self.client.list_records(SCHEMA_COLLECTION, repo=repo,
+                                                              service=service)]

@@ -68,3 +68,70 @@ def next_tid() -> str:
 
 def is_tid(value: str) -> bool:
     return bool(_TID.match(value))
+
+
+# -- identities: DIDs, handles and DID documents (pure) ---------------------------------
+
+_DID = re.compile(r"^did:[a-z]+:[a-zA-Z0-9._:%-]*[a-zA-Z0-9._-]$")
+_HANDLE = re.compile(
+    r"^([a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?\.)+[a-zA-Z]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$")
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "[::1]"}
+
+
+def is_did(value: str) -> bool:
+    return isinstance(value, str) and len(value) <= 2048 and bool(_DID.match(value))
+
+
+def is_handle(value: str) -> bool:
+    return isinstance(value, str) and len(value) <= 253 and bool(_HANDLE.match(value))
+
+
+def did_web_url(did: str, scheme: str = "https") -> str:
+    """Where a did:web's document lives: ``did:web:host%3Aport[:path...]``."""
+    from urllib.parse import unquote
+
+    parts = did.removeprefix("did:web:").split(":")
+    host = unquote(parts[0])
+    if not host or "/" in host or "@" in host:
+        raise ConfigurationError(f"not a did:web: {did!r}")
+    path = "/".join(unquote(p) for p in parts[1:])
+    return f"{scheme}://{host}/{path}/did.json" if path else \
+        f"{scheme}://{host}/.well-known/did.json"
+
+
+def handles_of(doc: dict) -> list[str]:
+    """The handles a DID document claims (``alsoKnownAs: at://handle``), lower case."""
+    aka = doc.get("alsoKnownAs") if isinstance(doc, dict) else None
+    return [a.removeprefix("at://").lower() for a in aka or []
+            if isinstance(a, str) and a.startswith("at://")]
+
+
+def service_url_allowed(url: str, *, allow_http: bool = False) -> bool:
+    """A PDS endpoint we may send requests to: https, or plain http to a loopback host
+    (a local development PDS) or when asked; never credentials, a query or a fragment."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018  (raises on a malformed port)
+    except ValueError:
+        return False
+    if not host or parts.username or parts.password or parts.query or parts.fragment:
+        return False
+    if parts.scheme == "https":
+        return True
+    return parts.scheme == "http" and (allow_http or host.lower() in _LOOPBACK)
+
+
+def pds_endpoint_of(doc: dict, did: str) -> str | None:
+    """The ``#atproto_pds`` service endpoint of ``did``'s document (None if it has none)."""
+    if not isinstance(doc, dict):
+        return None
+    for service in doc.get("service") or []:
+        if not isinstance(service, dict):
+            continue
+        sid, endpoint = service.get("id"), service.get("serviceEndpoint")
+        if sid in ("#atproto_pds", f"{did}#atproto_pds") and isinstance(endpoint, str):
+            return endpoint.rstrip("/")
+    return None

@@ -4,14 +4,18 @@
     ├── ConfigurationError (ValueError)      bad credentials file, malformed URL or ref
     ├── ValidationError (ValueError)         a record breaks a lexicon limit (names the field)
     ├── EntryError (ValueError)              an entry that cannot be promoted (no data URLs, ...)
+    ├── UntrustedSourceError (ValueError)    a record names a shard a reader refuses to touch
     ├── NotFoundError (KeyError)
     │   ├── SchemaNotFoundError              no such schema in the local index
     │   └── EntryNotFoundError               no such dataset entry
     ├── StorageError                         an S3 or Redis call failed; ``code`` when S3 gave one
     │   ├── ObjectNotFoundError (KeyError)   no such bucket, key or http(s) shard
     │   ├── SourceChangedError               a shard's bytes are not those recorded at insert
+    │   ├── ChecksumMismatchError            a shard read has another sha256 than its record's
     │   ├── LocalIndexError                  the local index's Redis cannot be used
     │   └── ShardTransferError               one or more shards failed; lists each outcome
+    ├── IdentityError                        a handle or DID cannot be resolved to its PDS
+    │   └── IdentityNotFoundError (KeyError) no such handle or DID
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
         ├── RateLimitedError                 429, carries reset_at (epoch seconds)
@@ -62,6 +66,12 @@ class EntryNotFoundError(NotFoundError):
     """No dataset entry with that name or CID is stored."""
 
 
+class UntrustedSourceError(AtdataError, ValueError):
+    """A published record names a shard location this reader refuses: a local path or
+    ``file://`` URL, plain ``http://`` not asked for, a redirect to another host, or a
+    bucket/endpoint other than the store passed for it."""
+
+
 class StorageError(AtdataError):
     """An S3 operation failed; ``code`` is the S3 error code when there is one."""
 
@@ -82,6 +92,18 @@ class SourceChangedError(StorageError):
     differs): publishing it would publish a wrong checksum. Re-insert the dataset."""
 
 
+class ChecksumMismatchError(StorageError):
+    """A shard's bytes, hashed while they streamed, are not the sha256 its record
+    claims; ``url``, ``expected`` and ``actual`` say which and how."""
+
+    def __init__(self, url: str, expected: str, actual: str) -> None:
+        super().__init__(f"{url}: sha256 is {actual}, the record says {expected} "
+                         f"(the shard changed after publication, or was tampered with)")
+        self.url = url
+        self.expected = expected
+        self.actual = actual
+
+
 class LocalIndexError(StorageError):
     """A Redis call of the local index failed (unreachable, refused, wrong database)."""
 
@@ -95,6 +117,18 @@ class ShardTransferError(StorageError):
         super().__init__(
             f"{len(self.failures)} of {total} shard(s) failed:\n" + "\n".join(lines)
         )
+
+
+class IdentityError(AtdataError):
+    """A handle or DID could not be resolved to its PDS: the directory or server did
+    not answer, or answered with something that is not a usable identity."""
+
+
+class IdentityNotFoundError(IdentityError, NotFoundError):
+    """No such handle or DID (the directory says so, or nothing claims the handle)."""
+
+    def __str__(self) -> str:
+        return IdentityError.__str__(self)
 
 
 class XrpcError(AtdataError):

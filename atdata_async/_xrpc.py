@@ -28,6 +28,7 @@ from ._errors import (
     ValidationError,
     XrpcError,
 )
+from ._identity import IdentityResolver
 from ._lexicon import find_float
 from ._tasks import backoff
 
@@ -101,6 +102,8 @@ class AtmosphereClient:
         refresh_margin: float = 60.0,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        plc_url: str | None = None,
+        identity_ttl: float = 300.0,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.on_session_change = on_session_change
@@ -114,6 +117,9 @@ class AtmosphereClient:
         self._session: Session | None = None
         self._refresh_lock: anyio.Lock | None = None
         self.request_count = 0
+        # Who hosts other repos: shares this client's connections; see _identity.
+        self.identity = IdentityResolver(plc_url=plc_url, ttl=identity_ttl, http=self._client,
+                                         ask_pds=self._resolve_handle_here, timeout=timeout)
 
     def __repr__(self) -> str:
         who = self._session.handle if self._session else "not logged in"
@@ -224,7 +230,10 @@ class AtmosphereClient:
         content_type: str | None = None,
         auth: bool = True,
         token: str | None = None,
+        service: str | None = None,
     ) -> Any:
+        if service is not None and service.rstrip("/") != self.service_url:
+            auth, token = False, None  # never send this account's tokens to another PDS
         repeatable = not procedure or method in _REPEATABLE_PROCEDURES
         refreshed = False
         attempt = 0
@@ -240,7 +249,7 @@ class AtmosphereClient:
             headers = {"authorization": f"Bearer {token}"} if token else {}
             if content_type:
                 headers["content-type"] = content_type
-            url = f"{self.service_url}/xrpc/{method}"
+            url = f"{(service or self.service_url).rstrip('/')}/xrpc/{method}"
             self.request_count += 1
             try:
                 response = await self._client().request(
@@ -279,9 +288,11 @@ class AtmosphereClient:
             raise _error_for(method, response.status_code, error, message)
 
     async def query(self, method: str, params: dict[str, Any] | None = None,
-                    *, auth: bool = True) -> Any:
-        """A GET XRPC call (safe to repeat)."""
-        return await self._xrpc(method, params=params, auth=auth and self.is_authenticated)
+                    *, auth: bool = True, service: str | None = None) -> Any:
+        """A GET XRPC call (safe to repeat); ``service`` sends it to another PDS,
+        unauthenticated."""
+        return await self._xrpc(method, params=params, auth=auth and self.is_authenticated,
+                                service=service)
 
     async def procedure(self, method: str, body: Any = None) -> Any:
         """A POST XRPC call with a JSON body (refused before sending if it holds a float)."""
@@ -318,12 +329,13 @@ class AtmosphereClient:
             body["validate"] = validate
         return await self.procedure("com.atproto.repo.putRecord", body)
 
-    async def get_record(self, collection: str, rkey: str, *,
-                         repo: str | None = None) -> dict[str, Any]:
-        """``{uri, cid, value}``; RecordNotFoundError (a KeyError) when missing."""
+    async def get_record(self, collection: str, rkey: str, *, repo: str | None = None,
+                         service: str | None = None) -> dict[str, Any]:
+        """``{uri, cid, value}``; RecordNotFoundError (a KeyError) when missing.
+        ``service``: the PDS to ask (the repo's own, see ``resolve_pds``)."""
         return await self.query("com.atproto.repo.getRecord",
                                 {"repo": repo or self.did, "collection": collection,
-                                 "rkey": rkey})
+                                 "rkey": rkey}, service=service)
 
     async def delete_record(self, collection: str, rkey: str) -> None:
         await self.procedure("com.atproto.repo.deleteRecord",
@@ -331,13 +343,14 @@ class AtmosphereClient:
 
     async def list_records(
         self, collection: str, *, repo: str | None = None, page_size: int = 100,
+        service: str | None = None,
     ) -> AsyncIterator[dict[str, Any]]:
         """Every record of a collection, following the cursor to the end."""
         cursor = None
         while True:
             params = {"repo": repo or self.did, "collection": collection,
                       "limit": min(100, page_size), "cursor": cursor}
-            page = await self.query("com.atproto.repo.listRecords", params)
+            page = await self.query("com.atproto.repo.listRecords", params, service=service)
             for record in page.get("records", []):
                 yield record
             cursor = page.get("cursor")
@@ -364,6 +377,18 @@ class AtmosphereClient:
     async def resolve_handle(self, handle: str) -> str:
         body = await self.query("com.atproto.identity.resolveHandle", {"handle": handle})
         return str(body["did"])
+
+    async def _resolve_handle_here(self, handle: str) -> str:
+        body = await self.query("com.atproto.identity.resolveHandle", {"handle": handle},
+                                auth=False)
+        return str(body.get("did")) if isinstance(body, dict) else ""
+
+    async def resolve_pds(self, repo: str) -> str:
+        """The PDS hosting ``repo`` (a handle or DID): this client's own for its own
+        repo, else resolved through the handle and the DID document (cached)."""
+        if self.is_authenticated and repo in (self.did, self.handle):
+            return self.service_url
+        return await self.identity.pds_for(repo)
 
     async def describe_repo(self, repo: str | None = None) -> dict[str, Any]:
         return await self.query("com.atproto.repo.describeRepo", {"repo": repo or self.did})

@@ -100,9 +100,32 @@ def raw_s3(moto_server):
 
 
 @pytest.fixture(scope="session")
-def pds(tmp_path_factory):
-    """The reference PDS (+ in-memory PLC), started once for the session."""
-    service = services.start_pds(tmp_path_factory.mktemp("pds"))
+def plc(tmp_path_factory):
+    """One did:plc directory for every PDS of the session. ``ATDATA_PLC_URL`` points the
+    library (and the CLI's subprocesses) at it: nothing asks plc.directory."""
+    service = services.start_plc(tmp_path_factory.mktemp("plc"))
+    before = os.environ.get("ATDATA_PLC_URL")
+    os.environ["ATDATA_PLC_URL"] = service.url
+    yield service
+    if before is None:
+        os.environ.pop("ATDATA_PLC_URL", None)
+    else:
+        os.environ["ATDATA_PLC_URL"] = before
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def pds(tmp_path_factory, plc):
+    """The reference PDS, started once for the session, on the session's PLC."""
+    service = services.start_pds(tmp_path_factory.mktemp("pds"), plc_url=plc.url)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def second_pds(tmp_path_factory, plc):
+    """Another PDS sharing the session's PLC: the network in miniature."""
+    service = services.start_pds(tmp_path_factory.mktemp("pds2"), plc_url=plc.url)
     yield service
     service.stop()
 

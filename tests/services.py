@@ -145,8 +145,28 @@ def install_pds() -> Path:
     return Path(out.stdout.strip().splitlines()[-1])
 
 
-def start_pds(workdir: Path, *, rate_limits: bool = False) -> Service:
-    """The reference PDS + an in-memory PLC on free ports; ``extra`` has the JWT secret."""
+def start_plc(workdir: Path) -> Service:
+    """An in-memory did:plc directory alone, for several PDSs to share (``start_pds(...,
+    plc_url=service.url)``). Its URL names ``localhost``: the PDS refuses IP literals."""
+    home = install_pds()
+    node = (home / ".installed").read_text().strip()
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    env = {**os.environ, "PLC_PORT": str(port), "PLC_STATE_FILE": str(workdir / "plc.json")}
+    with open(workdir / "plc.log", "wb") as log:
+        proc = subprocess.Popen([node, str(home / "plc-server.mjs")], cwd=home, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://localhost:{port}"
+    wait_until(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/_health",
+                                              timeout=2).status == 200,
+               60, f"PLC (log: {workdir / 'plc.log'})", proc)
+    return Service("plc", url, proc)
+
+
+def start_pds(workdir: Path, *, rate_limits: bool = False,
+              plc_url: str | None = None) -> Service:
+    """The reference PDS on a free port, with an in-memory PLC of its own or the shared
+    one at ``plc_url``; ``extra`` has the JWT secret and the PLC's URL."""
     home = install_pds()
     node = (home / ".installed").read_text().strip()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -173,15 +193,20 @@ def start_pds(workdir: Path, *, rate_limits: bool = False) -> Service:
     }
     for name in ("PDS_BSKY_APP_VIEW_URL", "PDS_BSKY_APP_VIEW_DID", "PDS_MOD_SERVICE_URL",
                  "PDS_MOD_SERVICE_DID", "PDS_REPORT_SERVICE_URL", "PDS_REPORT_SERVICE_DID",
-                 "PDS_EMAIL_SMTP_URL", "PDS_REDIS_SCRATCH_ADDRESS", "PDS_ENTRYWAY_URL"):
+                 "PDS_EMAIL_SMTP_URL", "PDS_REDIS_SCRATCH_ADDRESS", "PDS_ENTRYWAY_URL",
+                 "PDS_DID_PLC_URL"):
         env.pop(name, None)
+    if plc_url is not None:
+        env["PDS_DID_PLC_URL"] = plc_url
     with open(workdir / "pds.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([node, str(home / "pds-server.mjs")], cwd=home, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: urllib.request.urlopen(url + "/xrpc/_health", timeout=2).status == 200,
-               90, f"PDS (log: {workdir / 'pds.log'})", proc)
-    return Service("pds", url, proc, extra={"jwt_secret": jwt_secret})
+    wait_until(lambda: urllib.request.urlopen(url + "/xrpc/_health", timeout=2).status == 200
+               and (workdir / "state.json").exists(), 90, f"PDS (log: {workdir / 'pds.log'})", proc)
+    state = json.loads((workdir / "state.json").read_text())
+    return Service("pds", url, proc, extra={"jwt_secret": jwt_secret, "plc_url": state["plcUrl"],
+                                            "public_url": f"http://localhost:{port}"})
 
 
 def xrpc_post(url: str, nsid: str, body: dict) -> dict:

@@ -8,11 +8,13 @@ import pytest
 
 PUBLIC = {
     "atdata_async": [
-        "AtdataError", "AuthError", "ConfigurationError", "ConflictError", "Dataset",
-        "EntryError", "EntryNotFoundError", "LocalIndexError", "NotFoundError",
+        "AtdataError", "AuthError", "ChecksumMismatchError", "ConfigurationError",
+        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "IdentityError",
+        "IdentityNotFoundError", "LocalIndexError", "NotFoundError",
         "PackableSample",
         "RateLimitedError", "RecordNotFoundError", "SchemaNotFoundError", "ShardTransferError",
-        "SourceChangedError", "StorageError", "TransferProgress", "ValidationError",
+        "SourceChangedError", "StorageError", "TransferProgress", "UntrustedSourceError",
+        "ValidationError",
         "XrpcError", "packable"],
     "atdata_async.local": [
         "LocalDatasetEntry", "LocalIndex", "ObjectNotFoundError", "S3Credentials",

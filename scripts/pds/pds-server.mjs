@@ -1,4 +1,5 @@
-// One node process: an in-memory did:plc directory, then the reference PDS configured
+// One node process: an in-memory did:plc directory (unless PDS_DID_PLC_URL names one),
+// then the reference PDS configured
 // from PDS_* env the way the official entry point does. Both listen on 127.0.0.1 only.
 // Writes {pdsUrl, plcUrl, pid, version} as JSON to $PDS_STATE_FILE once it is up.
 import { createRequire } from 'node:module'
@@ -15,11 +16,16 @@ const bindTo = (app) => {
   app.listen = (port, ...rest) => listen(port, host, ...rest)
 }
 
-const plcServer = plc.PlcServer.create({ db: plc.Database.mock(), port: 0 })
-bindTo(plcServer.app)
-const plcListener = await plcServer.start()
-// The PDS's identity resolver refuses IP-literal URLs, so the PLC is named "localhost".
-process.env.PDS_DID_PLC_URL = `http://localhost:${plcListener.address().port}`
+// With PDS_DID_PLC_URL set, use that directory (shared by several PDSs, plc-server.mjs);
+// else start an in-memory one of our own.
+let plcServer = null
+if (!process.env.PDS_DID_PLC_URL) {
+  plcServer = plc.PlcServer.create({ db: plc.Database.mock(), port: 0 })
+  bindTo(plcServer.app)
+  const plcListener = await plcServer.start()
+  // The PDS's identity resolver refuses IP-literal URLs, so the PLC is named "localhost".
+  process.env.PDS_DID_PLC_URL = `http://localhost:${plcListener.address().port}`
+}
 
 const env = readEnv()
 env.version ??= pdsPkg.version
@@ -42,7 +48,7 @@ const stop = async () => {
   setTimeout(() => process.exit(1), 10_000).unref()
   try {
     await pds.destroy()
-    await plcServer.destroy()
+    if (plcServer) await plcServer.destroy()
   } finally {
     process.exit(0)
   }
