@@ -24,7 +24,7 @@ import anyio
 import msgspec
 
 from ._atproto import next_tid, record_key_from
-from ._errors import AuthError, EntryError, SourceChangedError, XrpcError
+from ._errors import AuthError, EntryError, SourceChangedError
 from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
 from ._lexicon import (
@@ -197,18 +197,12 @@ class SchemaRegistry:
             if key in known:
                 return known[key]
             record = to_json(schema_record_from_local(local, now_iso()))
-            rkey = schema_rkey(local)
-            try:
-                uri = (await client.create_record(SCHEMA_COLLECTION, record, rkey=rkey))["uri"]
-            except XrpcError:
-                # Another process (or a lost response) may have created it: reuse it if so.
-                try:
-                    got = await client.get_record(SCHEMA_COLLECTION, rkey)
-                except XrpcError:
-                    got = None
-                if got is None or got["value"].get("version") != key[1]:
-                    raise
-                uri = got["uri"]
+            # The key is deterministic, so a 5xx or a timeout is retried, and a record
+            # another process (or our lost response) left at the key is reused.
+            made = await client.create_record_at(
+                SCHEMA_COLLECTION, schema_rkey(local), record,
+                matches=lambda value: value.get("version") == key[1])
+            uri = made["uri"]
             known[key] = uri
             return uri
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
+import aiohttp
 import anyio
 from botocore.config import Config
 from botocore.exceptions import (
@@ -29,7 +30,9 @@ from botocore.exceptions import (
     ConnectionClosedError,
     ConnectTimeoutError,
     EndpointConnectionError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
 from ._errors import (
@@ -97,6 +100,10 @@ def _hash_into(hasher: Any, data: bytes) -> str:
 
 _UNREACHABLE = (EndpointConnectionError, ConnectTimeoutError, ReadTimeoutError,
                 ConnectionClosedError)
+# A response body cut short (the connection dropped, a timeout, fewer bytes than announced):
+# the read resumes from the byte it reached instead of failing the shard.
+_BODY_CUT = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, ResponseStreamingError,
+             IncompleteReadError, ReadTimeoutError, TimeoutError, ConnectionError)
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _PRECONDITION_CODES = {"PreconditionFailed", "412"}
 _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403"}
@@ -235,7 +242,9 @@ class S3DataStore:
     async def _open_client(self) -> Any:
         creds = self.credentials
         config = Config(
-            retries={"mode": "standard", "max_attempts": self.max_attempts},
+            # total_max_attempts counts the first try; botocore's "max_attempts" would
+            # mean retries (max_attempts=5 gave 6 attempts).
+            retries={"mode": "standard", "total_max_attempts": self.max_attempts},
             max_pool_connections=max(10, 2 * self.max_concurrency),
             connect_timeout=10,
             read_timeout=120,
@@ -320,6 +329,10 @@ class S3DataStore:
             raise StorageError(f"{operation} {target}: cannot reach {where}: {exc}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"{operation} {target}: {exc}") from exc
+        except (aiohttp.ClientError, OSError) as exc:  # what aiobotocore lets through
+            where = self.credentials.endpoint or "AWS S3"
+            raise StorageError(f"{operation} {target}: {where}: {type(exc).__name__}: "
+                               f"{exc}") from exc
 
     # -- objects -----------------------------------------------------------------------
 
@@ -338,23 +351,61 @@ class S3DataStore:
 
         With ``if_match`` (an ETag) S3 answers 412 if the object is another version now:
         consecutive ranges then come from one version, or fail with SourceChangedError.
+        A body cut short is resumed from the byte it reached, on the same version (the
+        ETag of the first response, and its VersionId when the bucket has versions),
+        up to ``max_attempts`` responses in all.
         """
         loc = parse_s3_url(url)
         s3 = await self.client()
-        extra = {"Range": f"bytes={byte_range[0]}-{byte_range[1] - 1}"} if byte_range else {}
-        if if_match:
-            extra["IfMatch"] = _quoted(if_match)
-        with self.errors("GetObject", url):
-            response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
-            body = response["Body"]
-            async with body:
+        start = byte_range[0] if byte_range else 0
+        end = byte_range[1] if byte_range else None
+        buffer: bytearray | None = None
+        filled = 0
+        etag, version = if_match, None
+        for attempt in range(1, self.max_attempts + 1):
+            extra: dict[str, str] = {}
+            if byte_range or filled:
+                last = "" if end is None else str(end - 1)
+                extra["Range"] = f"bytes={start + filled}-{last}"
+            if etag:
+                extra["IfMatch"] = _quoted(etag)
+            if version:
+                extra["VersionId"] = version
+            with self.errors("GetObject", url):
+                response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
+            length = int(response["ContentLength"])
+            if buffer is None:
                 # Fill one buffer of the announced size: body.read() would hold the chunks
                 # and their join at once (twice the object in memory).
-                buffer = bytearray(int(response["ContentLength"]))
-                filled = 0
-                async for chunk in body.iter_chunks(1 << 20):
-                    buffer[filled:filled + len(chunk)] = chunk
-                    filled += len(chunk)
+                buffer = bytearray(length)
+                etag = etag or etag_of(response) or None
+                version = response.get("VersionId") or None
+                if version == "null":
+                    version = None
+            elif filled + length != len(buffer):
+                raise StorageError(f"GetObject {url}: a resumed read announced {length} "
+                                   f"bytes, {len(buffer) - filled} were missing")
+            try:
+                body = response["Body"]
+                async with body:
+                    async for chunk in body.iter_chunks(1 << 20):
+                        if filled + len(chunk) > len(buffer):
+                            raise StorageError(f"GetObject {url}: more bytes than announced")
+                        buffer[filled:filled + len(chunk)] = chunk
+                        filled += len(chunk)
+            except _BODY_CUT as exc:
+                if attempt == self.max_attempts:
+                    raise StorageError(f"GetObject {url}: the body was cut at byte "
+                                       f"{start + filled} {attempt} times: "
+                                       f"{type(exc).__name__}: {exc}") from exc
+                log.info("GetObject %s: body cut at byte %d (%s); resuming", url,
+                         start + filled, type(exc).__name__)
+                continue
+            if filled == len(buffer):
+                break
+            log.info("GetObject %s: body ended at byte %d of %d; resuming", url,
+                     start + filled, start + len(buffer))
+        assert buffer is not None
         if filled != len(buffer):
             raise StorageError(f"GetObject {url}: got {filled} of {len(buffer)} bytes")
         return buffer  # type: ignore[return-value]  # a bytearray is bytes-like

@@ -47,6 +47,25 @@ _RETRY_STATUSES = {500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
+class RateLimit:
+    """The PDS's last word on a rate limit (its ``ratelimit-*`` headers)."""
+
+    limit: int
+    remaining: int
+    reset_at: float  # epoch seconds
+    policy: str | None = None
+
+
+def _rate_limit_of(response: httpx.Response) -> RateLimit | None:
+    headers = response.headers
+    try:
+        return RateLimit(int(headers["ratelimit-limit"]), int(headers["ratelimit-remaining"]),
+                         float(headers["ratelimit-reset"]), headers.get("ratelimit-policy"))
+    except (KeyError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
 class Session:
     """A logged-in session. Tokens never appear in the repr."""
 
@@ -120,6 +139,8 @@ class AtmosphereClient:
         # Who hosts other repos: shares this client's connections; see _identity.
         self.identity = IdentityResolver(plc_url=plc_url, ttl=identity_ttl, http=self._client,
                                          ask_pds=self._resolve_handle_here, timeout=timeout)
+        # The ratelimit-* headers last seen per method: writers pace themselves with it.
+        self.rate_limits: dict[str, RateLimit] = {}
 
     def __repr__(self) -> str:
         who = self._session.handle if self._session else "not logged in"
@@ -263,6 +284,9 @@ class AtmosphereClient:
                 raise XrpcError(method, None, type(exc).__name__,
                                 f"cannot reach {self.service_url}: {str(exc) or repr(exc)}"
                                 ) from exc
+            limit = _rate_limit_of(response)
+            if limit is not None:
+                self.rate_limits[method] = limit
             if response.status_code == 200:
                 return response.json() if response.content else {}
             error, message = _error_fields(response)
@@ -315,6 +339,37 @@ class AtmosphereClient:
         if validate is not None:
             body["validate"] = validate
         return await self.procedure("com.atproto.repo.createRecord", body)
+
+    async def create_record_at(
+        self, collection: str, rkey: str, record: dict[str, Any],
+        matches: Callable[[dict[str, Any]], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Create a record at a deterministic ``rkey``, safe to retry: after a 5xx, a
+        timeout or a conflict the key is read back, and a record found there (that
+        ``matches(value)``) is reused; else the create is retried with backoff. Permanent
+        errors (400, 403, 404...) are raised at once. ``{uri, cid, created}``."""
+        attempt = 0
+        while True:
+            try:
+                made = await self.create_record(collection, record, rkey=rkey)
+                return {**made, "created": True}
+            except XrpcError as exc:
+                transient = exc.status is None or exc.status in _RETRY_STATUSES
+                if not (transient or isinstance(exc, ConflictError)):
+                    raise
+                try:  # the create may have landed (a lost response), or a racer's did
+                    found = await self.get_record(collection, rkey)
+                except RecordNotFoundError:
+                    found = None
+                if found is not None:
+                    if matches is not None and not matches(found.get("value", {})):
+                        raise
+                    return {"uri": found["uri"], "cid": found.get("cid"), "created": False}
+                if not transient or attempt >= self.max_retries:
+                    raise
+                attempt += 1
+                await backoff(log, "createRecord", attempt, self.backoff_base,
+                              f"{exc.status} {exc.error}")
 
     async def put_record(
         self, collection: str, rkey: str, record: dict[str, Any], *,
