@@ -16,6 +16,7 @@
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     ├── IdentityError                        a handle or DID cannot be resolved to its PDS
     │   └── IdentityNotFoundError (KeyError) no such handle or DID
+    ├── PromotionBusyError                   the same promotion is running elsewhere now
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
         ├── RateLimitedError                 429, carries reset_at (epoch seconds)
@@ -129,6 +130,11 @@ class IdentityNotFoundError(IdentityError, NotFoundError):
 
     def __str__(self) -> str:
         return IdentityError.__str__(self)
+
+
+class PromotionBusyError(AtdataError):
+    """Another live process holds this promotion's journal lease: a second run would
+    fight it over the same multipart uploads."""
 
 
 class XrpcError(AtdataError):

@@ -1,12 +1,15 @@
 """Promotion: publish a local dataset entry as ATProto records.
 
     plan_promotion (pure: validates everything, decides what to copy and what to write)
+      -> the journal (copies only): the plan saved; one listing of the destination decides
+         which shards are done, which uploads continue, and which a dead run left (aborted)
       -> one task group: find-or-publish the schema record | copy or checksum each shard
-         (a new schema record waits until one shard has settled)
-      -> write the dataset record last
+         (a new schema record waits until every shard has settled)
+      -> write the dataset record last; the journal is compacted
 
-Nothing remote is written before the plan validates; if a shard fails, every open
-multipart upload is aborted and no dataset record is written.
+Nothing remote is written before the plan validates, and nothing reaches the PDS unless
+every shard settled; if a shard fails, every open multipart upload is aborted and no
+record is written. A rerun of the same promotion continues from its journal.
 """
 
 from __future__ import annotations
@@ -27,6 +30,14 @@ from ._atproto import next_tid, record_key_from
 from ._errors import AuthError, EntryError, SourceChangedError
 from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
+from ._journal import (
+    PromotionJournal,
+    ShardLog,
+    ShardResume,
+    decide_resume,
+    dest_prefix,
+    plan_document,
+)
 from ._lexicon import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -234,8 +245,17 @@ def schema_registry(client: AtmosphereClient) -> SchemaRegistry:
 async def _settle_shard(
     plan: ShardPlan, source: S3DataStore | None, http: HttpShardReader,
     dest: S3DataStore | None, compute_checksums: bool, tracker: ProgressTracker,
+    log: ShardLog | None = None, resume: ShardResume | None = None,
 ) -> ShardPlan:
-    """Copy one shard (or just learn its size and checksum); verify what landed."""
+    """Copy one shard (or just learn its size and checksum); verify what landed.
+
+    One idempotent unit: its destination key is fixed by the plan, it starts from
+    ``resume`` (done already, or an upload to continue) and reports to ``log``."""
+    if resume is not None and resume.done is not None:
+        sha256, size = resume.done
+        _learn_size(tracker, plan, size)
+        tracker.add_bytes(size)
+        return replace(plan, size=size, sha256=sha256 or plan.sha256)
     if plan.dest_key is None:
         settled = plan
         if plan.kind == "s3" and source is not None:
@@ -250,7 +270,7 @@ async def _settle_shard(
     if plan.kind == "file":
         path = local_path(plan.source_url)
         _learn_size(tracker, plan, os.path.getsize(path))
-        done: ShardUpload = await dest.upload_file(path, plan.dest_key, tracker)
+        done: ShardUpload = await dest.upload_file(path, plan.dest_key, tracker, log=log)
     elif plan.kind == "http":
         async with http.open(plan.source_url) as body:
             if body.size is None:
@@ -258,7 +278,8 @@ async def _settle_shard(
                                  "so the shard cannot be streamed into S3")
             _learn_size(tracker, plan, body.size)
             # hashed on the way (no known digest passed): compared with any recorded one
-            done = await dest.upload_stream(body.read, body.size, plan.dest_key, tracker)
+            done = await dest.upload_stream(body.read, body.size, plan.dest_key, tracker,
+                                            log=log)
     else:
         if source is None:
             raise EntryError(f"copying {plan.source_url} needs credentials for its store: "
@@ -267,10 +288,13 @@ async def _settle_shard(
         _learn_size(tracker, plan, size)
         try:
             done = await dest.copy_from(source, plan.source_url, plan.dest_key, size, tracker,
-                                        plan.sha256, source_etag=plan.etag)
+                                        plan.sha256, source_etag=plan.etag, log=log)
         except SourceChangedError as exc:
             raise _changed_since_insert(plan, "its ETag no longer matches") from exc
-    return await _verify_copy(plan, done, source, dest, compute_checksums)
+    settled = await _verify_copy(plan, done, source, dest, compute_checksums)
+    if log is not None:
+        log.copied(done.etag or "", settled.sha256, done.size)
+    return settled
 
 
 def _learn_size(tracker: ProgressTracker, plan: ShardPlan, size: int | None) -> None:
@@ -377,51 +401,80 @@ async def promote_to_atmosphere(
     source = source_store(local_index, data_store, plan)
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
+    pkey = promotion_key(client.did, entry, plan.record.name, data_store)
+    journal: PromotionJournal | None = None
+    resumes = [ShardResume()] * len(plan.shards)
+    logs: list[ShardLog | None] = [None] * len(plan.shards)
+    if data_store is not None and plan.copies:
+        journal = PromotionJournal(local_index, pkey)
+        resumes = await _open_journal(journal, plan, entry, data_store)
+        logs = [journal.shard(i, s, r) for i, (s, r) in
+                enumerate(zip(plan.shards, resumes, strict=True))]
     schema_uri = ""
     settled: list[ShardPlan] = []
-    # Nothing is written to the PDS before one shard has settled: a wrong bucket, bad
-    # credentials or an unreachable store fail the promotion with no stray schema record.
-    first_shard_settled = anyio.Event()
+    # Nothing is written to the PDS before every shard has settled: a wrong bucket, bad
+    # credentials, a dead endpoint or a shard failing late leave no stray schema record.
+    all_settled = anyio.Event()
 
     async def resolve_schema() -> None:
         nonlocal schema_uri
         schema_uri = await schema_registry(client).find_or_publish(
-            client, local_schema, ready=first_shard_settled.wait)
+            client, local_schema, ready=all_settled.wait)
 
     async def settle_shards() -> None:
         nonlocal settled
+        indexed = list(enumerate(plan.shards))
 
-        async def one(shard: ShardPlan) -> ShardPlan:
-            done = await _settle_shard(shard, source, http, data_store, compute_checksums,
-                                       tracker)
-            first_shard_settled.set()
-            return done
+        async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
+            i, shard = item
+            return await _settle_shard(shard, source, http, data_store, compute_checksums,
+                                       tracker, logs[i], resumes[i])
 
-        settled = await run_per_shard([s.source_url for s in plan.shards], plan.shards, one,
+        settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
                                       max_concurrency, tracker)
+        all_settled.set()
 
-    async with HttpShardReader() as http:
-        with single_error():
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(resolve_schema)
-                tg.start_soon(settle_shards)
+    try:
+        async with HttpShardReader() as http:
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    if journal is not None:
+                        flusher = anyio.CancelScope()
 
-    unchecked = [s.source_url for s in settled if not s.sha256]
-    if unchecked and compute_checksums:
-        log.warning("publishing %d shard(s) without a checksum (none recorded, and the local "
-                    "index has no data store to read them with): %s", len(unchecked),
-                    unchecked[0])
-    sizes = [s.size for s in settled]
-    total = sum(x for x in sizes if x is not None) if None not in sizes else None
-    record = validate_dataset(msgspec.structs.replace(
-        plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
-        size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
-    # The same entry promoted under the same name to the same place always lands at one
-    # record key, kept in the local index: a retry after a failure or a lost response, or
-    # a second run, replaces that record (putRecord is safe to repeat) instead of adding one.
-    rkey = await local_index.record_key_for(
-        promotion_key(client.did, entry, record.name, data_store), next_tid())
-    written = await client.put_record(DATASET_COLLECTION, rkey, to_json(record))
+                        async def flush_journal(journal: PromotionJournal = journal) -> None:
+                            with flusher:
+                                await journal.run_flusher()
+
+                        tg.start_soon(flush_journal)
+                    async with anyio.create_task_group() as work:
+                        work.start_soon(resolve_schema)
+                        work.start_soon(settle_shards)
+                    if journal is not None:
+                        flusher.cancel()
+
+        unchecked = [s.source_url for s in settled if not s.sha256]
+        if unchecked and compute_checksums:
+            log.warning("publishing %d shard(s) without a checksum (none recorded, and the "
+                        "local index has no data store to read them with): %s",
+                        len(unchecked), unchecked[0])
+        sizes = [s.size for s in settled]
+        total = sum(x for x in sizes if x is not None) if None not in sizes else None
+        record = validate_dataset(msgspec.structs.replace(
+            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
+            size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
+        # The same entry promoted under the same name to the same place always lands at one
+        # record key, kept in the local index: a retry after a failure or a lost response,
+        # or a second run, replaces that record (putRecord is safe to repeat) instead of
+        # adding one.
+        rkey = await local_index.record_key_for(pkey, next_tid())
+        written = await client.put_record(DATASET_COLLECTION, rkey, to_json(record))
+        if journal is not None:
+            await journal.flush()
+            await journal.publish(str(written["uri"]), settled,
+                                  {i: lg.etag for i, lg in enumerate(logs) if lg is not None})
+    finally:
+        if journal is not None:
+            await journal.release()
     return str(written["uri"])
 
 
@@ -434,6 +487,30 @@ def source_store(local_index: LocalIndex, dest: S3DataStore | None,
     if dest is not None and any(s.kind == "s3" for s in plan.shards):
         return dest
     return None
+
+
+async def _open_journal(journal: PromotionJournal, plan: PromotionPlan,
+                        entry: LocalDatasetEntry, dest: S3DataStore) -> list[ShardResume]:
+    """Save the plan and decide each shard's starting point from what an earlier run of
+    the same promotion left: one listing of the destination prefix (and one of its open
+    uploads, if that run never finished), never a HEAD per shard. Uploads a dead run left
+    under the plan's keys are aborted here."""
+    doc = plan_document(plan.shards, entry_cid=entry.cid, name=plan.record.name,
+                        bucket=dest.bucket, endpoint=dest.endpoint)
+    states = await journal.open(doc, plan.shards)
+    if not journal.existed:  # no earlier run journaled anything under these keys
+        return [ShardResume()] * len(plan.shards)
+    prefix = dest_prefix([s.dest_key for s in plan.shards if s.dest_key])
+    listing = await dest.list_objects(prefix)
+    uploads: list[tuple[str, str]] = []
+    if journal.was_running:
+        uploads = [(u["Key"], u["UploadId"]) for u in await dest.list_multipart_uploads(prefix)]
+    resumes, aborts = decide_resume(plan.shards, states, listing, uploads)
+    if aborts:
+        async with anyio.create_task_group() as tg:
+            for key, upload_id in aborts:
+                tg.start_soon(dest.abort_multipart, key, upload_id)
+    return resumes
 
 
 def promotion_key(did: str, entry: LocalDatasetEntry, name: str,

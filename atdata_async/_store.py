@@ -18,7 +18,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aioboto3
 import aiohttp
@@ -41,7 +41,7 @@ from ._errors import (
     SourceChangedError,
     StorageError,
 )
-from ._parts import MAX_SINGLE_COPY, MIB, plan_parts
+from ._parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
 from ._streams import Pull, sha256_of_chunks
 from ._tasks import run_per_shard, single_error
@@ -165,6 +165,20 @@ class ShardUpload:
     sha256: str | None
     etag: str | None = None
     verified: bool = False
+
+
+class UploadLog(Protocol):
+    """Who remembers a shard's multipart upload (the promotion journal): the upload to
+    continue (``upload_id``, ``part_size``, ``parts`` = number -> ETag), told of each
+    step so that a rerun can continue it."""
+
+    upload_id: str | None
+    part_size: int | None
+    parts: dict[int, str]
+
+    def opened(self, upload_id: str, part_size: int) -> None: ...
+    def part(self, number: int, etag: str) -> None: ...
+    def closed(self) -> None: ...
 
 
 _shared_session: aioboto3.Session | None = None
@@ -469,17 +483,55 @@ class S3DataStore:
                 log.warning("could not delete %d object(s) under %s: %s", len(keys),
                             self.url(""), exc)
 
-    async def list_multipart_uploads(self) -> list[dict[str, Any]]:
-        """Open (unfinished) multipart uploads in this bucket."""
+    async def list_multipart_uploads(self, prefix: str = "") -> list[dict[str, Any]]:
+        """Open (unfinished) multipart uploads in this bucket (under ``prefix``)."""
         s3 = await self.client()
-        with self.errors("ListMultipartUploads", self.url("")):
-            response = await s3.list_multipart_uploads(Bucket=self.bucket)
-        return list(response.get("Uploads", []))
+        uploads: list[dict[str, Any]] = []
+        marker: dict[str, str] = {}
+        with self.errors("ListMultipartUploads", self.url(prefix)):
+            while True:
+                response = await s3.list_multipart_uploads(Bucket=self.bucket, Prefix=prefix,
+                                                           **marker)
+                uploads.extend(response.get("Uploads", []))
+                if not response.get("IsTruncated"):
+                    return uploads
+                marker = {"KeyMarker": response["NextKeyMarker"],
+                          "UploadIdMarker": response["NextUploadIdMarker"]}
+
+    async def list_objects(self, prefix: str) -> dict[str, tuple[int, str]]:
+        """key -> (size, ETag) of every object under ``prefix`` (1,000 per request)."""
+        s3 = await self.client()
+        found: dict[str, tuple[int, str]] = {}
+        token: dict[str, str] = {}
+        with self.errors("ListObjectsV2", self.url(prefix)):
+            while True:
+                response = await s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
+                for obj in response.get("Contents", []):
+                    found[obj["Key"]] = (int(obj["Size"]), etag_of(obj))
+                if not response.get("IsTruncated"):
+                    return found
+                token = {"ContinuationToken": response["NextContinuationToken"]}
+
+    async def list_parts(self, key: str, upload_id: str) -> dict[int, tuple[str, int]]:
+        """part number -> (ETag, size) of an open upload's finished parts."""
+        s3 = await self.client()
+        parts: dict[int, tuple[str, int]] = {}
+        marker: dict[str, int] = {}
+        with self.errors("ListParts", self.url(key)):
+            while True:
+                response = await s3.list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                               **marker)
+                for part in response.get("Parts", []):
+                    parts[int(part["PartNumber"])] = (part["ETag"], int(part["Size"]))
+                if not response.get("IsTruncated"):
+                    return parts
+                marker = {"PartNumberMarker": int(response["NextPartNumberMarker"])}
 
     # -- uploads -----------------------------------------------------------------------
 
     async def upload_file(
-        self, path: str | os.PathLike[str], key: str, tracker: ProgressTracker | None = None
+        self, path: str | os.PathLike[str], key: str, tracker: ProgressTracker | None = None,
+        log: UploadLog | None = None,
     ) -> ShardUpload:
         """Upload a local file byte for byte, hashing it on the way."""
         size = os.path.getsize(path)
@@ -488,7 +540,7 @@ class S3DataStore:
             async def read(n: int) -> bytes:
                 return await source.read(n)
 
-            return await self.upload_stream(read, size, key, tracker)
+            return await self.upload_stream(read, size, key, tracker, log=log)
 
     async def upload_stream(
         self,
@@ -497,6 +549,8 @@ class S3DataStore:
         key: str,
         tracker: ProgressTracker | None = None,
         known_sha256: str | None = None,
+        log: UploadLog | None = None,
+        skip: Callable[[int], Awaitable[None]] | None = None,
     ) -> ShardUpload:
         """Upload ``size`` bytes pulled from ``read(n)``; multipart above the threshold.
 
@@ -504,6 +558,11 @@ class S3DataStore:
         flight holds a buffer token. A failed or cancelled upload is aborted. A single
         PUT of bytes whose sha256 is already known (``known_sha256``) is not hashed
         again: S3 itself refuses the body unless it matches that digest.
+
+        With ``log``, the multipart upload is reported as it goes, and the one ``log``
+        names is continued: its listed parts that the log also knows are kept, their
+        bytes passed over with ``skip(n)``. Only with ``known_sha256`` (the object's
+        digest cannot be computed without the kept bytes) and ``skip``.
         """
         url = self.url(key)
         hasher = hashlib.sha256()
@@ -522,10 +581,18 @@ class S3DataStore:
 
         parts = plan_parts(size, self.part_size, self.min_part_size)
         etags: dict[int, str] = {}
-        async with self.multipart_upload(key) as upload_id:
+        resumable = known_sha256 is not None and skip is not None
+        async with self.resumable_upload(key, parts, log, resumable) as (upload_id, kept):
+            etags.update(kept)
             with single_error():
                 async with anyio.create_task_group() as tg:
                     for part in parts:
+                        if part.number in kept:
+                            assert skip is not None
+                            await skip(part.size)
+                            if tracker:
+                                tracker.add_bytes(part.size)
+                            continue
                         token = object()
                         await self.buffers().acquire_on_behalf_of(token)
                         try:
@@ -536,9 +603,11 @@ class S3DataStore:
                             self.buffers().release_on_behalf_of(token)
                             raise
                         tg.start_soon(self._send_part, key, upload_id, part.number, data,
-                                      digest, token, etags, tracker)
+                                      digest, token, etags, tracker, log)
             etag = await self.complete_multipart(key, upload_id, etags)
-        return ShardUpload(url, size, hasher.hexdigest(), etag)
+        # continued: the kept parts were read from the same source version (If-Match)
+        # in an earlier run, so the object's digest is the one known beforehand
+        return ShardUpload(url, size, known_sha256 if kept else hasher.hexdigest(), etag)
 
     async def _send_part(
         self,
@@ -550,6 +619,7 @@ class S3DataStore:
         token: object,
         etags: dict[int, str],
         tracker: ProgressTracker | None,
+        log: UploadLog | None = None,
     ) -> None:
         try:
             s3 = await self.client()
@@ -562,6 +632,8 @@ class S3DataStore:
                 finally:
                     _body_sha256.reset(reset)
             etags[number] = response["ETag"]
+            if log is not None:
+                log.part(number, response["ETag"])
             if tracker:
                 tracker.add_bytes(len(data))
         finally:
@@ -589,6 +661,53 @@ class S3DataStore:
         except BaseException:
             await self.abort_multipart(key, upload_id)
             raise
+
+    @contextlib.asynccontextmanager
+    async def resumable_upload(
+        self, key: str, parts: Sequence[Part], log: UploadLog | None, resumable: bool = True,
+    ) -> AsyncIterator[tuple[str, dict[int, str]]]:
+        """(upload id, kept parts) of the upload ``log`` names when it can be trusted, else
+        of a new one (the old aborted); reported to ``log``, aborted if the body fails.
+
+        Trusted: same part size, still open, and each kept part listed by ListParts with
+        the ETag the log recorded and its planned size (a part not journaled is resent).
+        """
+        upload_id, kept = None, {}
+        if log is not None and log.upload_id is not None:
+            planned = {p.number: p.size for p in parts}
+            same_layout = log.part_size == (parts[0].size if parts else 0)
+            if resumable and same_layout:
+                try:
+                    listed = await self.list_parts(key, log.upload_id)
+                except ObjectNotFoundError:  # NoSuchUpload: aborted or completed meanwhile
+                    listed = None
+                if listed is not None:
+                    upload_id = log.upload_id
+                    kept = {n: e for n, (e, sz) in listed.items()
+                            if log.parts.get(n) == e and planned.get(n) == sz}
+            if upload_id is None:
+                await self.abort_multipart(key, log.upload_id)
+                log.closed()
+        if upload_id is None:
+            s3 = await self.client()
+            with anyio.CancelScope(shield=True), \
+                    self.errors("CreateMultipartUpload", self.url(key)):
+                upload_id = (await s3.create_multipart_upload(Bucket=self.bucket,
+                                                              Key=key))["UploadId"]
+            if log is not None:
+                log.upload_id, log.parts = upload_id, {}
+                log.opened(upload_id, parts[0].size if parts else 0)
+        elif log is not None:
+            log.parts = dict(kept)
+        try:
+            yield upload_id, kept
+        except BaseException:
+            await self.abort_multipart(key, upload_id)
+            if log is not None:
+                log.closed()
+            raise
+        if log is not None:
+            log.closed()
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abort under a shielded scope; a failed abort is logged, never raised over the cause."""
@@ -622,14 +741,14 @@ class S3DataStore:
     async def copy_from(
         self, source: S3DataStore, src_url: str, key: str, size: int,
         tracker: ProgressTracker | None = None, known_sha256: str | None = None,
-        source_etag: str | None = None,
+        source_etag: str | None = None, log: UploadLog | None = None,
     ) -> ShardUpload:
         """Copy an object into this store: server-side when the account is shared,
         else streamed through ranged GETs into a (multipart) upload, hashed on the way
         (or checked by S3 against ``known_sha256``, see ``upload_stream``). With
         ``source_etag`` the source must still be that version (else SourceChangedError)."""
         if self.shares_account_with(source):
-            return await self.server_side_copy(src_url, key, size, tracker, source_etag)
+            return await self.server_side_copy(src_url, key, size, tracker, source_etag, log)
 
         position = 0
 
@@ -640,11 +759,17 @@ class S3DataStore:
             position += n
             return data
 
-        return await self.upload_stream(read, size, key, tracker, known_sha256)
+        async def skip(n: int) -> None:
+            nonlocal position
+            position += n
+
+        # a continued upload's kept parts must come from the version hashed at insert
+        return await self.upload_stream(read, size, key, tracker, known_sha256, log,
+                                        skip if source_etag else None)
 
     async def server_side_copy(
         self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None,
-        source_etag: str | None = None,
+        source_etag: str | None = None, log: UploadLog | None = None,
     ) -> ShardUpload:
         """CopyObject, or parallel UploadPartCopy ranges above the copy threshold;
         conditional on ``source_etag`` (CopySourceIfMatch) when given."""
@@ -672,14 +797,20 @@ class S3DataStore:
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
                         CopySource=copy_source, CopySourceRange=part.copy_range, **condition)
             etags[part.number] = response["CopyPartResult"]["ETag"]
+            if log is not None:
+                log.part(part.number, etags[part.number])
             if tracker:
                 tracker.add_bytes(part.size)
 
-        async with self.multipart_upload(key) as upload_id:
+        async with self.resumable_upload(key, parts, log) as (upload_id, kept):
+            etags.update(kept)
+            if tracker:
+                tracker.add_bytes(sum(p.size for p in parts if p.number in kept))
             with single_error():
                 async with anyio.create_task_group() as tg:
                     for part in parts:
-                        tg.start_soon(copy_part, upload_id, part)
+                        if part.number not in kept:
+                            tg.start_soon(copy_part, upload_id, part)
             etag = await self.complete_multipart(key, upload_id, etags)
         return ShardUpload(url, size, None, etag)
 

@@ -11,7 +11,7 @@ PUBLIC = {
         "AtdataError", "AuthError", "ChecksumMismatchError", "ConfigurationError",
         "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "IdentityError",
         "IdentityNotFoundError", "LocalIndexError", "NotFoundError",
-        "PackableSample",
+        "PackableSample", "PromotionBusyError",
         "RateLimitedError", "RecordNotFoundError", "SchemaNotFoundError", "ShardTransferError",
         "SourceChangedError", "StorageError", "TransferProgress", "UntrustedSourceError",
         "ValidationError",

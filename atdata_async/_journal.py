@@ -1,0 +1,376 @@
+"""The promotion journal: a promotion's plan and each shard's progress, kept in the local
+index's Redis so that a rerun (after a failure, a kill, or on another machine) resumes.
+
+| key                              | type   | content                                   |
+| atdata_async:journals            | set    | promotion keys that have a journal        |
+| atdata_async:journal:{pkey}      | hash   | plan, status, and per-shard state below   |
+| atdata_async:journal:{pkey}:lease| string | host:pid:token of the run holding it (TTL)|
+
+Hash fields: ``plan`` (JSON: destination and every shard's source, key, size, checksums),
+``status`` (running | published), ``s:{i}`` shard i copied and verified (fp, etag,
+sha256, size), ``u:{i}`` its open multipart upload (fp, id, part size), ``p:{i}:{n}``
+the ETag of a finished part. Each state carries the fingerprint (``fp``) of the shard
+plan it belongs to: a state for another plan is ignored. Publishing compacts the hash
+to plan + status + uri + ``done`` (one field). Never a secret: no credentials, no tokens.
+
+The plan is written before any copy starts; progress is written behind (batched into one
+pipeline every few milliseconds), so a kill loses at most the last batch: a part or a
+shard whose state was lost is found by listing the destination, or sent again.
+
+Design for fan-out (issue 13): the plan is data, separate from its execution; each
+shard's copy is one idempotent unit (a deterministic destination key, its resume state
+in ``ShardResume``) that reports through a ``ShardLog``, which any process reaching this
+Redis could write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import posixpath
+import secrets
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ._errors import PromotionBusyError
+
+if TYPE_CHECKING:
+    from ._index import LocalIndex
+    from ._promote import ShardPlan
+
+JOURNALS = "atdata_async:journals"
+JOURNAL_PREFIX = "atdata_async:journal:"
+LEASE_SECONDS = 30
+LEASE_REFRESH = 10.0
+BATCH_DELAY = 0.02  # seconds a write waits for company before its pipeline goes out
+
+
+def journal_key(promotion: str) -> str:
+    return JOURNAL_PREFIX + promotion
+
+
+def fingerprint(shard: ShardPlan) -> str:
+    """What a shard's saved state is true of: its source, key, size and checksums."""
+    text = "|".join(str(x) for x in (shard.source_url, shard.dest_key, shard.size,
+                                     shard.sha256, shard.etag))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def plan_document(shards: Sequence[ShardPlan], *, entry_cid: str, name: str,
+                  bucket: str, endpoint: str | None) -> dict[str, Any]:
+    """The plan as data (JSON-ready): enough to run or check every shard copy elsewhere."""
+    return {"v": 1, "entry": entry_cid, "name": name, "bucket": bucket, "endpoint": endpoint,
+            "shards": [[s.source_url, s.dest_key, s.size, s.sha256, s.etag] for s in shards]}
+
+
+def dest_prefix(keys: Sequence[str]) -> str:
+    """The narrowest listing prefix that covers every destination key."""
+    dirs = {posixpath.dirname(k) for k in keys}
+    if len(dirs) == 1:
+        only = dirs.pop()
+        return f"{only}/" if only else ""
+    return os.path.commonprefix(list(keys))  # noqa: RUF071  (an S3 prefix, by character)
+
+
+# -- what a journal holds ---------------------------------------------------------------
+
+
+@dataclass
+class OpenUpload:
+    """A multipart upload a run started and may be continued."""
+
+    upload_id: str
+    part_size: int
+    parts: dict[int, str] = field(default_factory=dict)  # part number -> ETag
+
+
+@dataclass
+class ShardState:
+    """One shard's saved progress (only states whose fingerprint matches the plan)."""
+
+    copied: tuple[str, str | None, int] | None = None  # (dest ETag, sha256, size), verified
+    upload: OpenUpload | None = None
+
+
+@dataclass(frozen=True)
+class ShardResume:
+    """What a shard's copy starts from: done already, an upload to continue, or nothing."""
+
+    done: tuple[str | None, int] | None = None  # (sha256, size) of a verified copy in place
+    upload: OpenUpload | None = None
+
+
+def decide_resume(
+    shards: Sequence[ShardPlan], states: Sequence[ShardState],
+    listing: Mapping[str, tuple[int, str]] | None,
+    uploads: Sequence[tuple[str, str]],
+) -> tuple[list[ShardResume], list[tuple[str, str]]]:
+    """Pure: each shard's starting point, and the open uploads to abort.
+
+    A shard is done when the listing shows its key with the size and ETag its journal
+    recorded after verifying it, or (no journal state) the ETag and size that insert
+    recorded, with a sha256 (a server-side copy of the very version that was hashed).
+    An upload is continued when the journal knows it and it is still open; every other
+    open upload under the plan's keys belongs to a dead run and is aborted.
+    """
+    open_uploads = set(uploads)
+    resumes: list[ShardResume] = []
+    keep: set[tuple[str, str]] = set()
+    for shard, state in zip(shards, states, strict=True):
+        key = shard.dest_key
+        seen = listing.get(key) if listing is not None and key is not None else None
+        if seen is not None and state.copied and state.copied[0] \
+                and seen == (state.copied[2], state.copied[0]):
+            resumes.append(ShardResume(done=(state.copied[1], state.copied[2])))
+            continue
+        if seen is not None and shard.etag and shard.sha256 and shard.size is not None \
+                and seen == (shard.size, shard.etag):
+            resumes.append(ShardResume(done=(shard.sha256, shard.size)))
+            continue
+        upload = state.upload
+        if upload is not None and (key, upload.upload_id) in open_uploads:
+            keep.add((key, upload.upload_id))  # type: ignore[arg-type]
+            resumes.append(ShardResume(upload=upload))
+        else:
+            resumes.append(ShardResume())
+    ours = {s.dest_key for s in shards}
+    aborts = [u for u in uploads if u[0] in ours and u not in keep]
+    return resumes, aborts
+
+
+def parse_states(raw: Mapping[str, str], shards: Sequence[ShardPlan]) -> list[ShardState]:
+    """The hash's per-shard fields, kept only where their fingerprint matches ``shards``."""
+    fps = [fingerprint(s) for s in shards]
+    states = [ShardState() for _ in shards]
+    done = raw.get("done")
+    if done is not None:
+        for i, item in enumerate(json.loads(done)[:len(shards)]):
+            if item and item[0] == fps[i]:
+                states[i].copied = (item[1], item[2], item[3])
+    parts: dict[int, dict[int, str]] = {}
+    for name, value in raw.items():
+        kind, _, rest = name.partition(":")
+        if kind == "p":
+            i, _, n = rest.partition(":")
+            parts.setdefault(int(i), {})[int(n)] = value
+            continue
+        if kind not in ("s", "u") or not rest.isdigit() or int(rest) >= len(shards):
+            continue
+        i, doc = int(rest), json.loads(value)
+        if doc.get("fp") != fps[i]:
+            continue
+        if kind == "s":
+            states[i].copied = (doc["etag"], doc.get("sha256"), int(doc["size"]))
+        else:
+            states[i].upload = OpenUpload(doc["id"], int(doc["ps"]))
+    for i, got in parts.items():
+        if i < len(states) and states[i].upload is not None:
+            states[i].upload.parts = got  # type: ignore[union-attr]
+    return states
+
+
+# -- the journal -------------------------------------------------------------------------
+
+
+class PromotionJournal:
+    """One promotion's journal: open it (takes the lease), note progress, publish."""
+
+    def __init__(self, index: LocalIndex, promotion: str) -> None:
+        self.index = index
+        self.promotion = promotion
+        self.key = journal_key(promotion)
+        self.lease_key = self.key + ":lease"
+        self._lease = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
+        self._pending: list[tuple[str, str | None]] = []  # (field, value or None = delete)
+        self._wake = anyio.Event()
+        self.writes = 0  # pipelines sent (for benchmarks)
+        self.existed = False
+        self.was_running = False
+
+    async def open(self, plan_doc: dict[str, Any],
+                   shards: Sequence[ShardPlan]) -> list[ShardState]:
+        """Take the lease, load what an earlier run saved, and write this run's plan."""
+        await self._take_lease()
+        with self.index._errors("open promotion journal"):
+            raw = {k.decode(): v.decode()
+                   for k, v in (await self.index.redis.hgetall(self.key)).items()}
+        self.existed = bool(raw)
+        self.was_running = raw.get("status") == "running"
+        states = parse_states(raw, shards)
+        stale = [f for f in raw if f.startswith(("s:", "u:", "p:"))
+                 and not _still_used(f, states)]
+        with self.index._errors("write promotion journal"):
+            async with self.index.redis.pipeline(transaction=True) as pipe:
+                if stale:
+                    pipe.hdel(self.key, *stale)
+                pipe.hset(self.key, mapping={"plan": json.dumps(plan_doc), "status": "running"})
+                pipe.sadd(JOURNALS, self.promotion)
+                await pipe.execute()
+        return states
+
+    async def _take_lease(self) -> None:
+        redis = self.index.redis
+        with self.index._errors("take the promotion lease"):
+            if await redis.set(self.lease_key, self._lease, nx=True, ex=LEASE_SECONDS):
+                return
+            holder = await redis.get(self.lease_key)
+            if holder is not None and _holder_alive(holder.decode()):
+                raise PromotionBusyError(
+                    f"this promotion is already running ({_describe(holder.decode())}); "
+                    "wait for it, or rerun when it has stopped")
+            await redis.set(self.lease_key, self._lease, ex=LEASE_SECONDS)
+
+    def note(self, field_name: str, value: str | None) -> None:
+        """Queue a write (None deletes the field); the flusher sends it shortly."""
+        self._pending.append((field_name, value))
+        self._wake.set()
+
+    def shard(self, i: int, plan: ShardPlan, resume: ShardResume) -> ShardLog:
+        return ShardLog(self, i, fingerprint(plan), resume.upload)
+
+    async def flush(self) -> None:
+        """Send everything queued in one pipeline (shielded: it runs after a failure too)."""
+        if not self._pending:
+            return
+        batch, self._pending = self._pending, []
+        with anyio.CancelScope(shield=True), self.index._errors("write promotion journal"):
+            async with self.index.redis.pipeline(transaction=False) as pipe:
+                for f, v in batch:  # in order: a field set then deleted ends deleted
+                    if v is None:
+                        pipe.hdel(self.key, f)
+                    else:
+                        pipe.hset(self.key, f, v)
+                await pipe.execute()
+        self.writes += 1
+
+    async def run_flusher(self) -> None:
+        """Flush batches as they fill and keep the lease alive; runs until cancelled."""
+        while True:
+            with anyio.move_on_after(LEASE_REFRESH):
+                await self._wake.wait()
+            self._wake = anyio.Event()
+            await anyio.sleep(BATCH_DELAY)
+            await self.flush()
+            with self.index._errors("refresh the promotion lease"):
+                await self.index.redis.set(self.lease_key, self._lease, ex=LEASE_SECONDS)
+
+    async def publish(self, uri: str, settled: Sequence[ShardPlan],
+                      etags: Mapping[int, str]) -> None:
+        """The record is written: compact the journal to one ``done`` field."""
+        done = [[fingerprint(s), etags.get(i, ""), s.sha256, s.size]
+                for i, s in enumerate(settled)]
+        with self.index._errors("compact promotion journal"):
+            raw = await self.index.redis.hkeys(self.key)
+            extra = [k.decode() for k in raw if k.decode() not in ("plan", "status")]
+            async with self.index.redis.pipeline(transaction=True) as pipe:
+                if extra:
+                    pipe.hdel(self.key, *extra)
+                pipe.hset(self.key, mapping={"status": "published", "uri": uri,
+                                             "done": json.dumps(done)})
+                await pipe.execute()
+
+    async def release(self) -> None:
+        """Flush and drop the lease (shielded; a failure here never hides the cause)."""
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.flush()
+            finally:
+                with self.index._errors("release the promotion lease"):
+                    if await self.index.redis.get(self.lease_key) == self._lease.encode():
+                        await self.index.redis.delete(self.lease_key)
+
+
+class ShardLog:
+    """Shard i's reporter: what the store tells of its multipart upload, and the copy's
+    verified outcome. Also carries the upload to continue (``upload_id``, ``parts``)."""
+
+    def __init__(self, journal: PromotionJournal, i: int, fp: str,
+                 upload: OpenUpload | None) -> None:
+        self.journal, self.i, self.fp = journal, i, fp
+        self.upload_id = upload.upload_id if upload else None
+        self.part_size = upload.part_size if upload else None
+        self.parts: dict[int, str] = dict(upload.parts) if upload else {}
+        self.etag = ""
+
+    def opened(self, upload_id: str, part_size: int) -> None:
+        self.journal.note(f"u:{self.i}", json.dumps({"fp": self.fp, "id": upload_id,
+                                                     "ps": part_size}))
+
+    def part(self, number: int, etag: str) -> None:
+        self.parts[number] = etag
+        self.journal.note(f"p:{self.i}:{number}", etag)
+
+    def closed(self) -> None:
+        """Completed or aborted: the upload and its parts are no longer state."""
+        self.journal.note(f"u:{self.i}", None)
+        for n in self.parts:
+            self.journal.note(f"p:{self.i}:{n}", None)
+        self.parts = {}
+
+    def copied(self, etag: str, sha256: str | None, size: int) -> None:
+        self.etag = etag
+        self.journal.note(f"s:{self.i}", json.dumps({"fp": self.fp, "etag": etag,
+                                                     "sha256": sha256, "size": size}))
+
+
+def _still_used(name: str, states: Sequence[ShardState]) -> bool:
+    kind, _, rest = name.partition(":")
+    i = int(rest.partition(":")[0]) if rest.partition(":")[0].isdigit() else -1
+    if not 0 <= i < len(states):
+        return False
+    if kind == "s":
+        return states[i].copied is not None
+    return states[i].upload is not None
+
+
+def _holder_alive(holder: str) -> bool:
+    """Whether the run holding a lease still lives: a dead process on this host does not
+    (its lease would otherwise block a rerun until it expires)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: str) -> str:
+    host, _, rest = holder.partition(":")
+    return f"process {rest.partition(':')[0]} on {host}"
+
+
+async def load_journals(index: LocalIndex) -> dict[str, dict[str, str]]:
+    """Every journal's hash (promotion key -> fields), for cleanup."""
+    with index._errors("list promotion journals"):
+        keys = sorted(k.decode() for k in await index.redis.smembers(JOURNALS))
+        async with index.redis.pipeline(transaction=False) as pipe:
+            for k in keys:
+                pipe.hgetall(journal_key(k))
+                pipe.get(journal_key(k) + ":lease")
+            got = await pipe.execute() if keys else []
+    out: dict[str, dict[str, str]] = {}
+    for n, k in enumerate(keys):
+        raw, lease = got[2 * n], got[2 * n + 1]
+        fields = {a.decode(): b.decode() for a, b in raw.items()}
+        if lease is not None and _holder_alive(lease.decode()):
+            fields["_lease"] = lease.decode()
+        out[k] = fields
+    return out
+
+
+async def forget_journal(index: LocalIndex, promotion: str) -> None:
+    with index._errors("drop promotion journal"):
+        async with index.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(journal_key(promotion), journal_key(promotion) + ":lease")
+            pipe.srem(JOURNALS, promotion)
+            await pipe.execute()

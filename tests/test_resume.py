@@ -1,0 +1,153 @@
+"""Resume after a failure or a kill, and cleanup, against redis-server + moto + the PDS."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from atdata_async import Dataset, ShardTransferError, StorageError
+from atdata_async._journal import (
+    OpenUpload,
+    ShardState,
+    decide_resume,
+    fingerprint,
+    journal_key,
+    parse_states,
+)
+from atdata_async._promote import ShardPlan, promotion_key
+from atdata_async.atmosphere import DATASET_COLLECTION, SCHEMA_COLLECTION, AtmosphereIndex
+from atdata_async.local import LocalIndex, S3DataStore
+from atdata_async.promote import promote_to_atmosphere
+from tests.conftest import make_bucket, make_credentials
+from tests.samples import FeatureSample
+from tests.test_promote import client, insert, read_s3, store_for  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.anyio
+
+
+# -- pure: what a rerun starts from ------------------------------------------------------
+
+
+def shard(i: int, **kw) -> ShardPlan:
+    return ShardPlan(f"s3://src/k{i}.tar", "s3", f"p/n/k{i}.tar", kw.pop("size", 10),
+                     kw.pop("sha256", None), kw.pop("etag", None))
+
+
+def test_decide_resume_trusts_only_what_the_listing_confirms():
+    shards = [shard(0), shard(1), shard(2, sha256="ab", etag="e2"), shard(3), shard(4)]
+    states = [ShardState(copied=("d0", "s0", 10)), ShardState(copied=("d1", "s1", 10)),
+              ShardState(), ShardState(upload=OpenUpload("u3", 5, {1: "x"})),
+              ShardState(upload=OpenUpload("gone", 5))]
+    listing = {"p/n/k0.tar": (10, "d0"),  # as journaled: done
+               "p/n/k1.tar": (9, "d1"),   # another size: copied again
+               "p/n/k2.tar": (10, "e2")}  # a server-side copy of the inserted version: done
+    uploads = [("p/n/k3.tar", "u3"), ("p/n/k3.tar", "older"), ("p/n/k4.tar", "dead"),
+               ("p/other/x", "not-ours")]
+    resumes, aborts = decide_resume(shards, states, listing, uploads)
+    assert resumes[0].done == ("s0", 10) and resumes[2].done == ("ab", 10)
+    assert resumes[1].done is None and resumes[1].upload is None
+    assert resumes[3].upload is not None and resumes[3].upload.parts == {1: "x"}
+    assert resumes[4].upload is None  # its upload is no longer open
+    assert sorted(aborts) == [("p/n/k3.tar", "older"), ("p/n/k4.tar", "dead")]
+
+
+def test_states_of_another_plan_are_ignored():
+    a, b = shard(0), shard(0, size=11)
+    fp = fingerprint(a)
+    raw = {"s:0": json.dumps({"fp": fp, "etag": "e", "sha256": None, "size": 10}),
+           "u:0": json.dumps({"fp": fp, "id": "u", "ps": 5}), "p:0:1": "pe"}
+    got = parse_states(raw, [a])[0]
+    assert got.copied == ("e", None, 10) and got.upload.parts == {1: "pe"}
+    assert parse_states(raw, [b])[0] == ShardState()
+
+
+# -- against the real servers ------------------------------------------------------------
+
+
+@pytest.fixture
+async def index(redis_url, s3_credentials, bucket):
+    store = store_for(s3_credentials, bucket)
+    async with store, LocalIndex(redis_url, data_store=store) as index:
+        await index.publish_schema(FeatureSample, version="1.0.0")
+        yield index
+
+
+class Sent:
+    """Bytes and uploads the destination store was sent (PUT bodies and parts)."""
+
+    def __init__(self, monkeypatch, fail_on: str | None = None) -> None:
+        self.bytes = 0
+        self.keys: list[str] = []
+        put, part = S3DataStore.put_bytes, S3DataStore._send_part
+        sent = self
+
+        async def put_bytes(self, key, data, *args, **kw):
+            if fail_on and key.endswith(fail_on):
+                raise StorageError("injected: connection reset")
+            result = await put(self, key, data, *args, **kw)
+            sent.bytes += len(data)
+            sent.keys.append(key)
+            return result
+
+        async def send_part(self, key, upload_id, number, data, *args, **kw):
+            if fail_on and key.endswith(fail_on) and number == 2:
+                self.buffers().release_on_behalf_of(args[1])
+                raise StorageError("injected: connection reset mid-upload")
+            await part(self, key, upload_id, number, data, *args, **kw)
+            sent.bytes += len(data)
+
+        monkeypatch.setattr(S3DataStore, "put_bytes", put_bytes)
+        monkeypatch.setattr(S3DataStore, "_send_part", send_part)
+
+
+async def records(client, collection=DATASET_COLLECTION) -> list[dict]:  # noqa: F811
+    return [r async for r in client.list_records(collection)]
+
+
+@pytest.mark.pds
+async def test_a_failed_copy_reruns_only_the_missing_shards(index, client, tmp_path,  # noqa: F811
+                                                            second_moto_server, monkeypatch):
+    small = await insert(index, tmp_path, "mixed", shards=3, per_shard=20)
+    big = await insert(index, tmp_path, "big", shards=2, per_shard=1500, stem="big")
+    entry = await index.add_entry(
+        Dataset[FeatureSample](small.data_urls + big.data_urls), name="mixed-all",
+        metadata={k: {**small.metadata[k], **big.metadata[k]}
+                  for k in ("checksums", "shard_sizes", "etags")})
+    sizes = [entry.shard_sizes[u] for u in entry.data_urls]
+    dest_bucket = make_bucket(second_moto_server.url)
+    failing = big.data_urls[0].rsplit("/", 1)[1]  # shard 3 of 5, multipart, fails at part 2
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        first = Sent(monkeypatch, fail_on=failing)
+        with pytest.raises(ShardTransferError):
+            await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                        max_concurrency=1)
+        assert await dest.list_multipart_uploads() == []
+        assert await records(client) == [] and await records(client, SCHEMA_COLLECTION) == []
+        assert first.bytes >= sum(sizes[:3])
+        monkeypatch.undo()
+        again = Sent(monkeypatch)
+        requests = dest.request_count
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        rerun_requests = dest.request_count - requests
+        assert await dest.list_multipart_uploads() == []
+    assert again.bytes == sum(sizes[3:])  # only the two shards that had not landed
+    assert all(failing in k or "big" in k for k in again.keys)
+    # 2 listings + 2 x (create + parts + complete + HEAD) for the two multipart shards
+    assert rerun_requests <= 2 + sum(4 + -(-s // (256 * 1024)) for s in sizes[3:])
+    assert len(await records(client)) == 1
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+        body = read_s3(second_moto_server.url, dst)
+        assert hashlib.sha256(body).hexdigest() == entry.checksums[src] == got.checksums[dst]
+    # published: the journal is compacted to a few fields
+    key = journal_key(promotion_key(client.did, entry, "mixed-all", dest))
+    fields = await index.redis.hkeys(key)
+    assert sorted(fields) == [b"done", b"plan", b"status", b"uri"]
+    # a third run copies nothing: one listing says every shard is there
+    third = Sent(monkeypatch)
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        assert await promote_to_atmosphere(entry, index, client, data_store=dest) == uri
+        assert dest.request_count == 1
+    assert third.bytes == 0 and len(await records(client)) == 1
