@@ -3,13 +3,14 @@ validation (the PDS stores these lexicons unvalidated, so we check before writin
 
 from __future__ import annotations
 
-import base64
+import binascii
 from typing import Any
 
 import msgspec
 
 from ._atproto import parse_at_uri
 from ._errors import ValidationError
+from ._lexval import LexiconViolation, decode_b64, encode_b64, validate_record
 from ._schema import SEMVER
 
 NS = "science.alt.dataset"
@@ -76,6 +77,9 @@ class DatasetSize(msgspec.Struct, omit_defaults=True):
 
 class DatasetRecord(msgspec.Struct, tag=DATASET_COLLECTION, tag_field="$type", rename="camel",
                     omit_defaults=True):
+    """``metadata`` is msgpack bytes as the lexicon says (``{"$bytes": ...}`` in JSON); a
+    dict there is atdata 0.7's object form, read but never written."""
+
     name: str
     schema_ref: str
     storage: Storage
@@ -84,45 +88,129 @@ class DatasetRecord(msgspec.Struct, tag=DATASET_COLLECTION, tag_field="$type", r
     tags: list[str] | None = None
     license: str | None = None
     size: DatasetSize | None = None
-    metadata: Any = None
+    metadata: bytes | dict[str, Any] | None = None
+    metadata_schema_ref: str | None = None
+    content_metadata: dict[str, Any] | None = None
 
 
 class SchemaRecord(msgspec.Struct, tag=SCHEMA_COLLECTION, tag_field="$type", rename="camel",
                    omit_defaults=True):
+    """A required lexicon field has no default here: ``omit_defaults`` would drop it."""
+
     name: str
     version: str
+    schema_type: str
     schema: dict[str, Any]
     created_at: str
-    schema_type: str = "jsonSchema"
     description: str | None = None
     metadata: dict[str, Any] | None = None
-    atdata_schema_version: int | None = 1
+    atdata_schema_version: int | None = None
 
 
 def to_json(record: msgspec.Struct) -> dict[str, Any]:
-    """The record as the JSON object a PDS stores (``$type`` included)."""
-    return msgspec.to_builtins(record)
+    """The record as the JSON object a PDS stores (``$type`` included, bytes as
+    ``{"$bytes": base64}``)."""
+    return _bytes_to_json(msgspec.to_builtins(record, builtin_types=(bytes,)))
+
+
+def _bytes_to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"$bytes": encode_b64(value)}
+    if isinstance(value, dict):
+        return {k: _bytes_to_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_bytes_to_json(v) for v in value]
+    return value
+
+
+def _metadata_from_json(value: dict[str, Any]) -> dict[str, Any]:
+    meta = value.get("metadata")
+    if isinstance(meta, dict) and set(meta) == {"$bytes"} and isinstance(meta["$bytes"], str):
+        try:
+            return {**value, "metadata": decode_b64(meta["$bytes"])}
+        except (binascii.Error, ValueError):
+            raise ValidationError("metadata", "is not valid base64") from None
+    return value
 
 
 def dataset_from_json(value: dict[str, Any]) -> DatasetRecord:
     try:
-        return msgspec.convert(value, DatasetRecord)
+        return msgspec.convert(_metadata_from_json(value), DatasetRecord)
     except msgspec.ValidationError as exc:
         raise ValidationError("record", f"not a {DATASET_COLLECTION} record: {exc}") from None
 
 
 def schema_from_json(value: dict[str, Any]) -> SchemaRecord:
+    """Either record shape (see ``json_schema_of``); a missing ``schemaType`` (older
+    writers dropped it) reads as ``jsonSchema``."""
+    if isinstance(value, dict):
+        value = {"schemaType": "jsonSchema", **value}
+        if "$atdataSchemaVersion" in value and "atdataSchemaVersion" not in value:
+            value["atdataSchemaVersion"] = value["$atdataSchemaVersion"]
     try:
         return msgspec.convert(value, SchemaRecord)
     except msgspec.ValidationError as exc:
         raise ValidationError("record", f"not a {SCHEMA_COLLECTION} record: {exc}") from None
 
 
+def json_schema_of(record: SchemaRecord | dict[str, Any]) -> dict[str, Any]:
+    """The JSON Schema document of a schema record, from either shape: atdata 0.7's flat
+    ``jsonSchemaFormat`` (``{"$type", "$schema", "type", "properties", ...}``) or the
+    canonical ``{"draft": "draft-07", "content": {...}}`` of atdata-lexicon 0.4+."""
+    schema = record.schema if isinstance(record, SchemaRecord) else record.get("schema")
+    if not isinstance(schema, dict):
+        raise ValidationError("schema", "must be an object")
+    if isinstance(schema.get("content"), dict):
+        doc = dict(schema["content"])
+        if "arrayFormatVersions" in schema and "arrayFormatVersions" not in doc:
+            doc["arrayFormatVersions"] = schema["arrayFormatVersions"]
+    else:
+        doc = {k: v for k, v in schema.items() if k != "$type"}
+    if not isinstance(doc.get("properties"), dict):
+        raise ValidationError("schema.properties", "must be an object of field schemas")
+    return doc
+
+
+# -- metadata: msgpack bytes on the wire, read from every form atdata writes --------------
+
+_CAMEL_METADATA = {"sourceUri": "source_uri", "createdBy": "created_by",
+                   "processingSteps": "processing_steps"}
+
+
+def encode_metadata(metadata: dict[str, Any] | None) -> bytes | None:
+    """The lexicon's form: the metadata dict msgpack-encoded (floats are fine in there)."""
+    if not metadata:
+        return None
+    try:
+        return msgspec.msgpack.encode(metadata)
+    except (TypeError, msgspec.EncodeError) as exc:
+        raise ValidationError("metadata", f"cannot be msgpack-encoded: {exc}") from None
+
+
 def decode_metadata(metadata: Any) -> dict[str, Any] | None:
-    """Metadata as a dict, also from the older msgpack-bytes form ``{"$bytes": b64}``."""
+    """Metadata as a flat dict from any form: msgpack bytes, ``{"$bytes": base64}`` (both
+    the lexicon's), or atdata 0.7's object form (known keys camelCased, the rest under
+    ``custom``), flattened the way atdata's own reader does."""
+    if metadata is None:
+        return None
     if isinstance(metadata, dict) and set(metadata) == {"$bytes"}:
-        return msgspec.msgpack.decode(base64.b64decode(metadata["$bytes"] + "=="))
-    return metadata
+        metadata = decode_b64(metadata["$bytes"])
+    if isinstance(metadata, bytes | bytearray):
+        try:
+            decoded = msgspec.msgpack.decode(metadata)
+        except msgspec.DecodeError:
+            raise ValidationError("metadata", "is not msgpack") from None
+        if not isinstance(decoded, dict):
+            raise ValidationError("metadata", "must be a msgpack map")
+        return decoded
+    if isinstance(metadata, dict):
+        flat = {_CAMEL_METADATA.get(k, k): v for k, v in metadata.items() if k != "custom"}
+        custom = metadata.get("custom")
+        if isinstance(custom, dict):
+            for k, v in custom.items():
+                flat.setdefault(k, v)
+        return flat
+    raise ValidationError("metadata", f"unexpected form {type(metadata).__name__}")
 
 
 # -- validation ------------------------------------------------------------------------
@@ -146,8 +234,24 @@ def find_float(value: Any, path: str) -> str | None:
 
 
 def _check_len(field: str, value: str | None, limit: int) -> None:
-    if value is not None and len(value) > limit:
-        raise ValidationError(field, f"is {len(value)} characters; the lexicon allows {limit}")
+    if value is not None and len(value.encode("utf-8")) > limit:
+        raise ValidationError(field, f"is {len(value.encode('utf-8'))} bytes of UTF-8; the "
+                                     f"lexicon allows {limit}")
+
+
+def check_lexicon(collection: str, body: dict[str, Any]) -> dict[str, Any]:
+    """The lexicon's own rules (the same documents the network validates with), then the
+    PDS's: no floats anywhere. ValidationError names the field."""
+    try:
+        validate_record(collection, body)
+    except LexiconViolation as exc:
+        raise ValidationError(exc.path, exc.message) from None
+    found = find_float(body, "record")
+    if found:
+        raise ValidationError(found.removeprefix("record."),
+                              "is a float; ATProto records allow no floats "
+                              "(store it as a string or a scaled integer)")
+    return body
 
 
 def validate_dataset(record: DatasetRecord) -> DatasetRecord:
@@ -175,16 +279,10 @@ def validate_dataset(record: DatasetRecord) -> DatasetRecord:
         for shard in record.storage.shards:
             if not shard.url.startswith(("http://", "https://")):
                 raise ValidationError("storage", f"storageHttp needs http(s) URLs: {shard.url}")
-    body = to_json(record)
-    found = find_float(body, "record")
-    if found:
-        raise ValidationError(found.removeprefix("record."),
-                              "is a float; ATProto records allow no floats "
-                              "(store it as a string or a scaled integer)")
-    if record.metadata is not None:
-        size = len(msgspec.json.encode(record.metadata))
-        if size > LIMITS["metadata_bytes"]:
-            raise ValidationError("metadata", f"is {size} bytes of JSON; keep it under 100 kB")
+    if isinstance(record.metadata, dict):
+        raise ValidationError("metadata", "must be msgpack bytes (encode_metadata); the "
+                                          "object form is read, never written")
+    check_lexicon(DATASET_COLLECTION, to_json(record))
     return record
 
 
@@ -195,9 +293,7 @@ def validate_schema(record: SchemaRecord) -> SchemaRecord:
     _check_len("description", record.description, LIMITS["description"])
     if not SEMVER.match(record.version):
         raise ValidationError("version", f"must be semver, got {record.version!r}")
-    found = find_float(to_json(record), "record")
-    if found:
-        raise ValidationError(found.removeprefix("record."), "is a float; records allow none")
+    check_lexicon(SCHEMA_COLLECTION, to_json(record))
     return record
 
 
@@ -236,6 +332,6 @@ def schema_record_from_local(local: dict[str, Any], created_at: str) -> SchemaRe
     if any(p.get("$ref") == NDARRAY_REF for p in properties.values()):
         schema["arrayFormatVersions"] = {"ndarrayBytes": "1.0.0"}
     return validate_schema(SchemaRecord(
-        name=local["name"], version=local["version"], schema=schema, created_at=created_at,
-        description=local.get("description")))
+        name=local["name"], version=local["version"], schema_type="jsonSchema", schema=schema,
+        created_at=created_at, description=local.get("description"), atdata_schema_version=1))
 

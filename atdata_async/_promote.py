@@ -48,6 +48,7 @@ from ._lexicon import (
     S3Shard,
     StorageHttp,
     StorageS3,
+    encode_metadata,
     schema_record_from_local,
     to_json,
     validate_dataset,
@@ -61,8 +62,6 @@ from ._xrpc import AtmosphereClient
 
 log = logging.getLogger("atdata_async.promote")
 INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags")
-KNOWN_METADATA = {"source_uri": "sourceUri", "created_by": "createdBy", "version": "version",
-                  "processing_steps": "processingSteps", "split": "split"}
 _PLACEHOLDER_REF = "at://did:plc:placeholder/science.alt.dataset.schema/x"
 
 
@@ -92,22 +91,12 @@ class PromotionPlan:
         return any(s.dest_key is not None for s in self.shards)
 
 
-def record_metadata(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
-    """atdata's record form: known keys camelCased, everything else under ``custom``."""
+def record_metadata(metadata: dict[str, Any] | None) -> bytes | None:
+    """The entry's metadata as the lexicon says: msgpack bytes of the caller's own keys
+    (the index's bookkeeping dropped). atdata's reader returns them as they were."""
     if not metadata:
         return None
-    out: dict[str, Any] = {}
-    custom: dict[str, Any] = {}
-    for key, value in metadata.items():
-        if key in INTERNAL_METADATA:
-            continue
-        if key in KNOWN_METADATA:
-            out[KNOWN_METADATA[key]] = value
-        else:
-            custom[key] = value
-    if custom:
-        out["custom"] = custom
-    return out or None
+    return encode_metadata({k: v for k, v in metadata.items() if k not in INTERNAL_METADATA})
 
 
 def plan_promotion(

@@ -14,6 +14,7 @@ import boto3
 import pytest
 
 from tests import services
+from tests.lexicon_check import LexiconAudit
 
 TEST_PART = 256 * 1024
 
@@ -99,6 +100,12 @@ def raw_s3(moto_server):
                         aws_access_key_id="x", aws_secret_access_key="y")
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "writes_invalid_records(reason): the test writes science.alt.dataset "
+        "records that fail the lexicon on purpose; the session's lexicon audit exempts them")
+
+
 @pytest.fixture(scope="session")
 def plc(tmp_path_factory):
     """One did:plc directory for every PDS of the session. ``ATDATA_PLC_URL`` points the
@@ -114,26 +121,52 @@ def plc(tmp_path_factory):
     service.stop()
 
 
-@pytest.fixture(scope="session")
-def pds(tmp_path_factory, plc):
-    """The reference PDS, started once for the session, on the session's PLC."""
-    service = services.start_pds(tmp_path_factory.mktemp("pds"), plc_url=plc.url)
-    yield service
-    service.stop()
+def _audited(service, request):
+    """Yield a PDS service; at the end, judge every science.alt.dataset record it received
+    with @atproto/lexicon and fail the run on any invalid one (tests/lexicon_check.py)."""
+    service.extra["lexicon_audit"] = audit = LexiconAudit(service.url)
+    try:
+        yield service
+        valid, invalid, exempt = audit.run()
+        plugins = request.config.pluginmanager
+        reporter = plugins.get_plugin("terminalreporter")
+        capture = plugins.get_plugin("capturemanager")
+        if reporter is not None and capture is not None:
+            with capture.global_and_fixture_disabled():
+                reporter.write_line(
+                    f"\nlexicon audit ({request.fixturename}): {len(valid)} "
+                    f"science.alt.dataset record(s) pass @atproto/lexicon; {len(exempt)} "
+                    f"invalid on purpose (writes_invalid_records); {len(invalid)} invalid")
+        if invalid:
+            pytest.fail(LexiconAudit.report(invalid), pytrace=False)
+    finally:
+        service.stop()
 
 
 @pytest.fixture(scope="session")
-def second_pds(tmp_path_factory, plc):
-    """Another PDS sharing the session's PLC: the network in miniature."""
-    service = services.start_pds(tmp_path_factory.mktemp("pds2"), plc_url=plc.url)
-    yield service
-    service.stop()
+def pds(tmp_path_factory, plc, request):
+    """The reference PDS, started once for the session, on the session's PLC; its records
+    are audited against the lexicon at the end."""
+    yield from _audited(services.start_pds(tmp_path_factory.mktemp("pds"), plc_url=plc.url),
+                        request)
+
+
+@pytest.fixture(scope="session")
+def second_pds(tmp_path_factory, plc, request):
+    """Another PDS sharing the session's PLC: the network in miniature (audited too)."""
+    yield from _audited(services.start_pds(tmp_path_factory.mktemp("pds2"), plc_url=plc.url),
+                        request)
 
 
 _accounts = iter(range(10_000))
 
 
 @pytest.fixture
-def pds_account(pds) -> dict:
-    """A fresh ``.test`` account on the session PDS."""
-    return services.create_account(pds.url, f"u{next(_accounts)}-{uuid.uuid4().hex[:6]}")
+def pds_account(pds, request) -> dict:
+    """A fresh ``.test`` account on the session PDS (known to the lexicon audit)."""
+    account = services.create_account(pds.url, f"u{next(_accounts)}-{uuid.uuid4().hex[:6]}")
+    marker = request.node.get_closest_marker("writes_invalid_records")
+    reason = None if marker is None else (marker.kwargs.get("reason") or
+                                          (marker.args[0] if marker.args else "unspecified"))
+    pds.extra["lexicon_audit"].account_created(account["did"], request.node.nodeid, reason)
+    return account

@@ -12,7 +12,12 @@ import httpx
 import pytest
 
 from atdata_async import AuthError, RateLimitedError, ValidationError
-from atdata_async._lexicon import to_json, validate_dataset
+from atdata_async._lexicon import (
+    encode_metadata,
+    schema_record_from_local,
+    to_json,
+    validate_dataset,
+)
 from atdata_async.atmosphere import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -119,23 +124,27 @@ async def test_expired_access_token_is_refreshed_transparently(pds, pds_account,
     assert (answer.status_code, answer.json()["error"]) == (400, "ExpiredToken")
 
 
+LOCAL_SCHEMA = {"name": "S", "version": "1.0.0", "fields": [
+    {"name": "x", "fieldType": {"$type": "local#primitive", "primitive": "int"},
+     "optional": False}]}
+
+
 async def test_dataset_record_reads_back_with_every_field(client):
-    schema = await client.create_record(SCHEMA_COLLECTION, {
-        "$type": SCHEMA_COLLECTION, "name": "S", "version": "1.0.0", "schemaType": "jsonSchema",
-        "schema": {"type": "object"}, "createdAt": "2026-01-01T00:00:00.000Z"})
+    schema = await client.create_record(SCHEMA_COLLECTION, to_json(
+        schema_record_from_local(LOCAL_SCHEMA, "2026-01-01T00:00:00.000Z")))
     record = validate_dataset(DatasetRecord(
         name="ds", schema_ref=schema["uri"], created_at="2026-01-01T00:00:00.000Z",
         storage=StorageHttp([HttpShard("https://example.org/a.tar",
                                        Checksum("sha256", "ab" * 32))]),
         description="desc", tags=["x", "y"], license="MIT",
         size=DatasetSize(samples=10, bytes=1234, shards=1),
-        metadata={"split": "train", "custom": {"n": 3}}))
+        metadata=encode_metadata({"split": "train", "n": 3, "ratio": 0.5})))
     created = await client.create_record(DATASET_COLLECTION, to_json(record), rkey=next_tid())
     entry = await AtmosphereIndex(client).get_dataset(created["uri"])
     assert (entry.name, entry.schema_ref, entry.data_urls) == ("ds", schema["uri"],
                                                                ["https://example.org/a.tar"])
     assert (entry.description, entry.tags, entry.license) == ("desc", ["x", "y"], "MIT")
-    assert entry.metadata == {"split": "train", "custom": {"n": 3}}
+    assert entry.metadata == {"split": "train", "n": 3, "ratio": 0.5}  # floats ride in msgpack
     assert entry.checksums == {"https://example.org/a.tar": "ab" * 32}
     assert entry.size == {"samples": 10, "bytes": 1234, "shards": 1}
     index = AtmosphereIndex(client)
@@ -145,6 +154,21 @@ async def test_dataset_record_reads_back_with_every_field(client):
         await index.get_dataset(schema["uri"])  # a schema is not a dataset
     with pytest.raises(KeyError):
         await index.get_dataset(created["uri"].rsplit("/", 1)[0] + "/3zzzzzzzzzzzz")
+
+
+@pytest.mark.writes_invalid_records(reason="atdata 0.7 writes metadata as an object")
+async def test_metadata_reads_back_in_atdata_object_form(client):
+    """atdata 0.7 writes metadata as a JSON object (the lexicon says bytes): still read."""
+    schema = await client.create_record(SCHEMA_COLLECTION, to_json(
+        schema_record_from_local(LOCAL_SCHEMA, "2026-01-01T00:00:00.000Z")))
+    record = to_json(DatasetRecord(
+        name="old", schema_ref=schema["uri"], created_at="2026-01-01T00:00:00.000Z",
+        storage=StorageHttp([HttpShard("https://example.org/a.tar")])))
+    record["metadata"] = {"split": "train", "sourceUri": "https://example.org",
+                          "custom": {"n": 3}}
+    created = await client.create_record(DATASET_COLLECTION, record, rkey=next_tid())
+    entry = await AtmosphereIndex(client).get_dataset(created["uri"])
+    assert entry.metadata == {"split": "train", "source_uri": "https://example.org", "n": 3}
 
 
 def test_sync_facade_login_leaves_the_client_logged_in(pds, pds_account):

@@ -19,6 +19,7 @@ from atdata_async import (
     StorageError,
     XrpcError,
 )
+from atdata_async._lexicon import schema_record_from_local, to_json
 from atdata_async.atmosphere import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -90,7 +91,7 @@ async def test_keep_urls_record_has_real_checksums_and_metadata(index, client, t
     assert got.storage.endpoint == moto_server.url and got.storage.bucket == index.data_store.bucket
     for url in entry.data_urls:
         assert got.checksums[url] == hashlib.sha256(read_s3(moto_server.url, url)).hexdigest()
-    assert got.metadata == {"split": "train", "custom": {"origin": "unit-test"}}
+    assert got.metadata == {"split": "train", "origin": "unit-test"}  # as inserted
     assert got.size == {"samples": 60, "shards": 3,
                         "bytes": sum(entry.shard_sizes.values())}
     schema = await AtmosphereIndex(client).get_schema(got.schema_ref)
@@ -283,9 +284,9 @@ async def test_bad_input_is_refused_before_any_remote_write(index, client, tmp_p
         with pytest.raises(ValueError) as info:
             await promote_to_atmosphere(entry, index, client, **kw)
         assert info.value.field == field
-    floaty = LocalDatasetEntry("f", entry.schema_ref, entry.data_urls, {"ratio": 0.5})
-    with pytest.raises(ValueError, match=r"custom\.ratio"):
-        await promote_to_atmosphere(floaty, index, client)
+    huge = LocalDatasetEntry("f", entry.schema_ref, entry.data_urls, {"blob": "x" * 100_001})
+    with pytest.raises(ValueError, match="metadata"):
+        await promote_to_atmosphere(huge, index, client)
     with pytest.raises(ValueError, match="data_store="):
         await promote_to_atmosphere(
             LocalDatasetEntry("l", entry.schema_ref, ["/data/x.tar"]), index, client)
@@ -444,9 +445,8 @@ async def test_schema_created_by_a_racing_process_is_reused(index, client, tmp_p
     local = await index.get_schema("atdata://local/schema/FeatureSample@1.0.0")
     assert await registry.lookup(client, local) is None  # listed: nothing there yet
     # another process publishes the same schema at the same deterministic key meanwhile
-    raced = await client.put_record(SCHEMA_COLLECTION, schema_rkey(local), {
-        "$type": SCHEMA_COLLECTION, "name": "FeatureSample", "version": "1.0.0",
-        "schemaType": "jsonSchema", "schema": {}, "createdAt": "2026-01-01T00:00:00.000Z"})
+    raced = await client.put_record(SCHEMA_COLLECTION, schema_rkey(local), to_json(
+        schema_record_from_local(local, "2026-01-01T00:00:00.000Z")))
     assert await registry.find_or_publish(client, local) == raced["uri"]
     assert len(await schema_records(client)) == 1
 

@@ -13,10 +13,12 @@ from atdata_async import AuthError, RateLimitedError, XrpcError
 from atdata_async._atproto import is_tid, next_tid, parse_at_uri, record_key_from, tid_from
 from atdata_async._lexicon import (
     DatasetRecord,
+    DatasetSize,
     S3Shard,
     StorageS3,
     dataset_from_json,
     decode_metadata,
+    encode_metadata,
     to_json,
     validate_dataset,
 )
@@ -201,8 +203,9 @@ def _record(**kw) -> DatasetRecord:
     ({"tags": [f"t{i}" for i in range(31)]}, "tags"),
     ({"tags": ["t" * 151]}, "tags"),
     ({"schema_ref": "not-a-uri"}, "schemaRef"),
-    ({"metadata": {"custom": {"ratio": 0.5}}}, "metadata.custom.ratio"),
-    ({"metadata": {"blob": "x" * 200_000}}, "metadata"),
+    ({"metadata": {"split": "train"}}, "metadata"),  # the object form is never written
+    ({"metadata": encode_metadata({"blob": "x" * 200_000})}, "metadata"),
+    ({"size": DatasetSize(samples=0.5)}, "size.samples"),
 ])
 def test_lexicon_limits_name_the_field(kw, field):
     with pytest.raises(ValueError) as info:
