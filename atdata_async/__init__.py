@@ -4,7 +4,8 @@ The async core lives here and in ``atdata_async.local``, ``.atmosphere`` and
 ``.promote``; ``atdata_async.sync`` mirrors it with blocking calls of the same signatures.
 """
 
-from ._dataset import Dataset
+from typing import TYPE_CHECKING, Any
+
 from ._errors import (
     AtdataError,
     AuthError,
@@ -29,7 +30,29 @@ from ._errors import (
     XrpcError,
 )
 from ._progress import TransferProgress
-from ._sample import PackableSample, packable
+
+if TYPE_CHECKING:
+    from ._dataset import Dataset
+    from ._sample import PackableSample, packable
+
+# Imported on first use: numpy, httpx and friends cost ~1 s of start-up that the CLI's
+# --help (and any script touching only the errors) should not pay.
+_LAZY = {"Dataset": "._dataset", "PackableSample": "._sample", "packable": "._sample"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "AtdataError",
