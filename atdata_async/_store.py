@@ -539,17 +539,26 @@ class S3DataStore:
         with self.errors("DeleteObject", url):
             await s3.delete_object(Bucket=loc.bucket, Key=loc.key)
 
+    async def delete_keys(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (missing ones are fine), 1,000 per DeleteObjects request."""
+        s3 = await self.client()
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": k} for k in keys[start:start + 1000]]
+            with self.errors("DeleteObjects", self.url(batch[0]["Key"])):
+                response = await s3.delete_objects(Bucket=self.bucket,
+                                                   Delete={"Objects": batch, "Quiet": True})
+            if response.get("Errors"):
+                first = response["Errors"][0]
+                raise StorageError(f"DeleteObjects {self.url(first.get('Key', ''))}: "
+                                   f"{first.get('Code')}: {first.get('Message')} "
+                                   f"({len(response['Errors'])} key(s) not deleted)")
+
     async def discard(self, keys: Sequence[str]) -> None:
         """Delete ``keys`` (missing ones are fine) under a shielded scope, to clean up
         after a failed batch; a failure is logged, never raised over the cause."""
         with anyio.CancelScope(shield=True):
             try:
-                s3 = await self.client()
-                for start in range(0, len(keys), 1000):  # DeleteObjects takes 1000 at most
-                    batch = [{"Key": k} for k in keys[start:start + 1000]]
-                    with self.errors("DeleteObjects", self.url("")):
-                        await s3.delete_objects(Bucket=self.bucket,
-                                                Delete={"Objects": batch, "Quiet": True})
+                await self.delete_keys(keys)
             except Exception as exc:
                 log.warning("could not delete %d object(s) under %s: %s", len(keys),
                             self.url(""), exc)

@@ -256,6 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
                          help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
 
+    cleanup = command("cleanup", "list (--yes: remove) what failed or killed promotions left")
+    cleanup.add_argument("location", metavar="s3://BUCKET[/PREFIX]",
+                         help="where promotions copied to (the --copy-to of promote)")
+    cleanup.add_argument("--credentials", metavar="FILE.env",
+                         help="credentials (.env) of that store (default: AWS_* in the "
+                              "environment)")
+    cleanup.add_argument("--forget", action="store_true",
+                         help="also give up promotions that could be resumed (not running)")
+    cleanup.add_argument("--yes", action="store_true", help="remove (default: a dry run)")
+    cleanup.set_defaults(concurrency=8)
+
     dev = command("dev", "local services to try the commands on (from a clone)")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.add_argument("--env-file", metavar="FILE",
@@ -487,6 +498,8 @@ async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
                          f"{r['value'].get('version')}"}
                         async for r in client.list_records("science.alt.dataset.schema")]
                 return rows, print_schemas
+            if args.command == "cleanup":
+                return await cleanup(args, index, client)
             return await promote(args, index, client, outcome)
 
 
@@ -700,6 +713,36 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
             await store.aclose()
 
 
+async def cleanup(args: argparse.Namespace, index: LocalIndex,
+                  client: AtmosphereClient) -> Result:
+    from ._cleanup import cleanup_promotions
+
+    bucket, prefix = s3_location(args.location, "LOCATION")
+    store = make_store(credentials_from(args.credentials, "--credentials"), bucket, args)
+    try:
+        report = await cleanup_promotions(index, store, client, prefix=prefix or "promoted",
+                                          remove=args.yes, forget=args.forget)
+    finally:
+        await store.aclose()
+    return report.as_dict(), print_cleanup
+
+
+def print_cleanup(r: dict[str, Any]) -> None:
+    verb = "removed" if r["removed"] else "would remove"
+    for j in r["journals"]:
+        print(f"promotion {j['name']} ({j['shards']} shards): {j['state']}")
+    print(f"{verb} {len(r['uploads'])} open multipart upload(s)")
+    for u in r["uploads"][:20]:
+        print(f"  {u['key']}  (upload {u['upload_id'][:12]}..., {u['initiated']})")
+    print(f"{verb} {len(r['objects'])} object(s) "
+          f"({sum(o['size'] for o in r['objects']) / MIB:.1f} MiB) no record refers to")
+    for o in r["objects"][:20]:
+        print(f"  {o['key']}")
+    print(f"kept {r['kept']} object(s) a record, an entry or a live promotion refers to")
+    if not r["removed"] and (r["uploads"] or r["objects"]):
+        print("dry run: rerun with --yes to remove them")
+
+
 def left_behind(exc: ShardTransferError, dest: S3DataStore | None) -> ShardTransferError:
     """The batch error with a last line that says truthfully what stayed behind."""
     lines = str(exc).splitlines()
@@ -709,8 +752,9 @@ def left_behind(exc: ShardTransferError, dest: S3DataStore | None) -> ShardTrans
         tail = "no dataset record was written; nothing was copied"
     else:
         tail = (f"no dataset record was written; unfinished multipart uploads were aborted; "
-                f"shards already copied to s3://{dest.bucket}/ stay there (up to {copied}), "
-                "and running the command again overwrites them")
+                f"shards already copied to s3://{dest.bucket}/ stay there (up to {copied}): "
+                "running the command again copies only the rest (`atdata-async cleanup` "
+                "removes them instead)")
     out = ShardTransferError(exc.failures, total)
     out.args = (str(exc) + "\n" + tail,)
     return out

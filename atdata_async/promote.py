@@ -1,5 +1,6 @@
 """Promotion of local dataset entries to ATProto (async core)."""
 
+from ._cleanup import CleanupReport, cleanup_promotions
 from ._promote import (
     PromotionPlan,
     ShardPlan,
@@ -9,8 +10,10 @@ from ._promote import (
 )
 
 __all__ = [
+    "CleanupReport",
     "PromotionPlan",
     "ShardPlan",
+    "cleanup_promotions",
     "plan_promotion",
     "preview_promotion",
     "promote_to_atmosphere",

@@ -52,7 +52,8 @@ def test_facade_signatures_match_the_async_core(name, facade, core):
                 == inspect.signature(getattr(core, method)).parameters), method
 
 
-@pytest.mark.parametrize("name", ["promote_to_atmosphere", "preview_promotion"])
+@pytest.mark.parametrize("name", ["promote_to_atmosphere", "preview_promotion",
+                                  "cleanup_promotions"])
 def test_promote_facade_has_the_async_signature(name):
     sync_fn = getattr(atdata_async.sync.promote, name)
     async_fn = getattr(atdata_async.promote, name)
@@ -65,7 +66,7 @@ def test_non_facade_names_are_the_same_objects():
         for name in sync_mod.__all__:
             obj = getattr(sync_mod, name)
             if not (isinstance(obj, type) and issubclass(obj, Facade)) and name not in (
-                    "promote_to_atmosphere", "preview_promotion"):
+                    "promote_to_atmosphere", "preview_promotion", "cleanup_promotions"):
                 assert obj is getattr(async_mod, name), name
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
+import anyio
 import pytest
 
 from atdata_async import Dataset, ShardTransferError, StorageError
@@ -20,7 +27,7 @@ from atdata_async._promote import ShardPlan, promotion_key
 from atdata_async.atmosphere import DATASET_COLLECTION, SCHEMA_COLLECTION, AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
-from tests.conftest import make_bucket, make_credentials
+from tests.conftest import TEST_PART, make_bucket, make_credentials
 from tests.samples import FeatureSample
 from tests.test_promote import client, insert, read_s3, store_for  # noqa: F401  (fixture)
 
@@ -151,3 +158,150 @@ async def test_a_failed_copy_reruns_only_the_missing_shards(index, client, tmp_p
         assert await promote_to_atmosphere(entry, index, client, data_store=dest) == uri
         assert dest.request_count == 1
     assert third.bytes == 0 and len(await records(client)) == 1
+
+
+# -- killed runs -------------------------------------------------------------------------
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_env(path: Path, endpoint: str) -> str:
+    creds = make_credentials(endpoint)
+    path.write_text("".join(f"{k}={v}\n" for k, v in creds.items()))
+    return str(path)
+
+
+def cli_env(redis_url: str, pds, account, **extra) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATDATA_"))}
+    env.update(ATDATA_REDIS_URL=redis_url, ATDATA_PDS_URL=pds.url,
+               ATDATA_HANDLE=account["handle"], ATDATA_PASSWORD=account["password"],
+               TEST_PART=str(TEST_PART), **{k: str(v) for k, v in extra.items()})
+    return env
+
+
+def cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=120)
+
+
+async def kill_mid_copy(args: list[str], env: dict[str, str], redis, key: str,
+                        wanted: Callable[[set[str]], bool]) -> set[str]:
+    """Start a CLI promotion that stalls, wait until its journal shows ``wanted``, then
+    SIGKILL it (and reap it, so its lease is seen to be dead). The journal's fields."""
+    proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with anyio.fail_after(90):
+            while True:
+                fields = {f.decode() for f in await redis.hkeys(key)}
+                if wanted(fields):
+                    break
+                if proc.poll() is not None:
+                    raise AssertionError(f"the promotion ended: {proc.communicate()}")
+                await anyio.sleep(0.05)
+        await anyio.sleep(0.1)  # the write-behind batch that was in flight lands
+        return {f.decode() for f in await redis.hkeys(key)}
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+
+
+@pytest.mark.pds
+async def test_sigkill_mid_copy_then_rerun_sends_only_what_is_missing(
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,  # noqa: F811
+        second_moto_server, monkeypatch):
+    entry = await insert(index, tmp_path, "killme", shards=4, per_shard=1500)
+    sizes = [entry.shard_sizes[u] for u in entry.data_urls]
+    parts0 = -(-sizes[0] // TEST_PART)
+    dest_bucket = make_bucket(second_moto_server.url)
+    dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
+    key = journal_key(promotion_key(client.did, entry, "killme", dest))
+    env = cli_env(redis_url, pds, pds_account, STALL_AFTER=parts0 + 3)
+    args = ["promote", "killme", "--copy-to", f"s3://{dest_bucket}/promoted",
+            "--credentials", write_env(tmp_path / "dst.env", second_moto_server.url),
+            "--source-credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"]),
+            "--concurrency", "1"]
+
+    def copied_one_and_three_parts(f: set[str]) -> bool:
+        return "s:0" in f and len([x for x in f if x.startswith("p:1:")]) == 3
+
+    fields = await kill_mid_copy(args, env, index.redis, key, copied_one_and_three_parts)
+    async with dest:
+        left = await dest.list_multipart_uploads()
+        name1 = entry.data_urls[1].rsplit("/", 1)[1]
+        assert [u["Key"] for u in left] == [f"promoted/killme/{name1}"]
+        assert await records(client) == [] and await records(client, SCHEMA_COLLECTION) == []
+        kept_parts = len([x for x in fields if x.startswith("p:1:")])
+        missing = sum(sizes) - sizes[0] - kept_parts * TEST_PART
+        sent = Sent(monkeypatch)
+        before = dest.request_count
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        rerun_requests = dest.request_count - before
+        assert await dest.list_multipart_uploads() == []
+    assert sent.bytes == missing  # exactly the missing part: 0% re-sent
+    full = sum(4 + -(-s // TEST_PART) for s in sizes)
+    assert rerun_requests < full - parts0 - kept_parts
+    assert len(await records(client)) == 1 and len(await records(client, SCHEMA_COLLECTION)) == 1
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+        body = read_s3(second_moto_server.url, dst)
+        assert body == read_s3(s3_credentials["AWS_ENDPOINT"], src)
+        assert hashlib.sha256(body).hexdigest() == entry.checksums[src] == got.checksums[dst]
+
+
+@pytest.mark.pds
+async def test_cleanup_after_a_kill_removes_only_what_nothing_refers_to(
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        second_moto_server):
+    done = await insert(index, tmp_path, "published", shards=2, per_shard=20)
+    victim = await insert(index, tmp_path, "victim", shards=3, per_shard=1500)
+    dest_bucket = make_bucket(second_moto_server.url)
+    dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
+    async with dest:
+        first = await promote_to_atmosphere(done, index, client, data_store=dest)
+    published = {k.key for k in (await AtmosphereIndex(client).get_dataset(first)).storage.shards}
+    stray = "promoted/old-run/shard-000000.tar"  # an object no record or journal knows
+    await dest.put_bytes(stray, b"left by a run before journals")
+    dst_env = write_env(tmp_path / "dst.env", second_moto_server.url)
+    args = ["promote", "victim", "--copy-to", f"s3://{dest_bucket}/promoted",
+            "--credentials", dst_env,
+            "--source-credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"]),
+            "--concurrency", "1"]
+    parts0 = -(-victim.shard_sizes[victim.data_urls[0]] // TEST_PART)
+    env = cli_env(redis_url, pds, pds_account, STALL_AFTER=parts0 + 2)
+    key = journal_key(promotion_key(client.did, victim, "victim", dest))
+    await kill_mid_copy(args, env, index.redis, key, lambda f: "s:0" in f and "u:1" in f)
+    env.pop("STALL_AFTER")
+    base = ["--json", "cleanup", f"s3://{dest_bucket}/promoted", "--credentials", dst_env]
+
+    def run(*flags: str) -> dict:
+        done = cli([*base, *flags], env)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    # the killed run can be resumed: its copy and its upload are kept
+    report = run()
+    assert [j["state"] for j in report["journals"]] == ["published", "resumable"]
+    assert report["uploads"] == [] and [o["key"] for o in report["objects"]] == [stray]
+    # given up, they are garbage too; a dry run removes nothing
+    report = run("--forget")
+    victim_keys = {f"promoted/victim/{u.rsplit('/', 1)[1]}" for u in victim.data_urls}
+    assert len(report["uploads"]) == 1 and report["uploads"][0]["key"] in victim_keys
+    garbage = {o["key"] for o in report["objects"]}
+    assert stray in garbage and garbage - {stray} <= victim_keys and len(garbage) == 2
+    assert report["kept"] == len(published) and not report["removed"]
+    async with dest:
+        assert len(await dest.list_multipart_uploads()) == 1
+        report = run("--forget", "--yes")
+        assert report["removed"]
+        assert await dest.list_multipart_uploads() == []
+        assert set(await dest.list_objects("")) == published
+    assert await index.redis.exists(key) == 0
+    # the promotion still completes afterwards, from scratch
+    again = cli(args, env)
+    assert again.returncode == 0, again.stderr
+    assert len(await records(client)) == 2
+    async with dest:
+        assert await dest.list_multipart_uploads() == []
+        assert set(await dest.list_objects("")) == published | victim_keys
