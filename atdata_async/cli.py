@@ -267,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--yes", action="store_true", help="remove (default: a dry run)")
     cleanup.set_defaults(concurrency=8)
 
+    # speed (#10): a saved session, so that a command logs in only when it must
+    command("login", "log in once (ATDATA_HANDLE/--handle, ATDATA_PASSWORD) and keep the "
+                     "session for later commands (owner-only, in the user's config dir)")
+    command("logout", "forget the saved session of --pds-url")
+
     dev = command("dev", "local services to try the commands on (from a clone)")
     dev.add_argument("action", choices=["up", "down", "status"])
     dev.add_argument("--env-file", metavar="FILE",
@@ -468,6 +473,8 @@ Result = tuple[Any, Callable[[Any], None]]
 
 
 async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
+    if args.command in ("login", "logout"):
+        return await session_command(args)
     from ._index import LocalIndex
 
     async with LocalIndex(args.redis_url) as index:
@@ -503,9 +510,42 @@ async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
             return await promote(args, index, client, outcome)
 
 
-async def login(args: argparse.Namespace, client: AtmosphereClient, *, required: bool) -> None:
+async def session_command(args: argparse.Namespace) -> Result:
+    """``login``: trade the password for a session and save it; ``logout``: forget it."""
+    from . import _session_store as sessions
+
+    if args.command == "logout":
+        gone = sessions.forget(args.pds_url)
+        return {"logged_out": gone, "pds": args.pds_url}, lambda r: print(
+            f"forgot the session for {r['pds']}" if r["logged_out"]
+            else f"no saved session for {r['pds']}")
     password = os.environ.get("ATDATA_PASSWORD")
-    if args.handle and password:
+    if not args.handle or not password:
+        await login(args, None, required=True, saved=False)  # raises the usual error
+    from ._xrpc import AtmosphereClient
+
+    async with AtmosphereClient(args.pds_url) as client:
+        session = await client.login(args.handle, password)
+    sessions.save(args.pds_url, session)
+    return ({"did": session["did"], "handle": session["handle"], "pds": args.pds_url},
+            lambda r: print(f"logged in as {r['handle']} ({r['did']}) on {r['pds']}; the "
+                            f"session is saved in {sessions.config_dir()}"))
+
+
+async def login(args: argparse.Namespace, client: AtmosphereClient | None, *, required: bool,
+                saved: bool = True) -> None:
+    """Resume the session ``atdata-async login`` saved (refreshed tokens are saved
+    again), else log in with ATDATA_PASSWORD for this command only."""
+    password = os.environ.get("ATDATA_PASSWORD")
+    if saved and client is not None:
+        from . import _session_store as sessions
+
+        session = sessions.load(args.pds_url, args.handle)
+        if session is not None:
+            await client.login(session=session)
+            client.on_session_change = lambda s: sessions.save(args.pds_url, s)
+            return
+    if args.handle and password and client is not None:
         await client.login(args.handle, password)
     elif required:
         missing = " and ".join(name for name, value in (("ATDATA_HANDLE (or --handle)",

@@ -23,6 +23,13 @@ import logging  # noqa: E402
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 
 
+@pytest.fixture(autouse=True)
+def _private_config_dir(tmp_path_factory, monkeypatch):
+    """A saved CLI session (``atdata-async login``) in the developer's own config dir
+    must never reach a test: every test gets an empty one."""
+    monkeypatch.setenv("ATDATA_CONFIG_DIR", str(tmp_path_factory.mktemp("config")))
+
+
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"

@@ -84,3 +84,38 @@ async def test_a_body_with_a_known_sha256_is_read_once(s3_credentials, bucket, r
         await store.put_bytes("once/k2", data)  # no digest: botocore hashes, then sends
         assert sum(reads) == 2 * len(data)
     assert raw_s3.get_object(Bucket=bucket, Key="once/k")["Body"].read() == data
+
+
+@pytest.mark.pds
+def test_login_once_then_commands_use_the_saved_session(redis_url, pds, pds_account, tmp_path):
+    import os
+    import stat
+
+    config = tmp_path / "config"
+    env = {**os.environ, "ATDATA_REDIS_URL": redis_url, "ATDATA_PDS_URL": pds.url,
+           "ATDATA_HANDLE": pds_account["handle"], "ATDATA_CONFIG_DIR": str(config),
+           "ATDATA_PASSWORD": pds_account["password"]}
+
+    def cli(*args, env=env):
+        return subprocess.run([sys.executable, "-W", "error", "-m", "atdata_async.cli", *args],
+                              env=env, capture_output=True, text=True, timeout=120)
+
+    out = cli("--json", "login")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["did"] == pds_account["did"]
+    saved = config / "sessions.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(config.stat().st_mode) == 0o700
+    text = saved.read_text()
+    assert pds_account["password"] not in text and "accessJwt" in text
+    assert pds_account["password"] not in out.stdout + out.stderr
+    # No password from here on: the saved session is enough (and its tokens are never shown)
+    without = {k: v for k, v in env.items() if k != "ATDATA_PASSWORD"}
+    remote = cli("--json", "schemas", "--remote", env=without)
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(text)[pds.url]["accessJwt"] not in remote.stdout + remote.stderr
+    # Another handle on the same PDS does not get this account's session
+    other = cli("schemas", "--remote", env={**without, "ATDATA_HANDLE": "someone.test"})
+    assert other.returncode == 4, other.stderr
+    assert cli("logout", env=without).returncode == 0
+    assert cli("schemas", "--remote", env=without).returncode == 4  # must log in again
