@@ -14,9 +14,11 @@ from ._errors import (
     ConflictError,
     EntryError,
     EntryNotFoundError,
+    FieldTypeError,
     IdentityError,
     IdentityNotFoundError,
     LocalIndexError,
+    MalformedEntryError,
     NotFoundError,
     PromotionBusyError,
     RateLimitedError,
@@ -30,6 +32,7 @@ from ._errors import (
     XrpcError,
 )
 from ._progress import TransferProgress
+from ._redact import RedactingFilter, protect_library_loggers
 
 if TYPE_CHECKING:
     from ._dataset import Dataset
@@ -63,14 +66,17 @@ __all__ = [
     "Dataset",
     "EntryError",
     "EntryNotFoundError",
+    "FieldTypeError",
     "IdentityError",
     "IdentityNotFoundError",
     "LocalIndexError",
+    "MalformedEntryError",
     "NotFoundError",
     "PackableSample",
     "PromotionBusyError",
     "RateLimitedError",
     "RecordNotFoundError",
+    "RedactingFilter",
     "SchemaNotFoundError",
     "ShardTransferError",
     "SourceChangedError",
@@ -81,3 +87,5 @@ __all__ = [
     "XrpcError",
     "packable",
 ]
+
+protect_library_loggers()

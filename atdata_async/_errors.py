@@ -2,8 +2,10 @@
 
     AtdataError
     ├── ConfigurationError (ValueError)      bad credentials file, malformed URL or ref
-    ├── ValidationError (ValueError)         a record breaks a lexicon limit (names the field)
+    ├── ValidationError (ValueError)         an argument or record field is refused (names it)
+    │   └── FieldTypeError (TypeError)       ... because it has the wrong type
     ├── EntryError (ValueError)              an entry that cannot be promoted (no data URLs, ...)
+    │   └── MalformedEntryError              a local index entry that cannot be decoded (its key)
     ├── UntrustedSourceError (ValueError)    a record names a shard a reader refuses to touch
     ├── NotFoundError (KeyError)
     │   ├── SchemaNotFoundError              no such schema in the local index
@@ -48,8 +50,21 @@ class ValidationError(AtdataError, ValueError):
         self.field = field
 
 
+class FieldTypeError(ValidationError, TypeError):
+    """An argument or field of the wrong type (``tags="x"``, ``license=["MIT"]``)."""
+
+
 class EntryError(AtdataError, ValueError):
     """An entry that cannot be used as asked (e.g. it has no data URLs)."""
+
+
+class MalformedEntryError(EntryError):
+    """A Redis key of the local index holds something that is not an entry (hand-written,
+    truncated, another program's); ``key`` names it. Other entries stay readable."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
 
 
 class NotFoundError(AtdataError, KeyError):

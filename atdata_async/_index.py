@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -23,15 +24,18 @@ import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from ._cid import entry_cid
 from ._dataset import Dataset, count_samples
 from ._errors import (
     ConfigurationError,
     EntryNotFoundError,
+    FieldTypeError,
     LocalIndexError,
+    MalformedEntryError,
     SchemaNotFoundError,
+    ValidationError,
 )
 from ._progress import ProgressCallback
 from ._schema import (
@@ -44,6 +48,9 @@ from ._schema import (
 from ._store import S3DataStore
 from ._tasks import single_error
 from ._urls import local_path, url_kind
+from ._validate import check_metadata, check_text, check_url, redact_userinfo
+
+log = logging.getLogger("atdata_async.index")
 
 ENTRY_PREFIX = "LocalDatasetEntry:"
 NAME_INDEX = "atdata_async:entry_names"
@@ -111,15 +118,41 @@ def _entry_to_hash(entry: LocalDatasetEntry) -> dict[str, bytes]:
     return fields
 
 
-def _entry_from_hash(raw: Mapping[bytes, bytes]) -> LocalDatasetEntry:
+def _entry_from_hash(raw: Mapping[bytes, bytes], key: str = "entry") -> LocalDatasetEntry:
+    """Decode one entry hash; anything else (hand-written, truncated, another program's)
+    is a MalformedEntryError naming ``key`` and what is wrong with it."""
+
+    def text(field: str) -> str:
+        value = raw.get(field.encode())
+        if value is None:
+            raise MalformedEntryError(key, f"has no {field!r} field")
+        try:
+            return value.decode()
+        except UnicodeDecodeError:
+            raise MalformedEntryError(key, f"its {field!r} is not UTF-8 text") from None
+
+    def unpack(field: str, value: bytes) -> Any:
+        try:
+            return msgspec.msgpack.decode(value)
+        except (msgspec.DecodeError, RecursionError, ValueError):
+            raise MalformedEntryError(key, f"its {field!r} is not msgpack") from None
+
+    name, schema_ref, cid = text("name"), text("schema_ref"), text("cid")
+    if b"data_urls" not in raw:
+        raise MalformedEntryError(key, "has no 'data_urls' field")
+    urls = unpack("data_urls", raw[b"data_urls"])
+    if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
+        raise MalformedEntryError(key, "its 'data_urls' is not a list of strings")
     metadata = raw.get(b"metadata")
-    return LocalDatasetEntry(
-        name=raw[b"name"].decode(),
-        schema_ref=raw[b"schema_ref"].decode(),
-        data_urls=list(msgspec.msgpack.decode(raw[b"data_urls"])),
-        metadata=msgspec.msgpack.decode(metadata) if metadata is not None else None,
-        cid=raw[b"cid"].decode(),
-    )
+    meta = unpack("metadata", metadata) if metadata is not None else None
+    if meta is not None and not (isinstance(meta, dict)
+                                 and all(isinstance(k, str) for k in meta)):
+        raise MalformedEntryError(key, "its 'metadata' is not a map with string keys")
+    for claims in ("checksums", "shard_sizes", "etags"):
+        if meta and meta.get(claims) is not None and not isinstance(meta[claims], dict):
+            raise MalformedEntryError(key, f"its metadata[{claims!r}] is not a map")
+    return LocalDatasetEntry(name=name, schema_ref=schema_ref, data_urls=urls, metadata=meta,
+                             cid=cid)
 
 
 class LocalIndex:
@@ -136,6 +169,14 @@ class LocalIndex:
         # a client handed in is the caller's to close.
         if redis is None:
             redis = DEFAULT_REDIS_URL
+        if isinstance(redis, str):
+            check_text("redis", redis, nonempty=True)
+        elif not isinstance(redis, aioredis.Redis):
+            raise FieldTypeError("redis", "must be a redis:// URL or a redis.asyncio.Redis, "
+                                 f"got {type(redis).__name__}")
+        if data_store is not None and not isinstance(data_store, S3DataStore):
+            raise FieldTypeError("data_store", "must be an S3DataStore or None, "
+                                 f"got {type(data_store).__name__}")
         self._url = redis if isinstance(redis, str) else None
         self._redis = None if isinstance(redis, str) else redis
         self.data_store = data_store
@@ -177,6 +218,8 @@ class LocalIndex:
         self, sample_type: type, *, version: str = "1.0.0", description: str | None = None
     ) -> str:
         """Store the schema of ``sample_type`` at ``version``; returns its ref."""
+        _check_sample_type(sample_type)
+        check_text("description", description, optional=True, multiline=True)
         record = schema_record(sample_type, version, description)
         with self._errors("publish_schema"):
             await self.redis.set(schema_key(record["name"], version), json.dumps(record))
@@ -185,18 +228,27 @@ class LocalIndex:
     async def get_schema(self, ref: str) -> dict[str, Any]:
         """The schema record for a ref (any of atdata's three ref forms)."""
         name, version = parse_schema_ref(ref)
+        key = schema_key(name, version)
         with self._errors("get_schema"):
-            raw = await self.redis.get(schema_key(name, version))
+            raw = await self.redis.get(key)
         if raw is None:
             raise SchemaNotFoundError(f"schema {name}@{version} is not in the local index ({ref})")
-        return json.loads(raw)
+        return _schema_from_json(key, raw)
 
     async def list_schemas(self) -> list[dict[str, Any]]:
         """Every schema record in the index."""
         with self._errors("list_schemas"):
             keys = [k async for k in self.redis.scan_iter(match="LocalSchema:*", count=500)]
             values = await self.redis.mget(keys) if keys else []
-        return [json.loads(v) for v in values if v is not None]
+        out = []
+        for key, value in zip(keys, values, strict=True):
+            if value is None:
+                continue
+            try:
+                out.append(_schema_from_json(key.decode(errors="replace"), value))
+            except MalformedEntryError as exc:  # one bad key never hides the others
+                log.warning("skipping %s", exc)
+        return out
 
     async def _latest_schema_ref(self, sample_type: type) -> str | None:
         prefix = f"LocalSchema:{sample_type.__name__}@"
@@ -219,6 +271,10 @@ class LocalIndex:
         metadata: dict[str, Any] | None = None,
     ) -> LocalDatasetEntry:
         """Index a dataset where it already is (no upload)."""
+        _check_entry_args(ds, name, metadata)
+        if schema_ref is not None:
+            check_text("schema_ref", schema_ref)
+            parse_schema_ref(schema_ref)
         ref = schema_ref or await self._schema_ref_of(ds)
         entry = LocalDatasetEntry(name, ref, list(ds.shard_urls), metadata)
         await self._store_entry(entry)
@@ -244,6 +300,12 @@ class LocalIndex:
         """
         if not name:
             raise ConfigurationError("a dataset needs a non-empty name")
+        _check_entry_args(ds, name, metadata)
+        check_text("prefix", prefix, optional=True)
+        if prefix is not None and ".." in prefix.split("/"):
+            raise ValidationError("prefix", "must not contain '..' segments")
+        if progress is not None and not callable(progress):
+            raise FieldTypeError("progress", f"must be callable, got {type(progress).__name__}")
         if self.data_store is None:
             return await self.add_entry(ds, name=name, schema_ref=schema_ref, metadata=metadata)
         ref = schema_ref or await self._schema_ref_of(ds)
@@ -303,39 +365,110 @@ class LocalIndex:
         return stored.decode() if stored is not None else fresh
 
     async def get_entry(self, cid: str) -> LocalDatasetEntry:
+        check_text("cid", cid, nonempty=True)
         with self._errors("get_entry"):
-            raw = await self.redis.hgetall(ENTRY_PREFIX + cid)
+            try:
+                raw = await self.redis.hgetall(ENTRY_PREFIX + cid)
+            except ResponseError as exc:
+                raise MalformedEntryError(ENTRY_PREFIX + cid, f"is not a hash ({exc})") from None
         if not raw:
             raise EntryNotFoundError(f"no dataset entry with CID {cid!r}")
-        return _entry_from_hash(raw)
+        return _entry_from_hash(raw, ENTRY_PREFIX + cid)
 
     async def get_entry_by_name(self, name: str) -> LocalDatasetEntry:
-        """The entry called ``name``: one lookup for ours, a SCAN for atdata's."""
+        """The entry called ``name``: one lookup for ours, a SCAN for atdata's. An entry
+        that cannot be decoded is skipped, unless it is the one called ``name``."""
+        check_text("name", name, nonempty=True)
         with self._errors("get_entry_by_name"):
             cid = await self.redis.hget(NAME_INDEX, name)
             if cid is not None:
-                raw = await self.redis.hgetall(ENTRY_PREFIX + cid.decode())
+                key = ENTRY_PREFIX + cid.decode(errors="replace")
+                try:
+                    raw = await self.redis.hgetall(key)
+                except ResponseError:  # WRONGTYPE: not a hash; look further
+                    raw = {}
                 if raw and raw.get(b"name") == name.encode():
-                    return _entry_from_hash(raw)
-            async for entry in self._scan_entries():
+                    return _entry_from_hash(raw, key)
+            async for _, raw_name, entry in self._scan_entries():
+                if isinstance(entry, MalformedEntryError):
+                    if raw_name == name.encode():
+                        raise entry
+                    continue
                 if entry.name == name:
                     await self.redis.hset(NAME_INDEX, name, entry.cid)
                     return entry
         raise EntryNotFoundError(f"no dataset entry named {name!r} in the local index")
 
     async def list_entries(self) -> list[LocalDatasetEntry]:
-        """Every dataset entry in the index."""
+        """Every dataset entry in the index. A key that holds no decodable entry is
+        skipped with a warning naming it (``malformed_entries`` lists them)."""
+        out = []
         with self._errors("list_entries"):
-            return [e async for e in self._scan_entries()]
+            async for _, _, entry in self._scan_entries():
+                if isinstance(entry, MalformedEntryError):
+                    log.warning("skipping a malformed local index entry: %s", entry)
+                else:
+                    out.append(entry)
+        return out
 
-    async def _scan_entries(self) -> AsyncIterator[LocalDatasetEntry]:
+    async def malformed_entries(self) -> list[MalformedEntryError]:
+        """The index's keys that look like entries but cannot be decoded, as errors
+        naming each key and its fault (for a repair, or ``DEL`` by hand)."""
+        with self._errors("malformed_entries"):
+            return [e async for _, _, e in self._scan_entries()
+                    if isinstance(e, MalformedEntryError)]
+
+    async def _scan_entries(
+        self,
+    ) -> AsyncIterator[tuple[str, bytes | None, LocalDatasetEntry | MalformedEntryError]]:
+        """(key, its raw name, the entry or why it is not one) for every entry key."""
         keys = [k async for k in self.redis.scan_iter(match=ENTRY_PREFIX + "*", count=1000)]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.hgetall(key)
-            for raw in await pipe.execute():
-                if raw:
-                    yield _entry_from_hash(raw)
+            results = await pipe.execute(raise_on_error=False)
+        for raw_key, raw in zip(keys, results, strict=True):
+            key = raw_key.decode(errors="replace")
+            if isinstance(raw, ResponseError):  # e.g. WRONGTYPE: a string under the prefix
+                yield key, None, MalformedEntryError(key, f"is not a hash ({raw})")
+            elif isinstance(raw, BaseException):
+                raise raw
+            elif raw:
+                try:
+                    entry: LocalDatasetEntry | MalformedEntryError = _entry_from_hash(raw, key)
+                except MalformedEntryError as bad:
+                    entry = bad
+                yield key, raw.get(b"name"), entry
+
+
+def _schema_from_json(key: str, raw: bytes) -> dict[str, Any]:
+    """A local schema record, or MalformedEntryError naming its key."""
+    try:
+        value = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise MalformedEntryError(key, "is not a JSON schema record") from None
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str) \
+            or not isinstance(value.get("fields"), list):
+        raise MalformedEntryError(key, "is not a schema record (no name or fields)")
+    return value
+
+
+def _check_sample_type(sample_type: Any) -> None:
+    import dataclasses
+
+    if not (isinstance(sample_type, type) and dataclasses.is_dataclass(sample_type)):
+        raise FieldTypeError("sample_type", "must be a @packable class, got "
+                             f"{getattr(sample_type, '__name__', type(sample_type).__name__)}")
+
+
+def _check_entry_args(ds: Any, name: Any, metadata: Any) -> None:
+    """add_entry's and insert_dataset's arguments, before anything is read or stored."""
+    if not isinstance(getattr(ds, "_core", ds), Dataset):
+        raise FieldTypeError("ds", f"must be a Dataset, got {type(ds).__name__}")
+    check_text("name", name, nonempty=True)
+    for i, url in enumerate(ds.shard_urls):
+        check_url(f"ds.shard_urls[{i}]", url)
+    check_metadata("metadata", metadata, for_record=False)
 
 
 def _semver_key(version: str) -> tuple[int, int, int] | None:
@@ -350,7 +483,4 @@ def _semver_key(version: str) -> tuple[int, int, int] | None:
 
 def _redact_url(url: str) -> str:
     """A redis URL without its password."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return redact_userinfo(url)

@@ -58,6 +58,13 @@ from ._schema import now_iso, parse_schema_ref
 from ._store import S3DataStore, ShardUpload, etag_of
 from ._tasks import run_per_shard, single_error
 from ._urls import local_path, parse_s3_url, url_kind
+from ._validate import (
+    check_entry,
+    check_handles,
+    check_metadata,
+    check_promotion_args,
+    check_text,
+)
 from ._xrpc import AtmosphereClient
 
 log = logging.getLogger("atdata_async.promote")
@@ -110,6 +117,9 @@ def plan_promotion(
     copy_prefix: str = "promoted",
 ) -> PromotionPlan:
     """Validate the entry and the record-to-be; decide each shard's fate. Pure."""
+    check_promotion_args(name=name, description=description, tags=tags, license=license,
+                         copy_prefix=copy_prefix)
+    check_entry(entry)
     if not entry.data_urls:
         raise EntryError(f"entry {entry.name!r} has no data URLs: nothing to promote")
     schema_name, schema_version = parse_schema_ref(entry.schema_ref)
@@ -126,6 +136,7 @@ def plan_promotion(
             raise EntryError("the entry's shards span several buckets; pass data_store= to copy "
                              "them into one")
     final_name = name if name is not None else entry.name
+    check_text("name", final_name, nonempty=True)
     checksums, sizes, etags = entry.checksums, entry.shard_sizes, entry.etags
     shards = []
     seen: set[str] = set()
@@ -140,6 +151,7 @@ def plan_promotion(
         shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url),
                                 etags.get(url)))
     samples = (entry.metadata or {}).get("num_samples")
+    check_metadata("metadata", record_metadata(entry.metadata), for_record=True)
     record = DatasetRecord(
         name=final_name, schema_ref=_PLACEHOLDER_REF, created_at=now_iso(),
         storage=StorageS3(bucket="placeholder", shards=[S3Shard(key="k")]),
@@ -235,11 +247,19 @@ async def _settle_shard(
     plan: ShardPlan, source: S3DataStore | None, http: HttpShardReader,
     dest: S3DataStore | None, compute_checksums: bool, tracker: ProgressTracker,
     log: ShardLog | None = None, resume: ShardResume | None = None,
+    verify: bool = True,
 ) -> ShardPlan:
     """Copy one shard (or just learn its size and checksum); verify what landed.
 
     One idempotent unit: its destination key is fixed by the plan, it starts from
-    ``resume`` (done already, or an upload to continue) and reports to ``log``."""
+    ``resume`` (done already, or an upload to continue) and reports to ``log``.
+
+    A checksum the entry claims is published only once proven: computed by us on the
+    way, recorded by our own insert (with the object's ETag, checked by a HEAD when a
+    store can reach it), or hashed here. ``verify=False`` drops an unproven claim
+    instead of hashing (the record then says "none" for that shard)."""
+    if plan.sha256 and not verify and not (plan.etag and plan.kind == "s3"):
+        plan = replace(plan, sha256=None)
     if resume is not None and resume.done is not None:
         sha256, size = resume.done
         _learn_size(tracker, plan, size)
@@ -249,8 +269,9 @@ async def _settle_shard(
         settled = plan
         if plan.kind == "s3" and source is not None:
             settled = await _check_in_place(plan, source, compute_checksums)
-        elif plan.kind == "http" and compute_checksums and not plan.sha256:
+        elif plan.kind == "http" and (compute_checksums or plan.sha256):
             digest, size = await http.sha256_of(plan.source_url)
+            _check_claim(plan, digest)
             settled = replace(plan, sha256=digest, size=size)
         _learn_size(tracker, plan, settled.size)
         tracker.add_bytes(settled.size or 0)
@@ -298,8 +319,9 @@ async def _check_in_place(plan: ShardPlan, source: S3DataStore,
     if plan.sha256 and plan.etag:
         head = await _still_as_inserted(plan, source)
         return replace(plan, size=int(head["ContentLength"]))
-    if plan.sha256 is None and compute_checksums:
+    if plan.sha256 or compute_checksums:  # a claim not tied to an ETag is proven here
         digest, size = await source.sha256_of(plan.source_url)
+        _check_claim(plan, digest)
         return replace(plan, sha256=digest, size=size)
     if plan.size is None:
         return replace(plan, size=await source.size_of(plan.source_url))
@@ -312,6 +334,14 @@ async def _still_as_inserted(plan: ShardPlan, source: S3DataStore) -> dict[str, 
     if etag_of(head) != plan.etag:
         raise _changed_since_insert(plan, f"ETag {etag_of(head)} != recorded {plan.etag}")
     return head
+
+
+def _check_claim(plan: ShardPlan, digest: str) -> None:
+    """The sha256 the entry claims must be the one its bytes have."""
+    if plan.sha256 and plan.sha256 != digest:
+        raise SourceChangedError(f"{plan.source_url}: its bytes hash to sha256 {digest}, not "
+                                 f"the {plan.sha256} the entry claims; nothing was published "
+                                 "with the wrong checksum (re-insert the dataset)")
 
 
 def _changed_since_insert(plan: ShardPlan, detail: str) -> SourceChangedError:
@@ -337,9 +367,13 @@ async def _verify_copy(plan: ShardPlan, done: ShardUpload, source: S3DataStore |
             await _still_as_inserted(plan, source)
     if done.sha256 and plan.sha256 and done.sha256 != plan.sha256:
         raise _changed_since_insert(plan, f"sha256 {done.sha256} != recorded {plan.sha256}")
-    digest = done.sha256 or plan.sha256
-    if digest is None and compute_checksums:
+    digest = done.sha256
+    if digest is None and plan.sha256 and plan.etag and (
+            done.etag == plan.etag or source is not None):
+        digest = plan.sha256  # the inserted version's own digest (ETag checked above)
+    if digest is None and (compute_checksums or plan.sha256):
         digest, _ = await dest.sha256_of(done.url)
+        _check_claim(plan, digest)
     return replace(plan, size=done.size, sha256=digest)
 
 
@@ -374,13 +408,21 @@ async def promote_to_atmosphere(
     max_concurrency: int = 8,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
+    verify: bool = True,
 ) -> str:
     """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
 
     By default the shards stay where they are; with ``data_store`` they are copied there
     (server-side when possible). KeyError: schema not in the local index; ValueError:
     an entry or a record that cannot be published (the message names the field).
+    ``verify=False``: checksums the entry claims are not hashed to prove them; unproven
+    ones are left out of the record instead.
     """
+    check_promotion_args(name=name, description=description, tags=tags, license=license,
+                         copy_prefix=copy_prefix, max_concurrency=max_concurrency,
+                         compute_checksums=compute_checksums, verify=verify)
+    check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store,
+                  progress=progress)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
                           tags=tags, license=license, copy_prefix=copy_prefix)
     if not client.is_authenticated:
@@ -388,6 +430,8 @@ async def promote_to_atmosphere(
                         "the AtmosphereClient is not logged in: call client.login() first")
     local_schema = await local_index.get_schema(entry.schema_ref)  # KeyError before any write
     source = source_store(local_index, data_store, plan)
+    if verify:
+        _refuse_unprovable(plan, source)
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
@@ -417,7 +461,7 @@ async def promote_to_atmosphere(
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item
             return await _settle_shard(shard, source, http, data_store, compute_checksums,
-                                       tracker, logs[i], resumes[i])
+                                       tracker, logs[i], resumes[i], verify)
 
         settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
                                       max_concurrency, tracker)
@@ -502,6 +546,20 @@ async def _open_journal(journal: PromotionJournal, plan: PromotionPlan,
     return resumes
 
 
+def _refuse_unprovable(plan: PromotionPlan, source: S3DataStore | None) -> None:
+    """A claimed checksum of an s3 shard that nobody can read cannot be proven: refuse
+    before any write (``verify=False`` publishes the shard without it). A checksum our
+    own insert recorded comes with the object's ETag: that one is ours."""
+    if source is not None:
+        return
+    for shard in plan.shards:
+        if shard.kind == "s3" and shard.sha256 and not shard.etag:
+            raise EntryError(
+                f"{shard.source_url}: the entry claims a sha256, but the local index has no "
+                "data store to read the shard and prove it; give LocalIndex a data_store, or "
+                "pass verify=False to publish without unproven checksums")
+
+
 def promotion_key(did: str, entry: LocalDatasetEntry, name: str,
                   dest: S3DataStore | None) -> str:
     """What makes two promotions "the same": account, entry, published name, destination."""
@@ -523,6 +581,9 @@ async def preview_promotion(
 ) -> dict[str, Any]:
     """What ``promote_to_atmosphere`` would do, writing nothing: the schema record to reuse
     or publish, the shards to copy (and bytes), and the dataset record to write."""
+    check_promotion_args(name=name, description=description, tags=tags, license=license,
+                         copy_prefix=copy_prefix)
+    check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
                           tags=tags, license=license, copy_prefix=copy_prefix)
     local_schema = await local_index.get_schema(entry.schema_ref)

@@ -46,9 +46,11 @@ from ._errors import (
 )
 from ._parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
+from ._redact import mask_key_id
 from ._streams import Pull, sha256_of_chunks
 from ._tasks import run_per_shard, single_error
 from ._urls import S3Location, parse_s3_url
+from ._validate import check_store_sizes, check_text, redact_userinfo, url_userinfo
 
 log = logging.getLogger("atdata_async.s3")
 
@@ -129,12 +131,17 @@ _AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "4
 
 @dataclass(frozen=True)
 class S3Credentials:
-    """Where and as whom to talk to S3. The secret never appears in the repr."""
+    """Where and as whom to talk to S3. The secret never appears in the repr, the access
+    key id only masked (``AKIA...WXYZ``: enough to tell two apart, not to use one)."""
 
     access_key_id: str
     secret_access_key: str = field(repr=False)
     endpoint: str | None = None
     region: str | None = None
+
+    def __repr__(self) -> str:
+        return (f"S3Credentials(access_key_id={mask_key_id(self.access_key_id)!r}, "
+                f"endpoint={self.endpoint!r}, region={self.region!r})")
 
     @classmethod
     def load(cls, source: Mapping[str, str] | str | os.PathLike[str]) -> S3Credentials:
@@ -146,9 +153,19 @@ class S3Credentials:
         missing = [k for k in _REQUIRED_KEYS if not values.get(k)]
         if missing:
             raise ConfigurationError(f"{origin} is missing {', '.join(missing)}")
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT",
+                    "AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION"):
+            if values.get(key) is not None and not isinstance(values[key], str):
+                raise ConfigurationError(f"{origin}: {key} must be a string")
         endpoint = values.get("AWS_ENDPOINT") or values.get("AWS_ENDPOINT_URL") or None
         if endpoint is not None and not endpoint.startswith(("http://", "https://")):
-            raise ConfigurationError(f"AWS_ENDPOINT must be an http(s) URL, got {endpoint!r}")
+            raise ConfigurationError(
+                f"AWS_ENDPOINT must be an http(s) URL, got {redact_userinfo(endpoint)!r}")
+        if endpoint is not None and url_userinfo(endpoint):
+            # It would be logged by botocore and published in storageS3 records.
+            raise ConfigurationError(f"AWS_ENDPOINT must not carry credentials "
+                                     f"(user:password@host): {redact_userinfo(endpoint)!r}; "
+                                     "S3 authenticates with the access key")
         return cls(
             access_key_id=values["AWS_ACCESS_KEY_ID"],
             secret_access_key=values["AWS_SECRET_ACCESS_KEY"],
@@ -253,8 +270,17 @@ class S3DataStore:
         copy_multipart_threshold: int = 1024 * MIB,
         copy_part_size: int = 128 * MIB,
     ) -> None:
+        check_text("bucket", bucket)
         if not bucket or "/" in bucket:
             raise ConfigurationError(f"bucket must be a bare bucket name, got {bucket!r}")
+        check_store_sizes(part_size=part_size, multipart_threshold=multipart_threshold,
+                          min_part_size=min_part_size,
+                          copy_multipart_threshold=copy_multipart_threshold,
+                          copy_part_size=copy_part_size, max_concurrency=max_concurrency,
+                          max_attempts=max_attempts)
+        if not isinstance(credentials, Mapping | str | os.PathLike):
+            raise ConfigurationError("credentials must be a dict, or the path of a .env file, "
+                                     f"got {type(credentials).__name__}")
         self.credentials = S3Credentials.load(credentials)
         self.bucket = bucket
         self.part_size = part_size
@@ -401,7 +427,7 @@ class S3DataStore:
             if code in _AUTH_CODES:
                 raise StorageError(
                     f"{operation} {target}: S3 refused the credentials "
-                    f"(access key id {self.credentials.access_key_id[:4]}...): {detail}",
+                    f"(access key id {mask_key_id(self.credentials.access_key_id)}): {detail}",
                     code=code,
                 ) from exc
             message = f"{operation} {target}: {status} {code}: {detail}"

@@ -22,6 +22,7 @@ import httpx
 
 from ._errors import (
     AuthError,
+    ConfigurationError,
     ConflictError,
     RateLimitedError,
     RecordNotFoundError,
@@ -30,7 +31,9 @@ from ._errors import (
 )
 from ._identity import IdentityResolver
 from ._lexicon import find_float
+from ._redact import redact, remember_secret
 from ._tasks import backoff
+from ._validate import check_int, check_number, check_text, check_url
 
 log = logging.getLogger("atdata_async.xrpc")
 
@@ -43,6 +46,10 @@ _CONFLICT_ERRORS = {"InvalidSwap", "DuplicateCreate", "RecordAlreadyExists"}
 # Procedures whose repetition after a lost response cannot change the outcome.
 _REPEATABLE_PROCEDURES = {"com.atproto.repo.putRecord", "com.atproto.repo.deleteRecord",
                           "com.atproto.server.createSession"}
+# Calls whose request carries a secret (a password, a refresh token): what the server
+# answers is never quoted beyond the XRPC error name and a message scrubbed of it.
+_AUTH_CALLS = {"com.atproto.server.createSession", "com.atproto.server.refreshSession",
+               "com.atproto.server.createAppPassword", "com.atproto.server.createAccount"}
 _RETRY_STATUSES = {500, 502, 503, 504}
 
 
@@ -81,8 +88,20 @@ class Session:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Session:
+        """A session exported by ``export_session``; ConfigurationError names what is
+        missing or malformed (never a token's value)."""
+        if not isinstance(data, dict):
+            raise ConfigurationError(f"a session must be a dict, got {type(data).__name__}")
+        for key in ("did", "handle", "accessJwt", "refreshJwt"):
+            if not isinstance(data.get(key), str) or not data[key]:
+                raise ConfigurationError(f"the session has no {key!r} string")
+        pds_url = data.get("pdsUrl")
+        if pds_url is not None:
+            check_url("session.pdsUrl", pds_url, schemes=("http", "https"))
+        remember_secret(data["accessJwt"])
+        remember_secret(data["refreshJwt"])
         return cls(data["did"], data["handle"], data["accessJwt"], data["refreshJwt"],
-                   data.get("pdsUrl"))
+                   pds_url)
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -124,6 +143,14 @@ class AtmosphereClient:
         plc_url: str | None = None,
         identity_ttl: float = 300.0,
     ) -> None:
+        check_url("base_url", base_url, schemes=("http", "https"))
+        if on_session_change is not None and not callable(on_session_change):
+            raise ValidationError("on_session_change", "must be callable")
+        check_number("max_rate_limit_wait", max_rate_limit_wait)
+        check_int("max_retries", max_retries, maximum=100)
+        check_number("backoff_base", backoff_base, maximum=3600)
+        check_number("refresh_margin", refresh_margin)
+        check_number("timeout", timeout, minimum=1e-3)
         self.base_url = base_url.rstrip("/")
         self.on_session_change = on_session_change
         self.max_rate_limit_wait = max_rate_limit_wait
@@ -191,6 +218,10 @@ class AtmosphereClient:
         if not handle_or_did or not app_password:
             raise AuthError("com.atproto.server.createSession", None, "InvalidRequest",
                             "login needs a handle (or DID) and an app password")
+        check_text("handle_or_did", handle_or_did, nonempty=True)
+        if not isinstance(app_password, str):
+            raise ValidationError("app_password", "must be a string")  # its value unsaid
+        remember_secret(app_password)
         body = await self._xrpc("com.atproto.server.createSession", procedure=True, auth=False,
                                 json_body={"identifier": handle_or_did,
                                            "password": app_password})
@@ -203,6 +234,8 @@ class AtmosphereClient:
         return self._require_session().to_dict()
 
     def _set_session(self, session: Session) -> None:
+        remember_secret(session.access_jwt)
+        remember_secret(session.refresh_jwt)
         self._session = session
         if self.on_session_change is not None:
             self.on_session_change(session.to_dict())
@@ -282,14 +315,14 @@ class AtmosphereClient:
                     await backoff(log, method, attempt, self.backoff_base, repr(exc))
                     continue
                 raise XrpcError(method, None, type(exc).__name__,
-                                f"cannot reach {self.service_url}: {str(exc) or repr(exc)}"
-                                ) from exc
+                                redact(f"cannot reach {self.service_url}: "
+                                       f"{str(exc) or repr(exc)}")) from exc
             limit = _rate_limit_of(response)
             if limit is not None:
                 self.rate_limits[method] = limit
             if response.status_code == 200:
                 return response.json() if response.content else {}
-            error, message = _error_fields(response)
+            error, message = _error_fields(response, secret_request=method in _AUTH_CALLS)
             if auth and error == "ExpiredToken" and not refreshed:
                 await self.refresh_session()
                 refreshed = True
@@ -455,7 +488,15 @@ def _query(params: dict[str, Any] | None) -> dict[str, Any] | None:
     return {k: v for k, v in params.items() if v is not None}
 
 
-def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
+def _error_fields(response: httpx.Response,
+                  secret_request: bool = False) -> tuple[str | None, str | None]:
+    """The XRPC ``error`` and ``message`` of a failed call, as short scrubbed strings.
+
+    After a call whose body held a secret (``secret_request``), only a JSON ``error``
+    name and ``message`` are kept, with every remembered secret masked: a server that
+    echoes the request (an HTML error page, a debugging proxy) cannot put the password
+    into our exception.
+    """
     try:
         body = response.json()
     except ValueError:
@@ -464,10 +505,29 @@ def _error_fields(response: httpx.Response) -> tuple[str | None, str | None]:
             # a web page, not an XRPC error: the URL is most likely not a PDS
             return None, (f"{response.url.host} answered with a web page ({kind or 'html'}), "
                           "not XRPC: is this URL a PDS?")
-        return None, response.text[:200].strip() or response.reason_phrase
+        if secret_request:
+            return None, response.reason_phrase or f"HTTP {response.status_code}"
+        return None, redact(response.text[:200].strip()) or response.reason_phrase
     if not isinstance(body, dict):
         return None, None
-    return body.get("error"), body.get("message")
+    error, message = body.get("error"), body.get("message")
+    error = redact(error[:100]) if isinstance(error, str) else None
+    message = redact(message[:500]) if isinstance(message, str) else None
+    if secret_request and message is not None and _echoes_request(response, message):
+        message = "(the server's message quoted the request; not shown)"
+    return error, message
+
+
+def _echoes_request(response: httpx.Response, message: str) -> bool:
+    """True when ``message`` repeats a value of the JSON request body (e.g. a password
+    that was not remembered as a secret yet)."""
+    try:
+        sent = json.loads(response.request.content or b"{}")
+    except (ValueError, RuntimeError):
+        return True
+    values = [v for k, v in (sent.items() if isinstance(sent, dict) else [])
+              if k in ("password", "token", "refreshJwt") and isinstance(v, str) and v]
+    return any(v in message or json.dumps(v)[1:-1] in message for v in values)
 
 
 def _reset_at(response: httpx.Response) -> float | None:

@@ -9,12 +9,12 @@ import pytest
 PUBLIC = {
     "atdata_async": [
         "AtdataError", "AuthError", "ChecksumMismatchError", "ConfigurationError",
-        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "IdentityError",
-        "IdentityNotFoundError", "LocalIndexError", "NotFoundError",
-        "PackableSample", "PromotionBusyError",
-        "RateLimitedError", "RecordNotFoundError", "SchemaNotFoundError", "ShardTransferError",
-        "SourceChangedError", "StorageError", "TransferProgress", "UntrustedSourceError",
-        "ValidationError",
+        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "FieldTypeError",
+        "IdentityError", "IdentityNotFoundError", "LocalIndexError", "MalformedEntryError",
+        "NotFoundError", "PackableSample", "PromotionBusyError",
+        "RateLimitedError", "RecordNotFoundError", "RedactingFilter", "SchemaNotFoundError",
+        "ShardTransferError", "SourceChangedError", "StorageError", "TransferProgress",
+        "UntrustedSourceError", "ValidationError",
         "XrpcError", "packable"],
     "atdata_async.local": [
         "LocalDatasetEntry", "LocalIndex", "ObjectNotFoundError", "S3Credentials",

@@ -363,10 +363,12 @@ async def test_http_urls_become_a_storage_http_record(index, client):
         Dataset[FeatureSample](urls), name="web",
         metadata={"checksums": {u: f"{i:064x}" for i, u in enumerate(urls)},
                   "shard_sizes": {u: 100 for u in urls}})
-    got = await AtmosphereIndex(client).get_dataset(
-        await promote_to_atmosphere(entry, index, client))
+    # Claimed checksums nobody can check (the host does not exist) are never published:
+    # verify=False (with compute_checksums=False) publishes the shards without them.
+    got = await AtmosphereIndex(client).get_dataset(await promote_to_atmosphere(
+        entry, index, client, verify=False, compute_checksums=False))
     assert type(got.storage).__name__ == "StorageHttp" and got.data_urls == urls
-    assert got.checksums == entry.checksums and got.size["bytes"] == 200
+    assert got.checksums == {} and got.size["bytes"] == 200
 
 
 def http_shards(http_server, name: str, **kw) -> tuple[list, list[str]]:
