@@ -61,7 +61,6 @@ from ._urls import local_path, parse_s3_url, url_kind
 from ._validate import (
     check_entry,
     check_handles,
-    check_metadata,
     check_promotion_args,
     check_text,
 )
@@ -151,7 +150,6 @@ def plan_promotion(
         shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url),
                                 etags.get(url)))
     samples = (entry.metadata or {}).get("num_samples")
-    check_metadata("metadata", record_metadata(entry.metadata), for_record=True)
     record = DatasetRecord(
         name=final_name, schema_ref=_PLACEHOLDER_REF, created_at=now_iso(),
         storage=StorageS3(bucket="placeholder", shards=[S3Shard(key="k")]),
