@@ -364,6 +364,21 @@ class LocalIndex:
             stored = await self.redis.hget(PROMOTIONS, promotion)
         return stored.decode() if stored is not None else fresh
 
+    async def record_keys_for(self, fresh: Mapping[str, str]) -> dict[str, tuple[str, bool]]:
+        """``record_key_for`` for many promotions in one round trip: promotion key ->
+        (record key, whether it was remembered from an earlier run)."""
+        keys = list(fresh)
+        if not keys:
+            return {}
+        with self._errors("record_keys_for"):
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for key in keys:
+                    pipe.hsetnx(PROMOTIONS, key, fresh[key])
+                pipe.hmget(PROMOTIONS, keys)
+                *added, stored = await pipe.execute()
+        return {key: (value.decode() if value is not None else fresh[key], not new)
+                for key, new, value in zip(keys, added, stored, strict=True)}
+
     async def get_entry(self, cid: str) -> LocalDatasetEntry:
         check_text("cid", cid, nonempty=True)
         with self._errors("get_entry"):

@@ -38,17 +38,19 @@ async def run_per_shard(
     names: Sequence[str],
     items: Sequence[Any],
     work: Callable[[Any], Awaitable[Any]],
-    concurrency: int,
+    concurrency: int | anyio.CapacityLimiter,
     tracker: ProgressTracker | None = None,
 ) -> list[Any]:
-    """Run ``work(item)`` for every shard, at most ``concurrency`` at once.
+    """Run ``work(item)`` for every shard, at most ``concurrency`` at once (a limiter
+    shared with other calls bounds them all together: promote_many's one limit).
 
     The first failure cancels the rest; then one ShardTransferError lists each failed
     shard. Cancellation from outside propagates unchanged.
     """
     results: list[Any] = [None] * len(items)
     failures: dict[str, BaseException] = {}
-    limiter = anyio.CapacityLimiter(max(1, concurrency))
+    limiter = (concurrency if isinstance(concurrency, anyio.CapacityLimiter)
+               else anyio.CapacityLimiter(max(1, concurrency)))
 
     async def run(i: int) -> None:
         async with limiter:

@@ -5,7 +5,8 @@
     atdata-async ls
     atdata-async schemas [--remote]
     atdata-async schemas publish module:Class --version V
-    atdata-async promote NAME [--copy-to s3://bucket/prefix --credentials FILE.env]
+    atdata-async promote NAME... | --all | --match GLOB
+                         [--copy-to s3://bucket/prefix --credentials FILE.env]
                               [--name N] [--description D] [--tag T]... [--license L]
     atdata-async show AT_URI
     atdata-async dev up|down|status          (in a clone: local services to try it on)
@@ -235,8 +236,14 @@ def build_parser() -> argparse.ArgumentParser:
     show = command("show", "show a published dataset (no login needed)")
     show.add_argument("at_uri", metavar="AT_URI")
 
-    promote = command("promote", "publish a local entry as ATProto records")
-    promote.add_argument("entry", metavar="NAME", help="the local entry's name")
+    promote = command("promote", "publish local entries as ATProto records")
+    promote.add_argument("entry", metavar="NAME", nargs="*",
+                         help="the local entries' names (several: one batch)")
+    promote.add_argument("--all", action="store_true", dest="all_entries",
+                         help="promote every local entry (one batch; reruns add what is "
+                              "missing)")
+    promote.add_argument("--match", metavar="GLOB",
+                         help="promote the entries whose names match the glob (one batch)")
     promote.add_argument("--copy-to", metavar="s3://BUCKET[/PREFIX]",
                          help="copy the shards to this S3 location first")
     promote.add_argument("--credentials", metavar="FILE.env",
@@ -403,6 +410,7 @@ class Outcome:
 
     def __init__(self) -> None:
         self.written: list[str] = []   # records written (at:// URIs), in order
+        self.failed: list[BaseException] = []  # a batch's failed entries (exit code)
 
     def interrupted_message(self) -> str:
         name = signal.Signals(Interrupt.signum or signal.SIGINT).name
@@ -427,6 +435,8 @@ def main(argv: list[str] | None = None) -> int:
                 prog = " ".join(["atdata-async", args.command,
                                  getattr(args, "schemas_command", None) or ""]).strip()
                 raise UsageError(f"unrecognized arguments: {' '.join(extra)}", prog)
+            if args.command == "promote":
+                check_promote_args(args)
         except UsageError as exc:
             wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
             report(argparse.Namespace(json=wants_json), "usage", f"{exc.prog}: {exc}",
@@ -436,7 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             return dev(args)
         import anyio
 
-        return emit(args, *anyio.run(run, args, outcome))
+        status = emit(args, *anyio.run(run, args, outcome))
+        return EXIT_CODES[error_code(outcome.failed[0])] if outcome.failed else status
     except KeyboardInterrupt:
         report(args, "interrupted", outcome.interrupted_message(), None)
         return Interrupt.exit_code()
@@ -710,9 +721,10 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
                   outcome: Outcome) -> Result:
     from ._promote import preview_promotion, promote_to_atmosphere
 
-    entry = await index.get_entry_by_name(args.entry)
-    s3_buckets = [u.removeprefix("s3://").split("/", 1)[0] for u in entry.data_urls
-                  if u.startswith("s3://")]
+    entries = await entries_to_promote(args, index)
+    entry = entries[0]
+    s3_buckets = [u.removeprefix("s3://").split("/", 1)[0] for e in entries
+                  for u in e.data_urls if u.startswith("s3://")]
     dest, prefix = None, "promoted"
     stores: list[S3DataStore] = []
     try:
@@ -734,6 +746,8 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         kwargs: dict[str, Any] = dict(data_store=dest, name=args.name,
                                       description=args.description, tags=args.tags,
                                       license=args.license, copy_prefix=prefix)
+        if is_batch(args):
+            return await promote_batch(args, entries, index, client, outcome, kwargs)
         if args.dry_run:
             plan = await preview_promotion(entry, index, client, **kwargs)
             plan["checks"] = await dry_run_checks(args, entry, index, client, dest)
@@ -781,6 +795,73 @@ def print_cleanup(r: dict[str, Any]) -> None:
     print(f"kept {r['kept']} object(s) a record, an entry or a live promotion refers to")
     if not r["removed"] and (r["uploads"] or r["objects"]):
         print("dry run: rerun with --yes to remove them")
+
+
+def is_batch(args: argparse.Namespace) -> bool:
+    return bool(args.all_entries or args.match is not None or len(args.entry) > 1)
+
+
+def check_promote_args(args: argparse.Namespace) -> None:
+    prog = "atdata-async promote"
+    if sum(map(bool, (args.entry, args.all_entries, args.match is not None))) != 1:
+        raise UsageError("give entry NAMEs, --all or --match GLOB (one of them)", prog)
+    if is_batch(args) and args.name:
+        raise UsageError("--name renames one entry; a batch keeps each entry's name", prog)
+
+
+async def entries_to_promote(args: argparse.Namespace, index: LocalIndex) -> list[Any]:
+    """The named entries, every entry (--all) or those matching --match, by name."""
+    import fnmatch
+
+    if args.entry:
+        return [await index.get_entry_by_name(n) for n in dict.fromkeys(args.entry)]
+    found = sorted(await index.list_entries(), key=lambda e: e.name)
+    if args.match is not None:
+        found = [e for e in found if fnmatch.fnmatchcase(e.name, args.match)]
+    if not found:
+        from ._errors import EntryNotFoundError
+
+        raise EntryNotFoundError("no local entry " + (f"matches {args.match!r}" if args.match
+                                                      else "to promote"))
+    return found
+
+
+async def promote_batch(args: argparse.Namespace, entries: list[Any], index: LocalIndex,
+                        client: AtmosphereClient, outcome: Outcome,
+                        kwargs: dict[str, Any]) -> Result:
+    """Many entries in one promote_many: one line per entry; a failed entry fails the
+    exit code (that of its error), the others are published all the same."""
+    from ._batch import promote_many
+
+    kwargs.pop("name", None)
+    if args.dry_run:
+        rows = [{"name": e.name, "shards": len(e.data_urls)} for e in entries]
+        return {"dry_run": True, "entries": rows}, lambda r: print(
+            "\n".join(f"would promote {x['name']} ({x['shards']} shards)" for x in r["entries"])
+            + "\ndry run: nothing was written")
+    results = await promote_many(entries, index, client, max_concurrency=args.concurrency,
+                                 progress=progress_for(args), **kwargs)
+    finish_progress(args)
+    rows = []
+    for r in results:
+        if r.uri and not r.existing:
+            outcome.written.append(r.uri)
+        rows.append({"name": r.name, "uri": r.uri, "existing": r.existing,
+                     "error": None if r.error is None else error_code(r.error),
+                     "message": None if r.error is None else message_of(r.error)})
+    outcome.failed = [r.error for r in results if r.error is not None]
+
+    def human(data: dict[str, Any]) -> None:
+        for row in data["entries"]:
+            if row["error"]:
+                print(f"failed    {row['name']}: {row['message'].splitlines()[0]}")
+            else:
+                verb = "exists   " if row["existing"] else "published"
+                print(f"{verb} {row['name']}  {row['uri']}")
+        done = sum(1 for row in data["entries"] if not row["error"])
+        print(f"{done} of {len(data['entries'])} entries published")
+
+    return {"entries": rows}, human
 
 
 def left_behind(exc: ShardTransferError, dest: S3DataStore | None) -> ShardTransferError:

@@ -1,5 +1,6 @@
 """Promotion of local dataset entries to ATProto (async core)."""
 
+from ._batch import PromotionOutcome, promote_many
 from ._cleanup import CleanupReport, cleanup_promotions
 from ._promote import (
     PromotionPlan,
@@ -11,10 +12,12 @@ from ._promote import (
 
 __all__ = [
     "CleanupReport",
+    "PromotionOutcome",
     "PromotionPlan",
     "ShardPlan",
     "cleanup_promotions",
     "plan_promotion",
     "preview_promotion",
+    "promote_many",
     "promote_to_atmosphere",
 ]

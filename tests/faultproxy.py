@@ -162,7 +162,9 @@ class FaultProxy:
         if fault is not None and fault.on_fire is not None and kind in ("status", "reset"):
             fault.on_fire()
         if kind == "status":
-            writer.write(_response(fault.status, b'{"error":"InjectedFault","message":"injected"}'))  # type: ignore[union-attr]
+            writer.write(_response(fault.status,  # type: ignore[union-attr]
+                                   b'{"error":"InjectedFault","message":"injected"}',
+                                   fault.headers))  # type: ignore[union-attr]
             await writer.drain()
             return False
         if kind == "reset" and fault is not None:
@@ -199,8 +201,9 @@ class FaultProxy:
         return False  # upstream was asked to close: so do we
 
 
-def _response(status: int, body: bytes) -> bytes:
-    return (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n"
+def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    return (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n{extra}"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
 
 

@@ -25,8 +25,8 @@ PUBLIC = {
         "SCHEMA_COLLECTION", "SchemaRecord", "Session", "StorageBlobs", "StorageExternal",
         "StorageHttp", "StorageS3", "next_tid", "parse_at_uri"],
     "atdata_async.promote": [
-        "CleanupReport", "PromotionPlan", "ShardPlan", "cleanup_promotions", "plan_promotion",
-        "preview_promotion",
+        "CleanupReport", "PromotionOutcome", "PromotionPlan", "ShardPlan",
+        "cleanup_promotions", "plan_promotion", "preview_promotion", "promote_many",
         "promote_to_atmosphere"],
 }
 

@@ -53,7 +53,7 @@ def test_facade_signatures_match_the_async_core(name, facade, core):
 
 
 @pytest.mark.parametrize("name", ["promote_to_atmosphere", "preview_promotion",
-                                  "cleanup_promotions"])
+                                  "cleanup_promotions", "promote_many"])
 def test_promote_facade_has_the_async_signature(name):
     sync_fn = getattr(atdata_async.sync.promote, name)
     async_fn = getattr(atdata_async.promote, name)
@@ -66,7 +66,8 @@ def test_non_facade_names_are_the_same_objects():
         for name in sync_mod.__all__:
             obj = getattr(sync_mod, name)
             if not (isinstance(obj, type) and issubclass(obj, Facade)) and name not in (
-                    "promote_to_atmosphere", "preview_promotion", "cleanup_promotions"):
+                    "promote_to_atmosphere", "preview_promotion", "cleanup_promotions",
+                    "promote_many"):
                 assert obj is getattr(async_mod, name), name
 
 

@@ -9,3 +9,4 @@ __all__ = _core.__all__
 promote_to_atmosphere = blocking_function(_core.promote_to_atmosphere)
 preview_promotion = blocking_function(_core.preview_promotion)
 cleanup_promotions = blocking_function(_core.cleanup_promotions)
+promote_many = blocking_function(_core.promote_many)

@@ -1,0 +1,456 @@
+"""promote_many: many entries published in one pass.
+
+    plan every entry (pure; a bad entry fails alone)
+      -> record keys for all of them in one Redis round trip (remembered ones reused)
+      -> the remembered ones the PDS already holds are done: a rerun publishes only what
+         is missing, and never a second record for the same promotion
+      -> every entry's shards settle under ONE concurrency limit; each entry's schema is
+         found (one listing per client) or published once all its shards settled
+      -> settled records go out through applyWrites: at most 200 writes and
+         ``MAX_WRITE_BYTES`` per call, paced by the PDS's ratelimit-* headers
+
+Each entry gets an outcome (its at-uri, or the error that stopped it); one entry's
+failure never stops the others.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import anyio
+import msgspec
+
+from ._atproto import next_tid
+from ._errors import AuthError, EntryError, RateLimitedError, RecordNotFoundError, XrpcError
+from ._http import HttpShardReader
+from ._index import LocalDatasetEntry, LocalIndex
+from ._journal import PromotionJournal, ShardLog, ShardResume
+from ._lexicon import DATASET_COLLECTION, DatasetSize, to_json, validate_dataset
+from ._progress import ProgressCallback, ProgressTracker
+from ._promote import (
+    PromotionPlan,
+    ShardPlan,
+    _open_journal,
+    _settle_shard,
+    _storage,
+    plan_promotion,
+    promotion_key,
+    schema_registry,
+    source_store,
+)
+from ._store import S3DataStore
+from ._tasks import backoff, run_per_shard, single_error
+from ._xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
+
+log = logging.getLogger("atdata_async.batch")
+
+APPLY_WRITES = "com.atproto.repo.applyWrites"
+# The reference PDS takes 1,000,000 bytes of JSON per applyWrites call; stay under it.
+MAX_WRITE_BYTES = 900_000
+CREATE_POINTS = 3  # what one create costs in the PDS's write budget
+_CREATE = "com.atproto.repo.applyWrites#create"
+# Above this many remembered keys one listing of the collection beats a getRecord each.
+_LIST_ABOVE = 50
+
+
+@dataclass(frozen=True)
+class PromotionOutcome:
+    """What became of one entry: ``uri`` when published (now or by an earlier run:
+    ``existing``), else ``error``."""
+
+    name: str
+    uri: str | None = None
+    error: BaseException | None = None
+    existing: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass
+class _Job:
+    index: int
+    entry: LocalDatasetEntry
+    plan: PromotionPlan
+    key: str = ""
+    rkey: str = ""
+    remembered: bool = False
+
+
+async def promote_many(
+    entries: Sequence[LocalDatasetEntry],
+    local_index: LocalIndex,
+    client: AtmosphereClient,
+    *,
+    data_store: S3DataStore | None = None,
+    description: str | None = None,
+    tags: Sequence[str] | None = None,
+    license: str | None = None,
+    compute_checksums: bool = True,
+    max_concurrency: int = 8,
+    copy_prefix: str = "promoted",
+    progress: ProgressCallback | None = None,
+    max_rate_limit_wait: float = 3600.0,
+) -> list[PromotionOutcome]:
+    """Publish every entry (each under its own name); one outcome per entry, in order.
+
+    Idempotent: an entry already published by an earlier run (same account, entry, name
+    and destination) is reported ``existing`` and not written again. Record writes wait
+    for the PDS's write budget to reset, up to ``max_rate_limit_wait`` seconds a time.
+    """
+    if not client.is_authenticated:
+        raise AuthError("promote_many", None, "NotLoggedIn",
+                        "the AtmosphereClient is not logged in: call client.login() first")
+    outcomes: list[PromotionOutcome | None] = [None] * len(entries)
+    jobs: list[_Job] = []
+    for i, entry in enumerate(entries):
+        try:
+            plan = plan_promotion(entry, copy_to=data_store, description=description,
+                                  tags=tags, license=license, copy_prefix=copy_prefix)
+        except Exception as exc:
+            outcomes[i] = PromotionOutcome(entry.name, error=exc)
+            continue
+        jobs.append(_Job(i, entry, plan, promotion_key(client.did, entry, plan.record.name,
+                                                       data_store)))
+    jobs, twins = _unique(jobs, data_store is not None, outcomes)
+
+    keys = await local_index.record_keys_for({j.key: next_tid() for j in jobs})
+    for job in jobs:
+        job.rkey, job.remembered = keys[job.key]
+    existing = await _existing_records(client, [j.rkey for j in jobs if j.remembered])
+    todo = []
+    for job in jobs:
+        if job.rkey in existing:
+            outcomes[job.index] = PromotionOutcome(job.entry.name, existing[job.rkey],
+                                                   existing=True)
+        else:
+            todo.append(job)
+
+    shards = [s for job in todo for s in job.plan.shards]
+    tracker = ProgressTracker(progress, len(shards), sum(s.size or 0 for s in shards))
+    limiter = anyio.CapacityLimiter(max(1, max_concurrency))
+    writer = _Writer(client, max_rate_limit_wait)
+    ready: dict[int, _Settled] = {}
+    send, receive = anyio.create_memory_object_stream[tuple[_Job, dict[str, Any]]](
+        max_buffer_size=len(todo) or 1)
+
+    async def settle(job: _Job) -> None:
+        try:
+            ready[job.index] = await _settle_entry(job, local_index, client, data_store,
+                                                   compute_checksums, limiter, tracker, http)
+        except Exception as exc:
+            outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
+            return
+        await send.send((job, ready[job.index].record))
+
+    async def done(results: list[tuple[_Job, str | BaseException]]) -> None:
+        for job, result in results:
+            outcomes[job.index] = _outcome(job, result)
+            await ready.pop(job.index).finish(result if isinstance(result, str) else None)
+
+    async def settle_all() -> None:
+        with single_error():
+            async with send, anyio.create_task_group() as tg:
+                for job in todo:
+                    tg.start_soon(settle, job)
+
+    async def write_all() -> None:
+        async with receive:
+            async for job, record in receive:
+                await done(await writer.add(job, record))
+        await done(await writer.flush())
+
+    try:
+        async with HttpShardReader() as http:
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(settle_all)
+                    tg.start_soon(write_all)
+    finally:
+        with anyio.CancelScope(shield=True):
+            for left in ready.values():  # settled, never written (cancelled, failed)
+                await left.finish(None)
+
+    for twin, first in twins:
+        got = outcomes[first]
+        assert got is not None
+        outcomes[twin] = PromotionOutcome(entries[twin].name, got.uri, got.error, got.existing)
+    return [o if o is not None else PromotionOutcome(e.name, error=RuntimeError("not run"))
+            for o, e in zip(outcomes, entries, strict=True)]
+
+
+def _outcome(job: _Job, result: str | BaseException) -> PromotionOutcome:
+    if isinstance(result, BaseException):
+        return PromotionOutcome(job.entry.name, error=result)
+    return PromotionOutcome(job.entry.name, result)
+
+
+def _unique(jobs: list[_Job], copies: bool, outcomes: list[PromotionOutcome | None]
+            ) -> tuple[list[_Job], list[tuple[int, int]]]:
+    """The same promotion twice in a batch runs once (the twin shares its outcome); two
+    different entries published under one name into one store would share keys: the
+    later fails."""
+    by_key: dict[str, _Job] = {}
+    by_name: dict[str, _Job] = {}
+    unique, twins = [], []
+    for job in jobs:
+        if job.key in by_key:
+            twins.append((job.index, by_key[job.key].index))
+            continue
+        name = job.plan.record.name
+        if copies and name in by_name:
+            outcomes[job.index] = PromotionOutcome(job.entry.name, error=EntryError(
+                f"two entries of the batch are both published as {name!r} into one store; "
+                "their shards would collide"))
+            continue
+        by_key[job.key] = by_name[name] = job
+        unique.append(job)
+    return unique, twins
+
+
+async def _existing_records(client: AtmosphereClient, rkeys: list[str]) -> dict[str, str]:
+    """Which of these dataset record keys the repo already holds: rkey -> at-uri."""
+    if not rkeys:
+        return {}
+    wanted = set(rkeys)
+    found: dict[str, str] = {}
+    if len(rkeys) > _LIST_ABOVE:
+        async for rec in client.list_records(DATASET_COLLECTION):
+            rkey = str(rec["uri"]).rsplit("/", 1)[-1]
+            if rkey in wanted:
+                found[rkey] = str(rec["uri"])
+        return found
+    limiter = anyio.CapacityLimiter(8)
+
+    async def one(rkey: str) -> None:
+        async with limiter:
+            try:
+                got = await client.get_record(DATASET_COLLECTION, rkey)
+            except RecordNotFoundError:
+                return
+            found[rkey] = str(got["uri"])
+
+    async with anyio.create_task_group() as tg:
+        for rkey in rkeys:
+            tg.start_soon(one, rkey)
+    return found
+
+
+@dataclass
+class _Settled:
+    """An entry ready to publish: its record, and its journal to compact afterwards."""
+
+    record: dict[str, Any]
+    settled: list[ShardPlan]
+    journal: PromotionJournal | None = None
+    logs: list[ShardLog | None] | None = None
+
+    async def finish(self, uri: str | None) -> None:
+        """After the write: compact the journal if the record landed; drop the lease."""
+        if self.journal is None:
+            return
+        try:
+            if uri is not None:
+                await self.journal.flush()
+                await self.journal.publish(uri, self.settled, {
+                    i: lg.etag for i, lg in enumerate(self.logs or []) if lg is not None})
+        finally:
+            await self.journal.release()
+
+
+async def _settle_entry(
+    job: _Job, local_index: LocalIndex, client: AtmosphereClient,
+    data_store: S3DataStore | None, compute_checksums: bool, limiter: anyio.CapacityLimiter,
+    tracker: ProgressTracker, http: HttpShardReader,
+) -> _Settled:
+    """One entry's shards settled under the batch's limiter (resumed from its journal
+    when copying), its schema found or published after them, its record validated."""
+    plan = job.plan
+    local_schema = await local_index.get_schema(job.entry.schema_ref)
+    source = source_store(local_index, data_store, plan)
+    journal: PromotionJournal | None = None
+    resumes = [ShardResume()] * len(plan.shards)
+    logs: list[ShardLog | None] = [None] * len(plan.shards)
+    try:
+        if data_store is not None and plan.copies:
+            journal = PromotionJournal(local_index, job.key)
+            resumes = await _open_journal(journal, plan, job.entry, data_store)
+            logs = [journal.shard(i, s, r) for i, (s, r) in
+                    enumerate(zip(plan.shards, resumes, strict=True))]
+
+        async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
+            i, shard = item
+            return await _settle_shard(shard, source, http, data_store, compute_checksums,
+                                       tracker, logs[i], resumes[i])
+
+        settled: list[ShardPlan] = []
+        with single_error():
+            async with anyio.create_task_group() as tg:
+                flusher = anyio.CancelScope()
+                if journal is not None:
+
+                    async def flush_journal(journal: PromotionJournal = journal) -> None:
+                        with flusher:
+                            await journal.run_flusher()
+
+                    tg.start_soon(flush_journal)
+                settled = await run_per_shard([s.source_url for s in plan.shards],
+                                              list(enumerate(plan.shards)), one, limiter,
+                                              tracker)
+                flusher.cancel()
+        schema_uri = await schema_registry(client).find_or_publish(client, local_schema)
+        sizes = [s.size for s in settled]
+        total = sum(x for x in sizes if x is not None) if None not in sizes else None
+        record = validate_dataset(msgspec.structs.replace(
+            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
+            size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
+    except BaseException:
+        if journal is not None:
+            await journal.release()
+        raise
+    return _Settled(to_json(record), settled, journal, logs)
+
+
+# -- writing: chunks under both limits, paced by the PDS's write budget -------------------
+
+
+def writes_allowed(limit: RateLimit | None, now: float) -> int | None:
+    """How many creates the last ratelimit-* headers allow before their reset (None:
+    no limit known, or it has reset since)."""
+    if limit is None or limit.reset_at <= now:
+        return None
+    return max(0, limit.remaining) // CREATE_POINTS
+
+
+def _write_op(rkey: str, record: dict[str, Any]) -> dict[str, Any]:
+    return {"$type": _CREATE, "collection": DATASET_COLLECTION, "rkey": rkey, "value": record}
+
+
+async def _wait(seconds: float) -> None:
+    """Sleep for the rate limiter (a seam the tests replace)."""
+    await anyio.sleep(seconds)
+
+
+class _Writer:
+    """Collects settled records; sends them in applyWrites chunks as they fill."""
+
+    def __init__(self, client: AtmosphereClient, max_wait: float) -> None:
+        self.client = client
+        self.max_wait = max_wait
+        self.pending: list[tuple[_Job, dict[str, Any], int]] = []
+        self.pending_bytes = 0
+        self.calls = 0
+        self.waited = 0.0
+
+    async def add(self, job: _Job, record: dict[str, Any]
+                  ) -> list[tuple[_Job, str | BaseException]]:
+        op = _write_op(job.rkey, record)
+        size = len(json.dumps(op, separators=(",", ":")).encode()) + 1
+        results: list[tuple[_Job, str | BaseException]] = []
+        if self.pending and (len(self.pending) >= MAX_WRITES_PER_CALL
+                             or self.pending_bytes + size > MAX_WRITE_BYTES):
+            results = await self.flush()
+        self.pending.append((job, op, size))
+        self.pending_bytes += size
+        if len(self.pending) >= MAX_WRITES_PER_CALL:
+            results += await self.flush()
+        return results
+
+    async def flush(self) -> list[tuple[_Job, str | BaseException]]:
+        batch, self.pending, self.pending_bytes = self.pending, [], 0
+        results: list[tuple[_Job, str | BaseException]] = []
+        while batch:
+            allowed = await self._budget(len(batch))
+            if isinstance(allowed, BaseException):
+                results += [(job, allowed) for job, _, _ in batch]
+                break
+            chunk, batch = batch[:allowed], batch[allowed:]
+            results += await self._send(chunk)
+        return results
+
+    async def _budget(self, wanted: int) -> int | BaseException:
+        """How many writes to send now, after waiting for the budget's reset if none."""
+        while True:
+            now = time.time()
+            limit = self.client.rate_limits.get(APPLY_WRITES)
+            allowed = writes_allowed(limit, now)
+            if allowed is None or allowed >= wanted:
+                return wanted
+            if allowed > 0:
+                return allowed
+            assert limit is not None
+            wait = limit.reset_at - now + 1.0
+            if wait > self.max_wait:
+                return RateLimitedError(APPLY_WRITES, 429, "RateLimitExceeded",
+                                        f"the write budget resets in {wait:.0f}s, more than "
+                                        f"max_rate_limit_wait={self.max_wait:.0f}s",
+                                        reset_at=limit.reset_at)
+            log.info("write budget spent (%d left of %d); waiting %.0fs for its reset",
+                     limit.remaining, limit.limit, wait)
+            self.waited += wait
+            await _wait(wait)
+            # forget the spent budget: the next answer brings fresh headers
+            self.client.rate_limits.pop(APPLY_WRITES, None)
+
+    async def _send(self, chunk: list[tuple[_Job, dict[str, Any], int]]
+                    ) -> list[tuple[_Job, str | BaseException]]:
+        """One applyWrites call (atomic). A lost answer is checked at the first key; a
+        429 waits for its reset; a permanent error falls back to one write per record
+        so that only the bad one fails."""
+        writes = [op for _, op, _ in chunk]
+        attempt = 0
+        while True:
+            try:
+                self.calls += 1
+                known = self.client.rate_limits.get(APPLY_WRITES)
+                body = await self.client.procedure(
+                    APPLY_WRITES, {"repo": self.client.did, "writes": writes})
+                if known is not None and self.client.rate_limits.get(APPLY_WRITES) is known:
+                    # no fresh headers came back: count what this call spent ourselves
+                    self.client.rate_limits[APPLY_WRITES] = replace(
+                        known, remaining=known.remaining - CREATE_POINTS * len(writes))
+                results = body.get("results") or []
+                uris = [r.get("uri") for r in results] + [None] * len(chunk)
+                return [(job, str(uris[i] or _uri(self.client, job.rkey)))
+                        for i, (job, _, _) in enumerate(chunk)]
+            except RateLimitedError as exc:
+                wait = (exc.reset_at or time.time() + 1) - time.time() + 1.0
+                if wait > self.max_wait:
+                    return [(job, exc) for job, _, _ in chunk]
+                log.info("applyWrites rate limited; waiting %.0fs", wait)
+                self.waited += wait
+                await _wait(max(0.0, wait))
+            except XrpcError as exc:
+                transient = exc.status is None or exc.status >= 500
+                if transient and await self._landed(chunk[0][0].rkey):
+                    return [(job, _uri(self.client, job.rkey)) for job, _, _ in chunk]
+                if transient and attempt < self.client.max_retries:
+                    attempt += 1
+                    await backoff(log, APPLY_WRITES, attempt, self.client.backoff_base,
+                                  f"{exc.status} {exc.error}")
+                    continue
+                if len(chunk) == 1:
+                    return [(chunk[0][0], exc)]
+                out: list[tuple[_Job, str | BaseException]] = []
+                for one in chunk:  # find the write the PDS refuses; the rest go through
+                    out += await self._send([one])
+                return out
+
+    async def _landed(self, rkey: str) -> bool:
+        """Did an applyWrites whose answer was lost go through? (It is atomic: its first
+        record tells for all.)"""
+        try:
+            await self.client.get_record(DATASET_COLLECTION, rkey)
+        except XrpcError:
+            return False
+        return True
+
+
+def _uri(client: AtmosphereClient, rkey: str) -> str:
+    return f"at://{client.did}/{DATASET_COLLECTION}/{rkey}"

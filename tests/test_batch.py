@@ -1,0 +1,326 @@
+"""promote_many against real redis-server + moto S3 + the reference PDS (one of them with
+its real rate limiter on), with faults from tests/faultproxy.py."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from atdata_async import (
+    EntryError,
+    RateLimitedError,
+    SchemaNotFoundError,
+    ShardTransferError,
+)
+from atdata_async import _batch as batch_module
+from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient, AtmosphereIndex
+from atdata_async.local import LocalDatasetEntry, LocalIndex
+from atdata_async.promote import promote_many, promote_to_atmosphere
+from tests import services, test_cli
+from tests.conftest import make_bucket, make_credentials
+from tests.faultproxy import Fault, FaultProxy
+from tests.samples import FeatureSample
+from tests.test_promote import insert, read_s3, schema_records, store_for
+
+pytestmark = [pytest.mark.anyio, pytest.mark.pds]
+
+
+@pytest.fixture
+async def index(redis_url, s3_credentials, bucket):
+    store = store_for(s3_credentials, bucket)
+    async with store, LocalIndex(redis_url, data_store=store) as index:
+        await index.publish_schema(FeatureSample, version="1.0.0")
+        yield index
+
+
+@pytest.fixture
+async def client(pds, pds_account):
+    async with AtmosphereClient(pds.url) as client:
+        await client.login(pds_account["handle"], pds_account["password"])
+        yield client
+
+
+@pytest.fixture
+def pds_proxy(pds):
+    with FaultProxy(pds.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def proxied(pds_proxy, client):
+    """The same account, every request through the proxy (which counts them)."""
+    async with AtmosphereClient(pds_proxy.url, backoff_base=0.05) as other:
+        await other.login(session={**client.export_session(), "pdsUrl": pds_proxy.url})
+        yield other
+
+
+async def dataset_records(client) -> list[dict]:
+    return [r async for r in client.list_records(DATASET_COLLECTION)]
+
+
+async def entries(index, tmp_path, n: int, prefix: str = "e") -> list[LocalDatasetEntry]:
+    return [await insert(index, tmp_path, f"{prefix}{i}", shards=1, per_shard=4)
+            for i in range(n)]
+
+
+async def test_many_entries_one_schema_one_applywrites_then_a_rerun_writes_nothing(
+        index, proxied, pds_proxy, client, tmp_path):
+    batch = await entries(index, tmp_path, 5)
+    outcomes = await promote_many(batch, index, proxied, tags=["batch"])
+    assert [o.name for o in outcomes] == [e.name for e in batch]
+    assert all(o.ok and not o.existing for o in outcomes), outcomes
+    assert pds_proxy.count("POST", "applyWrites") == 1
+    assert pds_proxy.count("POST", "createRecord") == 1  # the schema record
+    assert pds_proxy.count("GET", "listRecords") == 1   # one schema lookup for the batch
+    assert pds_proxy.count("POST", "putRecord") == 0
+    records = await dataset_records(client)
+    assert sorted(r["uri"] for r in records) == sorted(o.uri for o in outcomes)
+    assert len(await schema_records(client)) == 1
+    got = await AtmosphereIndex(client).get_dataset(outcomes[2].uri)
+    assert got.name == "e2" and got.tags == ["batch"]
+    assert got.checksums == {u: batch[2].checksums[u] for u in batch[2].data_urls}
+
+    # a rerun with two more entries publishes only those two, never a duplicate
+    pds_proxy.seen.clear()
+    more = batch + await entries(index, tmp_path, 2, prefix="more")
+    again = await promote_many(more, index, proxied)
+    assert [o.existing for o in again] == [True] * 5 + [False] * 2
+    assert [o.uri for o in again[:5]] == [o.uri for o in outcomes]
+    assert pds_proxy.count("POST", "applyWrites") == 1
+    assert len(await dataset_records(client)) == 7
+    # a single promotion of a batch-published entry lands at the same record key
+    uri = await promote_to_atmosphere(batch[0], index, client)
+    assert uri == outcomes[0].uri and len(await dataset_records(client)) == 7
+
+
+async def test_a_bad_entry_fails_alone(index, client, tmp_path):
+    good = await entries(index, tmp_path, 2)
+    empty = LocalDatasetEntry("empty", good[0].schema_ref, [])
+    unknown = LocalDatasetEntry("unknown", "atdata://local/schema/Nope@1.0.0",
+                                good[0].data_urls)
+    outcomes = await promote_many([good[0], empty, unknown, good[1], good[0]], index, client)
+    assert [o.ok for o in outcomes] == [True, False, False, True, True]
+    assert isinstance(outcomes[1].error, EntryError)
+    assert isinstance(outcomes[2].error, SchemaNotFoundError)
+    assert outcomes[4].uri == outcomes[0].uri  # the same entry twice: published once
+    assert len(await dataset_records(client)) == 2
+
+
+async def test_copies_share_one_limit_and_land_byte_for_byte(index, client, tmp_path,
+                                                             moto_server, second_moto_server):
+    batch = [await insert(index, tmp_path, f"c{i}", shards=3, per_shard=300) for i in range(3)]
+    dest_bucket = make_bucket(second_moto_server.url)
+    seen = []
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        outcomes = await promote_many(batch, index, client, data_store=dest,
+                                      max_concurrency=4, progress=seen.append)
+    assert all(o.ok for o in outcomes), outcomes
+    assert seen[-1].shards_done == seen[-1].shards_total == 9
+    for entry, outcome in zip(batch, outcomes, strict=True):
+        got = await AtmosphereIndex(client).get_dataset(outcome.uri)
+        for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+            assert read_s3(second_moto_server.url, dst) == read_s3(moto_server.url, src)
+
+
+async def test_a_failed_copy_fails_its_entry_and_the_rerun_finishes_it(
+        redis_url, moto_server, bucket, client, tmp_path, second_moto_server):
+    upload = store_for(make_credentials(moto_server.url), bucket)
+    async with upload, LocalIndex(redis_url, data_store=upload) as index:
+        await index.publish_schema(FeatureSample)
+        batch = [await insert(index, tmp_path, f"r{i}", shards=2, per_shard=300)
+                 for i in range(3)]
+    dest_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(moto_server.url) as s3_proxy:
+        s3_proxy.add(Fault("status", method="GET", path=r"/r1/", status=403, times=None))
+        source = store_for(make_credentials(s3_proxy.url), bucket)
+        async with source, LocalIndex(redis_url, data_store=source) as index, \
+                store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            first = await promote_many(batch, index, client, data_store=dest)
+            assert [o.ok for o in first] == [True, False, True]
+            assert isinstance(first[1].error, ShardTransferError)
+            s3_proxy.clear()
+            again = await promote_many(batch, index, client, data_store=dest)
+            assert [o.existing for o in again] == [True, False, True]
+            assert all(o.ok for o in again)
+            assert await dest.list_multipart_uploads() == []
+    assert len(await dataset_records(client)) == 3
+    got = await AtmosphereIndex(client).get_dataset(again[1].uri)
+    for src, dst in zip(batch[1].data_urls, got.data_urls, strict=True):
+        assert read_s3(second_moto_server.url, dst) == read_s3(moto_server.url, src)
+
+
+async def test_chunks_obey_the_write_count_and_the_request_size(
+        index, proxied, pds_proxy, client, tmp_path, monkeypatch):
+    batch = await entries(index, tmp_path, 7)
+    monkeypatch.setattr(batch_module, "MAX_WRITES_PER_CALL", 3)
+    outcomes = await promote_many(batch, index, proxied)
+    assert all(o.ok for o in outcomes)
+    assert pds_proxy.count("POST", "applyWrites") == 3  # 3 + 3 + 1
+    pds_proxy.seen.clear()
+    more = await entries(index, tmp_path, 4, prefix="big")
+    monkeypatch.setattr(batch_module, "MAX_WRITE_BYTES", 1500)  # about one record per call
+    outcomes = await promote_many(more, index, proxied, description="x" * 600)
+    assert all(o.ok for o in outcomes)
+    assert pds_proxy.count("POST", "applyWrites") == 4
+    assert len(await dataset_records(client)) == 11
+
+
+@pytest.mark.parametrize("kind", ["lose", "status", "reset"])
+async def test_a_failed_or_lost_applywrites_publishes_each_record_once(
+        kind, index, proxied, pds_proxy, client, tmp_path):
+    batch = await entries(index, tmp_path, 3)
+    pds_proxy.add(Fault(kind, method="POST", path="applyWrites", status=502))
+    outcomes = await promote_many(batch, index, proxied)
+    assert all(o.ok for o in outcomes), outcomes
+    assert len(await dataset_records(client)) == 3
+    assert pds_proxy.count("POST", "applyWrites") == (1 if kind == "lose" else 2)
+
+
+async def test_a_refused_record_fails_alone(index, proxied, pds_proxy, client, tmp_path):
+    batch = await entries(index, tmp_path, 3)
+    pds_proxy.add(Fault("status", method="POST", path="applyWrites", status=400))
+    outcomes = await promote_many(batch, index, proxied)
+    # the chunk was refused once; written one by one, every record goes through
+    assert all(o.ok for o in outcomes) and len(await dataset_records(client)) == 3
+    assert pds_proxy.count("POST", "applyWrites") == 4
+
+
+async def test_a_429_waits_for_its_reset(index, proxied, pds_proxy, client, tmp_path,
+                                        monkeypatch):
+    waits = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(batch_module, "_wait", no_sleep)
+    proxied.max_rate_limit_wait = 0  # the client gives up at once: the batch must wait
+    batch = await entries(index, tmp_path, 3)
+    reset = str(int(time.time()) + 120)
+    pds_proxy.add(Fault("status", method="POST", path="applyWrites", status=429,
+                        headers={"ratelimit-limit": "5000", "ratelimit-remaining": "0",
+                                 "ratelimit-reset": reset, "retry-after": "120"}))
+    outcomes = await promote_many(batch, index, proxied)
+    assert all(o.ok for o in outcomes) and len(await dataset_records(client)) == 3
+    assert len(waits) == 1 and 100 < waits[0] <= 122
+
+
+async def test_headers_saying_the_budget_is_spent_make_the_batch_wait(
+        index, proxied, pds_proxy, client, tmp_path, monkeypatch):
+    waits = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(batch_module, "_wait", no_sleep)
+    monkeypatch.setattr(batch_module, "MAX_WRITES_PER_CALL", 2)
+    batch = await entries(index, tmp_path, 4)
+    pds_proxy.add(Fault("headers", method="POST", path="applyWrites", headers={
+        "ratelimit-limit": "5000", "ratelimit-remaining": "4",
+        "ratelimit-reset": str(int(time.time()) + 30)}))
+    outcomes = await promote_many(batch, index, proxied)
+    assert all(o.ok for o in outcomes)
+    # 2 written; 4 points left = 1 create: 1 written at once, then a wait, then the last
+    assert pds_proxy.count("POST", "applyWrites") == 3
+    assert len(waits) == 1 and 0 < waits[0] <= 32
+    assert len(await dataset_records(client)) == 4
+
+
+# -- the PDS's own rate limiter ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def limited_pds(tmp_path_factory):
+    service = services.start_pds(tmp_path_factory.mktemp("pds-limited"), rate_limits=True)
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+async def limited_client(limited_pds):
+    account = services.create_account(limited_pds.url, f"rl{int(time.time() * 1000) % 10**8}")
+    async with AtmosphereClient(limited_pds.url) as client:
+        await client.login(account["handle"], account["password"])
+        yield client
+
+
+class Stop(Exception):
+    pass
+
+
+async def test_the_real_rate_limiter_paces_the_batch(index, limited_client, tmp_path,
+                                                    monkeypatch):
+    client = limited_client
+    batch = await entries(index, tmp_path, 3)
+    outcomes = await promote_many(batch, index, client)
+    assert all(o.ok for o in outcomes)
+    # the headers speak of the tightest limit: now the per-IP one (3000 calls / 5 min)
+    limit = client.rate_limits[batch_module.APPLY_WRITES]
+    assert limit.policy == "3000;w=300" and limit.remaining < limit.limit
+    # spend the hour's write budget (5000 points; three creates and the schema record's
+    # took 12) but for two points, as another writer might
+    spend = (5000 - 4 * batch_module.CREATE_POINTS) // batch_module.CREATE_POINTS
+    filler = {"$type": "science.alt.test.filler", "n": 1}
+    for start in range(0, spend, 200):
+        writes = [{"$type": "com.atproto.repo.applyWrites#create",
+                   "collection": "science.alt.test.filler", "value": filler}
+                  for _ in range(min(200, spend - start))]
+        await client.procedure(batch_module.APPLY_WRITES, {"repo": client.did,
+                                                           "writes": writes})
+    spent = client.rate_limits[batch_module.APPLY_WRITES]
+    assert spent.policy == "5000;w=3600" and spent.remaining == 2
+    waits = []
+
+    async def stop_instead_of_an_hour(seconds):
+        waits.append(seconds)
+        raise Stop
+
+    monkeypatch.setattr(batch_module, "_wait", stop_instead_of_an_hour)
+    more = await entries(index, tmp_path, 2, prefix="late")
+    with pytest.raises(Stop):
+        await promote_many(more, index, client)
+    assert len(waits) == 1 and waits[0] > 60  # it waits for the reset instead of failing
+    # and with a shorter patience it says so per entry, writing nothing
+    outcomes = await promote_many(more, index, client, max_rate_limit_wait=5)
+    assert all(isinstance(o.error, RateLimitedError) for o in outcomes)
+    assert len(await dataset_records(client)) == 3
+
+
+# -- the CLI: promote NAME... | --all | --match GLOB --------------------------------------
+
+
+cli_env = test_cli.cli_env
+
+
+def test_cli_promotes_a_batch_then_reruns_it(cli_env, s3_credentials, bucket, tmp_path):
+    from atdata_async.sync import Dataset as SyncDataset
+    from atdata_async.sync.local import LocalIndex as SyncIndex
+    from atdata_async.sync.local import S3DataStore as SyncStore
+    from tests.samples import write_shards
+
+    cli = test_cli.cli
+    with SyncStore(s3_credentials, bucket=bucket) as store, \
+            SyncIndex(cli_env["ATDATA_REDIS_URL"], data_store=store) as idx:
+        for name in ("cli-two", "other"):
+            directory = tmp_path / name
+            directory.mkdir()
+            paths = write_shards(directory, 1, 5)
+            idx.insert_dataset(SyncDataset[FeatureSample]([str(p) for p in paths]), name=name)
+    out = cli(cli_env, "--json", "promote", "--match", "cli-*", "--tag", "b")
+    assert out.returncode == 0, out.stderr
+    rows = json.loads(out.stdout)["entries"]
+    assert [r["name"] for r in rows] == ["cli-data", "cli-two"]
+    assert all(r["uri"] and not r["existing"] and r["error"] is None for r in rows)
+    again = cli(cli_env, "promote", "--all")
+    assert again.returncode == 0, again.stderr
+    lines = again.stdout.splitlines()
+    assert lines[:2] == [f"exists    cli-data  {rows[0]['uri']}",
+                         f"exists    cli-two  {rows[1]['uri']}"]
+    assert lines[2].startswith("published other  at://") and lines[3] == "3 of 3 entries published"
+    for bad in (["promote"], ["promote", "cli-data", "--all"],
+                ["promote", "cli-data", "other", "--name", "x"]):
+        usage = cli(cli_env, *bad)
+        assert usage.returncode == 2 and "Traceback" not in usage.stderr, usage.stderr
+    missing = cli(cli_env, "promote", "--match", "zzz*")
+    assert missing.returncode == 3
