@@ -3,28 +3,59 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import itertools
 import os
 import tarfile
-from collections.abc import AsyncIterator, Generator, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
 
-from ._errors import ConfigurationError
+from ._errors import ChecksumMismatchError, ConfigurationError, UntrustedSourceError
 from ._http import HttpShardReader
 from ._sample import PackableSample
 from ._streams import READ_AHEAD, AsyncRead, ExactReader, blocking_file
+from ._trust import RedirectPolicy, record_sources, redirect_policy
 from ._urls import expand_braces, local_path, url_kind
 
 if TYPE_CHECKING:
+    from ._atindex import AtmosphereDatasetEntry
     from ._store import S3DataStore
 
 T = TypeVar("T", bound=PackableSample)
 
 
 DECODE_BATCH = 64  # samples decoded per worker-thread hop
+HASH_INLINE = 64 * 1024  # smaller reads are hashed on the loop, larger in a worker thread
+
+
+class VerifiedRead:
+    """``read(n)`` that hashes every byte it hands out; ``verify()`` reads what the
+    consumer left (tar padding) and raises ChecksumMismatchError unless the sha256 is
+    the expected one."""
+
+    def __init__(self, url: str, read: AsyncRead, expected: str) -> None:
+        self.url = url
+        self._read = read
+        self.expected = expected.lower()
+        self._hash = hashlib.sha256()
+
+    async def read(self, n: int) -> bytes:
+        data = await self._read(n)
+        if len(data) < HASH_INLINE:
+            self._hash.update(data)
+        else:
+            await anyio.to_thread.run_sync(self._hash.update, data)
+        return data
+
+    async def verify(self) -> None:
+        while await self.read(READ_AHEAD):
+            pass
+        actual = self._hash.hexdigest()
+        if actual != self.expected:
+            raise ChecksumMismatchError(self.url, self.expected, actual)
 
 
 def _take(pairs: Iterator[tuple[str, T]], n: int) -> list[tuple[str, T]]:
@@ -62,7 +93,9 @@ class Dataset(Generic[T]):
 
     ``url`` is a path, a brace pattern (``shard-{000000..000009}.tar``), an ``s3://`` URL
     (read through ``store``), an ``http(s)://`` URL, or a list of those. Iteration is in
-    shard order.
+    shard order. ``checksums`` ({url: sha256 hex}): those shards are hashed while they
+    stream, and a mismatch raises ChecksumMismatchError at the end of the shard.
+    A published dataset (someone else's record) is read with ``Dataset[T].from_entry``.
     """
 
     sample_type: ClassVar[type[Any] | None] = None
@@ -73,7 +106,8 @@ class Dataset(Generic[T]):
         name = f"{cls.__name__}[{getattr(sample_type, '__name__', sample_type)}]"
         return type(name, (cls,), {"sample_type": sample_type, "__module__": cls.__module__})
 
-    def __init__(self, url: str | Sequence[str], *, store: S3DataStore | None = None) -> None:
+    def __init__(self, url: str | Sequence[str], *, store: S3DataStore | None = None,
+                 checksums: Mapping[str, str] | None = None) -> None:
         if self.sample_type is None:
             raise TypeError("give the sample type: Dataset[MySample](url)")
         patterns = [url] if isinstance(url, str | os.PathLike) else list(url)
@@ -84,6 +118,25 @@ class Dataset(Generic[T]):
         self.shard_urls: list[str] = [u for p in patterns for u in expand_braces(os.fspath(p))]
         for shard in self.shard_urls:
             url_kind(shard)  # refuse unknown schemes now, not halfway through iteration
+        self.checksums: dict[str, str] = dict(checksums or {})
+        self.redirects: RedirectPolicy | None = None  # None: the user's own URLs
+        self.untrusted = False  # True: the URLs came from a record (no local files)
+
+    @classmethod
+    def from_entry(cls, entry: AtmosphereDatasetEntry, *, store: S3DataStore | None = None,
+                   allow_http: bool = False, allow_redirects_to: Collection[str] = ()) -> Any:
+        """A published dataset's shards, read as untrusted input: only https (plain http
+        with ``allow_http``), s3 and the author's blobs, never a local file; redirects
+        only to the same host or ``allow_redirects_to``; an S3 record's bucket and
+        endpoint checked against ``store`` (without one, read anonymously from the
+        record's endpoint); every shard with a recorded sha256 verified as it streams."""
+        sources = record_sources(entry, store=store, allow_http=allow_http)
+        dataset = cls([s.read_url for s in sources], store=store,
+                      checksums={s.read_url: s.sha256 for s in sources if s.sha256})
+        dataset.url = entry.uri
+        dataset.redirects = redirect_policy(allow_http, allow_redirects_to)
+        dataset.untrusted = True
+        return dataset
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.url!r}, shards={len(self.shard_urls)})"
@@ -91,8 +144,31 @@ class Dataset(Generic[T]):
     @contextlib.asynccontextmanager
     async def open_shard(self, url: str) -> AsyncIterator[AsyncRead]:
         """An async ``read(n)`` over one shard, streamed: memory is a chunk, not the shard
-        (S3 shards come in part-sized ranges of the version the first HEAD saw)."""
+        (S3 shards come in part-sized ranges of the version the first HEAD saw). A shard
+        with a checksum is verified when the reader is done with it."""
+        expected = self.checksums.get(url)
+        async with self._open(url) as read:
+            if expected is None:
+                yield read
+                return
+            verified = VerifiedRead(url, read, expected)
+            try:
+                yield verified.read
+            except Exception as exc:  # a tampered shard may fail to decode: say why
+                try:
+                    await verified.verify()
+                except ChecksumMismatchError as mismatch:
+                    raise mismatch from exc
+                except Exception:
+                    pass
+                raise
+            await verified.verify()  # not reached when the consumer stopped early
+
+    @contextlib.asynccontextmanager
+    async def _open(self, url: str) -> AsyncIterator[AsyncRead]:
         kind = url_kind(url)
+        if kind == "file" and self.untrusted:
+            raise UntrustedSourceError(f"{url}: a published dataset never reads local files")
         if kind == "file":
             async with await anyio.open_file(local_path(url), "rb") as f:
                 yield f.read
@@ -101,7 +177,8 @@ class Dataset(Generic[T]):
                 raise ConfigurationError(f"reading {url} needs Dataset(..., store=S3DataStore)")
             yield ExactReader(await self.store.open_object(url)).read
         else:
-            async with HttpShardReader() as http, http.open(url) as body:
+            async with HttpShardReader(redirects=self.redirects) as http, \
+                    http.open(url) as body:
                 yield body.read
 
     async def read_shard(self, url: str) -> bytes:

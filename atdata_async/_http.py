@@ -2,8 +2,11 @@
 
 The one seam for plain HTTP reads: retries (5xx and transport errors before the body
 starts, full-jitter backoff) and the translation of httpx failures into StorageError
-live here. Bodies are asked for with ``Accept-Encoding: identity`` (and decoded if a
-server encodes them anyway): the bytes hashed or copied are the file's own bytes.
+live here, and so do redirects: followed hop by hop (at most MAX_REDIRECTS), each
+checked against the reader's RedirectPolicy when it has one (readers of someone else's
+record: same host only unless allowed). Bodies are asked for with
+``Accept-Encoding: identity`` (and decoded if a server encodes them anyway): the bytes
+hashed or copied are the file's own bytes.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -18,7 +22,12 @@ from ._errors import ObjectNotFoundError, StorageError
 from ._streams import ExactReader, sha256_of_chunks
 from ._tasks import backoff
 
+if TYPE_CHECKING:
+    from ._trust import RedirectPolicy
+
 log = logging.getLogger("atdata_async.http")
+MAX_REDIRECTS = 10
+_REDIRECTS = {301, 302, 303, 307, 308}
 
 
 class HttpBody(ExactReader):
@@ -48,10 +57,13 @@ class HttpBody(ExactReader):
 
 
 class HttpShardReader:
-    """Reads shards over http(s) with one lazily created httpx client."""
+    """Reads shards over http(s) with one lazily created httpx client. ``redirects``:
+    None follows any http(s) redirect (the user's own URLs); a RedirectPolicy checks each."""
 
     def __init__(self, *, max_attempts: int = 5, backoff_base: float = 0.5,
-                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 redirects: RedirectPolicy | None = None) -> None:
+        self.redirects = redirects
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self._transport = transport
@@ -71,7 +83,7 @@ class HttpShardReader:
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                transport=self._transport, follow_redirects=True,
+                transport=self._transport, follow_redirects=False,
                 timeout=httpx.Timeout(30, read=120), headers={"Accept-Encoding": "identity"})
         return self._client
 
@@ -86,6 +98,27 @@ class HttpShardReader:
             await response.aclose()
 
     async def _get(self, url: str) -> httpx.Response:
+        """A streaming GET, redirects followed hop by hop and checked."""
+        current = url
+        for _ in range(MAX_REDIRECTS + 1):
+            response = await self._get_once(current)
+            location = response.headers.get("location")
+            if response.status_code not in _REDIRECTS or not location:
+                return response
+            await response.aclose()
+            try:
+                target = str(httpx.URL(current).join(location))
+            except httpx.InvalidURL as exc:
+                raise StorageError(f"GET {url}: a redirect to a malformed URL") from exc
+            if self.redirects is not None:
+                self.redirects.check(url, current, target)
+            elif httpx.URL(target).scheme not in ("http", "https"):
+                raise StorageError(f"GET {url}: a redirect to a {httpx.URL(target).scheme} URL")
+            log.debug("GET %s: redirected to %s", url, target)
+            current = target
+        raise StorageError(f"GET {url}: more than {MAX_REDIRECTS} redirects")
+
+    async def _get_once(self, url: str) -> httpx.Response:
         """A streaming GET; 5xx answers and transport errors are retried with backoff."""
         http = self._http()
         for attempt in range(1, self.max_attempts + 1):

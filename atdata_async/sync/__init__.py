@@ -6,14 +6,14 @@
 Every call runs on one process-wide event loop (see ``atdata_async._portal``).
 """
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import atdata_async as _core
 from atdata_async import *  # noqa: F403  (errors, samples and progress are shared)
 
 from .. import _dataset
-from .._portal import Facade, get_portal
+from .._portal import Facade, core_of, get_portal
 from .._streams import blocking_file
 
 __all__ = _core.__all__
@@ -25,6 +25,16 @@ class Dataset(Facade, core=_dataset.Dataset):
     def __class_getitem__(cls, sample_type: Any) -> Any:
         core = _dataset.Dataset[sample_type]
         return type(core.__name__, (cls,), {"_core_type": core, "__module__": cls.__module__})
+
+    @classmethod
+    def from_entry(cls, entry: Any, *, store: Any = None, allow_http: bool = False,
+                   allow_redirects_to: Collection[str] = ()) -> Any:
+        """A published dataset's shards, read as untrusted input (see the async twin)."""
+        facade = cls.__new__(cls)
+        object.__setattr__(facade, "_core", cls._core_type.from_entry(
+            entry, store=core_of(store), allow_http=allow_http,
+            allow_redirects_to=allow_redirects_to))
+        return facade
 
     def items(self) -> Iterator[tuple[str, Any]]:
         """(``__key__``, sample) pairs in shard order, each shard streamed (decoded in the
