@@ -183,6 +183,7 @@ _BIDI = {"\u202a", "\u202b", "\u202c", "\u202d", "\u202e", "\u2066", "\u2067", "
 
 def printable(text: Any) -> str:
     """``text`` without control characters (ESC, CR, BEL, C1, bidi overrides), which a
-    record could use to rewrite or hide what a terminal shows."""
-    s = str(text)
-    return "".join(c for c in s if c not in _BIDI and unicodedata.category(c) != "Cc")
+    record could use to rewrite or hide what a terminal shows; newlines and tabs become
+    spaces (a record must not forge lines of the output)."""
+    return "".join(" " if c in "\n\t" else "" if c in _BIDI or unicodedata.category(c) == "Cc"
+                   else c for c in str(text))

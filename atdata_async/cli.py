@@ -1050,6 +1050,11 @@ def print_schemas(rows: list[dict[str, Any]]) -> None:
 
 
 def print_dataset(d: dict[str, Any]) -> None:
+    from ._trust import printable
+
+    def print(text: str) -> None:  # a record is someone else's text: no terminal controls
+        sys.stdout.write(printable(text) + "\n")
+
     print(f"{d['name']}  ({d['uri']})")
     for label, key in (("schema", "schema"), ("description", "description"),
                        ("license", "license")):

@@ -264,7 +264,9 @@ async def test_a_record_on_the_second_pds_is_read_through_a_client_of_the_first(
     assert got.data_urls == published_elsewhere["urls"] and len(got.checksums) == 2
     assert schema["name"] == "FeatureSample" and [d.uri for d in listed] == [uri]
     assert (cold, cached) == (1, 0)  # one PLC lookup cold; none once cached
-    samples = [s async for s in Dataset[FeatureSample](got.data_urls)]
+    shards = Dataset[FeatureSample].from_entry(got, allow_http=True)  # verified reads
+    assert set(shards.checksums) == set(got.data_urls)
+    samples = [s async for s in shards]
     assert len(samples) == 50 and [s.label for s in samples[:3]] == [0, 1, 2]
     print(f"\nresolution requests: cold get_dataset {cold}, then get_schema + list_datasets "
           f"{cached}")
