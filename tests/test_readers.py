@@ -41,6 +41,7 @@ from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
 from tests import services
 from tests.conftest import make_bucket, make_credentials
+from tests.lexicon_check import assert_valid
 from tests.samples import FeatureSample, write_shards
 
 pytestmark = pytest.mark.anyio
@@ -305,6 +306,7 @@ def hostile(storage: dict, **fields) -> dict:
 
 
 @pytest.mark.pds
+@pytest.mark.writes_invalid_records(reason="a file:// shard URL: readers must refuse it")
 @pytest.mark.parametrize("storage", [
     {"$type": "science.alt.dataset.storageHttp",
      "shards": [{"url": "file:///etc/passwd", "checksum": {"algorithm": "sha256",
@@ -337,17 +339,22 @@ async def test_a_record_naming_another_bucket_is_not_read_with_my_store(
 
 @pytest.mark.pds
 async def test_blob_shards_are_read_from_the_authors_pds_and_verified(pds, second_pds,
-                                                                      pds_account, tmp_path):
+                                                                      tmp_path, request):
     author = services.create_account(second_pds.url, f"blob{uuid.uuid4().hex[:6]}")
+    # The record passes @atproto/lexicon as JSON (tests/lexicon_check.validate_records);
+    # the session audit, replaying it from the firehose, misjudges its blob ref.
+    second_pds.extra["lexicon_audit"].account_created(
+        author["did"], request.node.nodeid, "blob refs replayed from the firehose")
     paths = write_shards(tmp_path, 2, 10)
     async with AtmosphereClient(second_pds.url) as writer:
         await writer.login(author["handle"], author["password"])
         blobs = [await writer.upload_blob(p.read_bytes(), "application/x-tar") for p in paths]
     claims = [sha(paths[0].read_bytes()), "11" * 32]  # the second claim is a lie
-    uri = raw_create(second_pds.url, author, hostile({
-        "$type": "science.alt.dataset.storageBlobs",
-        "blobs": [{"blob": b, "checksum": {"algorithm": "sha256", "digest": c}}
-                  for b, c in zip(blobs, claims, strict=True)]}))
+    record = hostile({"$type": "science.alt.dataset.storageBlobs",
+                      "blobs": [{"blob": b, "checksum": {"algorithm": "sha256", "digest": c}}
+                                for b, c in zip(blobs, claims, strict=True)]})
+    assert_valid(DATASET_COLLECTION, record)
+    uri = raw_create(second_pds.url, author, record)
     async with AtmosphereClient(pds.url) as reader:  # a client of the other PDS
         got = await AtmosphereIndex(reader).get_dataset(uri)
     assert got.pds_url == second_pds.extra["public_url"]
