@@ -19,6 +19,7 @@
     ├── IdentityError                        a handle or DID cannot be resolved to its PDS
     │   └── IdentityNotFoundError (KeyError) no such handle or DID
     ├── PromotionBusyError                   the same promotion is running elsewhere now
+    ├── ExecutorError                        the Dask cluster could not run a shard's copy
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
         ├── RateLimitedError                 429, carries reset_at (epoch seconds)
@@ -150,6 +151,11 @@ class IdentityNotFoundError(IdentityError, NotFoundError):
 class PromotionBusyError(AtdataError):
     """Another live process holds this promotion's journal lease: a second run would
     fight it over the same multipart uploads."""
+
+
+class ExecutorError(AtdataError):
+    """The cluster running shard copies failed them (the scheduler is gone, or a task
+    killed every worker it ran on); the journal keeps what finished, a rerun resumes."""
 
 
 class XrpcError(AtdataError):

@@ -248,14 +248,17 @@ class PromotionJournal:
                 await pipe.execute()
         self.writes += 1
 
-    async def run_flusher(self) -> None:
-        """Flush batches as they fill and keep the lease alive; runs until cancelled."""
+    async def run_flusher(self, lease: bool = True) -> None:
+        """Flush batches as they fill and keep the lease alive (``lease=False``: a worker
+        writing for the coordinator, which holds it); runs until cancelled."""
         while True:
             with anyio.move_on_after(LEASE_REFRESH):
                 await self._wake.wait()
             self._wake = anyio.Event()
             await anyio.sleep(BATCH_DELAY)
             await self.flush()
+            if not lease:
+                continue
             with self.index._errors("refresh the promotion lease"):
                 await self.index.redis.set(self.lease_key, self._lease, ex=LEASE_SECONDS)
 

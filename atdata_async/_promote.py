@@ -27,7 +27,14 @@ import anyio
 import msgspec
 
 from ._atproto import next_tid, record_key_from
-from ._errors import AuthError, EntryError, SourceChangedError
+from ._errors import (
+    AuthError,
+    EntryError,
+    ExecutorError,
+    ShardTransferError,
+    SourceChangedError,
+)
+from ._executor import DaskExecutor, ShardRunner
 from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
 from ._journal import (
@@ -407,6 +414,7 @@ async def promote_to_atmosphere(
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
+    executor: DaskExecutor | None = None,
 ) -> str:
     """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
 
@@ -415,6 +423,8 @@ async def promote_to_atmosphere(
     an entry or a record that cannot be published (the message names the field).
     ``verify=False``: checksums the entry claims are not hashed to prove them; unproven
     ones are left out of the record instead.
+    With ``executor`` (a DaskExecutor) the copies run on a cluster; this process keeps
+    the plan, the journal's lease and every PDS write.
     """
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
@@ -436,6 +446,11 @@ async def promote_to_atmosphere(
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
     logs: list[ShardLog | None] = [None] * len(plan.shards)
+    remote = None
+    if executor is not None and data_store is not None and plan.copies:
+        remote = executor.bind(promotion=pkey, local_index=local_index, dest=data_store,
+                               source=source, compute_checksums=compute_checksums,
+                               verify=verify)  # refuses a secret in the task before any write
     if data_store is not None and plan.copies:
         journal = PromotionJournal(local_index, pkey)
         resumes = await _open_journal(journal, plan, entry, data_store)
@@ -458,11 +473,21 @@ async def promote_to_atmosphere(
 
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item
+            if remote is not None and shard.dest_key is not None and resumes[i].done is None:
+                return await settle_elsewhere(remote, i, shard, resumes[i], logs[i], tracker)
             return await _settle_shard(shard, source, http, data_store, compute_checksums,
                                        tracker, logs[i], resumes[i], verify)
 
-        settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
-                                      max_concurrency, tracker)
+        try:
+            settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
+                                          max_concurrency, tracker)
+        except ShardTransferError as exc:
+            lost = [e for e in exc.failures.values() if isinstance(e, ExecutorError)]
+            if lost:  # the cluster is gone: that, not a list of shards, is the error
+                raise lost[0] from exc
+            raise
+        if remote is not None:
+            await remote.sweep([s.dest_key for s in plan.shards if s.dest_key])
         all_settled.set()
 
     try:
@@ -507,6 +532,17 @@ async def promote_to_atmosphere(
         if journal is not None:
             await journal.release()
     return str(written["uri"])
+
+
+async def settle_elsewhere(remote: ShardRunner, i: int, shard: ShardPlan, resume: ShardResume,
+                           log: ShardLog | None, tracker: ProgressTracker) -> ShardPlan:
+    """Shard i copied by the executor's worker (which journals it); progress per shard."""
+    settled, etag = await remote.settle(i, shard, resume)
+    if log is not None:
+        log.etag = etag
+    _learn_size(tracker, shard, settled.size)
+    tracker.add_bytes(settled.size or 0)
+    return settled
 
 
 def source_store(local_index: LocalIndex, dest: S3DataStore | None,

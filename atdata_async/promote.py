@@ -2,6 +2,7 @@
 
 from ._batch import PromotionOutcome, promote_many
 from ._cleanup import CleanupReport, cleanup_promotions
+from ._executor import CredentialSource, DaskExecutor
 from ._promote import (
     PromotionPlan,
     ShardPlan,
@@ -12,6 +13,8 @@ from ._promote import (
 
 __all__ = [
     "CleanupReport",
+    "CredentialSource",
+    "DaskExecutor",
     "PromotionOutcome",
     "PromotionPlan",
     "ShardPlan",

@@ -9,7 +9,8 @@ import pytest
 PUBLIC = {
     "atdata_async": [
         "AtdataError", "AuthError", "ChecksumMismatchError", "ConfigurationError",
-        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "FieldTypeError",
+        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "ExecutorError",
+        "FieldTypeError",
         "IdentityError", "IdentityNotFoundError", "LocalIndexError", "MalformedEntryError",
         "NotFoundError", "PackableSample", "PromotionBusyError",
         "RateLimitedError", "RecordNotFoundError", "RedactingFilter", "SchemaNotFoundError",
@@ -25,7 +26,8 @@ PUBLIC = {
         "SCHEMA_COLLECTION", "SchemaRecord", "Session", "StorageBlobs", "StorageExternal",
         "StorageHttp", "StorageS3", "next_tid", "parse_at_uri"],
     "atdata_async.promote": [
-        "CleanupReport", "PromotionOutcome", "PromotionPlan", "ShardPlan",
+        "CleanupReport", "CredentialSource", "DaskExecutor", "PromotionOutcome",
+        "PromotionPlan", "ShardPlan",
         "cleanup_promotions", "plan_promotion", "preview_promotion", "promote_many",
         "promote_to_atmosphere"],
 }

@@ -1,0 +1,403 @@
+"""Where a promotion's shard copies run: in the coordinator's own task group (the
+default), or fanned out to a Dask cluster with ``DaskExecutor``.
+
+    coordinator: plan -> journal (plan, lease) -> submit one ShardTask per shard to copy
+                 -> results -> sweep stray uploads -> schema + dataset record (PDS)
+    worker:      ShardTask -> its journal state (Redis) -> copy/continue -> verify
+                 -> outcome written to the journal -> (settled plan, ETag)
+
+A ShardTask is data that holds no secret: the plan of one shard, its deterministic
+destination key, the stores' bucket/endpoint/settings, and the *name* of where the
+worker finds credentials (``CredentialSource``: an env-var prefix or a file path,
+resolved on the worker). The scheduler stores and logs tasks; it never sees a key.
+
+A worker killed mid-copy: the scheduler gives its task to another worker, which reads
+the shard's state from the journal the dead one wrote (finished parts are kept when
+ListParts confirms them). Uploads whose id never reached the journal are aborted by the
+coordinator's sweep once every shard has settled. A lost scheduler is an ExecutorError;
+the journal stays, and a rerun (local or on a new cluster) resumes from it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import secrets
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import anyio
+
+from ._errors import AtdataError, ConfigurationError, ExecutorError, StorageError
+from ._journal import OpenUpload, PromotionJournal, ShardResume, fingerprint, journal_key
+from ._progress import ProgressTracker
+from ._store import S3DataStore
+
+if TYPE_CHECKING:
+    from ._index import LocalIndex
+    from ._promote import ShardPlan
+
+log = logging.getLogger("atdata_async.executor")
+
+_STORE_SETTINGS = ("part_size", "multipart_threshold", "max_concurrency", "min_part_size",
+                   "max_attempts", "copy_multipart_threshold", "copy_part_size")
+
+
+# -- what a task may carry: names of secrets, never secrets ------------------------------
+
+
+@dataclass(frozen=True)
+class CredentialSource:
+    """Where a worker finds S3 credentials, resolved on the worker: environment variables
+    ``{env_prefix}AWS_ACCESS_KEY_ID`` / ``..._SECRET_ACCESS_KEY`` (default: the plain
+    ones), or with ``path`` a ``.env`` file on the worker's disk."""
+
+    env_prefix: str = ""
+    path: str | None = None
+
+    def load(self) -> dict[str, str]:
+        if self.path is not None:
+            from ._store import _read_env_file
+
+            values = _read_env_file(Path(self.path))
+            where = f"credentials file {self.path}"
+        else:
+            values = {k: os.environ.get(self.env_prefix + k, "")
+                      for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+            where = f"environment variables {self.env_prefix}AWS_*"
+        missing = [k for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not values.get(k)]
+        if missing:
+            raise ConfigurationError(f"worker {os.uname().nodename}: {where} lack "
+                                     f"{', '.join(missing)}")
+        return {k: values[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """A store as a worker rebuilds it: bucket, endpoint, settings, credential source."""
+
+    bucket: str
+    endpoint: str | None
+    region: str | None
+    credentials: CredentialSource
+    settings: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def of(cls, store: S3DataStore, credentials: CredentialSource) -> StoreSpec:
+        return cls(store.bucket, store.endpoint, store.region, credentials,
+                   tuple((k, int(getattr(store, k))) for k in _STORE_SETTINGS))
+
+    def open(self) -> S3DataStore:
+        values = self.credentials.load()
+        if self.endpoint:
+            values["AWS_ENDPOINT"] = self.endpoint
+        if self.region:
+            values["AWS_REGION"] = self.region
+        return S3DataStore(values, bucket=self.bucket, **dict(self.settings))
+
+
+@dataclass(frozen=True)
+class RedisSpec:
+    """How a worker reaches the local index's Redis: a URL without a password, or the
+    name of an environment variable holding the URL on the worker."""
+
+    url: str | None = None
+    env: str | None = None
+
+    def resolve(self) -> str:
+        if self.url is not None:
+            return self.url
+        assert self.env is not None
+        url = os.environ.get(self.env)
+        if not url:
+            raise ConfigurationError(f"worker {os.uname().nodename}: environment variable "
+                                     f"{self.env} (the local index's Redis URL) is not set")
+        return url
+
+
+def redis_spec(index: LocalIndex, env: str | None) -> RedisSpec:
+    """The index's Redis for workers; a URL with a password must come from ``env``."""
+    if env is not None:
+        return RedisSpec(env=env)
+    url = index._url
+    if url is None:
+        kw = index.redis.connection_pool.connection_kwargs
+        if kw.get("password") or "host" not in kw:
+            url = ""
+        else:
+            url = f"redis://{kw['host']}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+    parts = urlsplit(url)
+    if not url or parts.password or parts.username:
+        raise ConfigurationError(
+            "the local index's Redis URL carries a password (or cannot be rebuilt); name "
+            "an environment variable that holds it on the workers: DaskExecutor(..., "
+            "redis_url_env='ATDATA_REDIS_URL')")
+    return RedisSpec(url=url)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One shard's copy, self-contained: everything a worker needs, no secret."""
+
+    promotion: str
+    index: int
+    shard: ShardPlan
+    dest: StoreSpec
+    source: StoreSpec | None
+    redis: RedisSpec
+    compute_checksums: bool
+    verify: bool = True
+    upload: OpenUpload | None = None  # what the coordinator's listing said to continue
+
+
+# -- the worker side ---------------------------------------------------------------------
+
+
+@dataclass
+class _WorkerState:
+    stores: dict[StoreSpec, S3DataStore] = field(default_factory=dict)
+    indexes: dict[str, LocalIndex] = field(default_factory=dict)
+
+
+_per_loop: weakref.WeakKeyDictionary[Any, _WorkerState] = weakref.WeakKeyDictionary()
+
+
+def _state() -> _WorkerState:
+    """Stores and Redis clients kept for the worker's event loop: one S3 client pool
+    and one Redis connection pool per worker, not one per task."""
+    loop = asyncio.get_running_loop()
+    got = _per_loop.get(loop)
+    if got is None:
+        got = _per_loop[loop] = _WorkerState()
+    return got
+
+
+def _store(spec: StoreSpec) -> S3DataStore:
+    state = _state()
+    store = state.stores.get(spec)
+    if store is None:
+        store = state.stores[spec] = spec.open()
+    return store
+
+
+def _index(url: str) -> LocalIndex:
+    from ._index import LocalIndex
+
+    state = _state()
+    index = state.indexes.get(url)
+    if index is None:
+        index = state.indexes[url] = LocalIndex(url)
+    return index
+
+
+async def _journaled_state(index: LocalIndex, task: ShardTask
+                           ) -> tuple[tuple[str, str | None, int] | None, OpenUpload | None]:
+    """The shard's state as the journal has it now (another attempt may have moved it
+    on): (copied etag, sha256, size) and the open upload with its finished parts."""
+    key, i, fp = journal_key(task.promotion), task.index, fingerprint(task.shard)
+    with index._errors("read promotion journal"):
+        s_raw, u_raw = await index.redis.hmget(key, [f"s:{i}", f"u:{i}"])
+    copied = None
+    if s_raw is not None:
+        doc = json.loads(s_raw)
+        if doc.get("fp") == fp:
+            copied = (doc["etag"], doc.get("sha256"), int(doc["size"]))
+    upload = None
+    if u_raw is not None:
+        doc = json.loads(u_raw)
+        if doc.get("fp") == fp:
+            if task.upload is not None and task.upload.upload_id == doc["id"]:
+                upload = task.upload
+            else:
+                parts: dict[int, str] = {}
+                with index._errors("read promotion journal"):
+                    async for name, value in index.redis.hscan_iter(key, match=f"p:{i}:*"):
+                        parts[int(name.decode().rsplit(":", 1)[1])] = value.decode()
+                upload = OpenUpload(doc["id"], int(doc["ps"]), parts)
+    return copied, upload
+
+
+async def settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
+    """Run on a worker: copy one shard, resumed from the journal; (settled, dest ETag).
+
+    Errors that would not survive the trip back are sent as a StorageError naming them."""
+    try:
+        return await _settle_remote(task)
+    except Exception as exc:
+        if _pickles(exc):
+            raise
+        raise StorageError(f"{type(exc).__name__}: {exc}") from None
+
+
+async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
+    from ._http import HttpShardReader
+    from ._promote import _settle_shard
+
+    index = _index(task.redis.resolve())
+    dest = _store(task.dest)
+    source = _store(task.source) if task.source is not None else None
+    plan = task.shard
+    copied, upload = await _journaled_state(index, task)
+    if copied is not None and plan.dest_key is not None:
+        head = await dest.head(dest.url(plan.dest_key))
+        from ._store import etag_of
+
+        if (int(head["ContentLength"]), etag_of(head)) == (copied[2], copied[0]):
+            return replace(plan, size=copied[2], sha256=copied[1] or plan.sha256), copied[0]
+    journal = PromotionJournal(index, task.promotion)
+    resume = ShardResume(upload=upload)
+    shard_log = journal.shard(task.index, plan, resume)
+    tracker = ProgressTracker(None, 1, plan.size or 0)
+    try:
+        async with anyio.create_task_group() as tg:
+            flusher = anyio.CancelScope()
+
+            async def flush() -> None:
+                with flusher:
+                    await journal.run_flusher(lease=False)
+
+            tg.start_soon(flush)
+            async with HttpShardReader() as http:
+                settled = await _settle_shard(plan, source, http, dest, task.compute_checksums,
+                                              tracker, shard_log, resume, task.verify)
+            flusher.cancel()
+    finally:
+        await journal.flush()
+    return settled, shard_log.etag
+
+
+def _pickles(exc: BaseException) -> bool:
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return False
+    return True
+
+
+# -- the coordinator side ----------------------------------------------------------------
+
+
+class DaskExecutor:
+    """Run shard copies on a Dask cluster (``distributed.Client``, asynchronous or not).
+
+    Workers need atdata_async installed and reach the same Redis and S3 endpoints; they
+    find S3 credentials through ``credentials`` (and ``source_credentials`` for the
+    source store, default the same), and the Redis URL itself when it carries a
+    password through ``redis_url_env``. ``retries``: reruns of a task that raised
+    (a worker's death is retried by the scheduler regardless)."""
+
+    def __init__(self, client: Any, *, credentials: CredentialSource | None = None,
+                 source_credentials: CredentialSource | None = None,
+                 redis_url_env: str | None = None, retries: int = 0) -> None:
+        self.client = client
+        self.credentials = credentials or CredentialSource()
+        self.source_credentials = source_credentials or self.credentials
+        self.redis_url_env = redis_url_env
+        self.retries = retries
+
+    def __repr__(self) -> str:
+        return f"DaskExecutor({self.scheduler_address!r})"
+
+    @property
+    def scheduler_address(self) -> str:
+        try:
+            return str(self.client.scheduler.address)
+        except Exception:
+            return "?"
+
+    def bind(self, *, promotion: str, local_index: LocalIndex, dest: S3DataStore,
+             source: S3DataStore | None, compute_checksums: bool,
+             verify: bool = True) -> ShardRunner:
+        """The runner for one promotion's shards (checked here, before any copy)."""
+        return ShardRunner(self, promotion, StoreSpec.of(dest, self.credentials),
+                           StoreSpec.of(source, self.source_credentials) if source else None,
+                           redis_spec(local_index, self.redis_url_env), compute_checksums,
+                           verify, dest)
+
+
+class ShardRunner:
+    """One promotion's shard copies on the cluster."""
+
+    def __init__(self, executor: DaskExecutor, promotion: str, dest: StoreSpec,
+                 source: StoreSpec | None, redis: RedisSpec, compute_checksums: bool,
+                 verify: bool, dest_store: S3DataStore) -> None:
+        self.executor = executor
+        self.promotion = promotion
+        self.dest, self.source, self.redis = dest, source, redis
+        self.compute_checksums, self.verify = compute_checksums, verify
+        self.dest_store = dest_store
+        self.run_token = secrets.token_hex(4)
+        self.submitted = 0
+
+    def task(self, i: int, shard: ShardPlan, resume: ShardResume) -> ShardTask:
+        return ShardTask(self.promotion, i, shard, self.dest, self.source, self.redis,
+                         self.compute_checksums, self.verify, resume.upload)
+
+    async def settle(self, i: int, shard: ShardPlan, resume: ShardResume
+                     ) -> tuple[ShardPlan, str]:
+        """Submit shard i's copy and wait for it; cluster failures are ExecutorError."""
+        task = self.task(i, shard, resume)
+        client = self.executor.client
+        key = f"atdata-shard-{self.promotion[:12]}-{i}-{self.run_token}"
+        where = self.executor.scheduler_address
+        try:
+            future = client.submit(settle_remote, task, key=key, pure=False,
+                                   retries=self.executor.retries)
+        except Exception as exc:
+            raise ExecutorError(f"submitting shard {i} to the Dask scheduler at {where} "
+                                f"failed: {type(exc).__name__}: {exc}") from exc
+        self.submitted += 1
+        try:
+            if getattr(client, "asynchronous", False):
+                return await future
+            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        except AtdataError:
+            raise
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                _cancel(client, future)
+                raise
+            raise _translate(exc, i, where) from exc
+
+    async def sweep(self, keys: Sequence[str]) -> list[tuple[str, str]]:
+        """Every shard has settled: abort any upload still open under the plan's keys
+        (a killed worker's, whose id the journal never got)."""
+        from ._journal import dest_prefix
+
+        ours = set(keys)
+        if not ours:
+            return []
+        uploads = await self.dest_store.list_multipart_uploads(dest_prefix(list(ours)))
+        stray = [(u["Key"], u["UploadId"]) for u in uploads if u["Key"] in ours]
+        for key, upload_id in stray:
+            log.info("aborting stray multipart upload %s of %s", upload_id, key)
+            await self.dest_store.abort_multipart(key, upload_id)
+        return stray
+
+
+def _cancel(client: Any, future: Any) -> None:
+    """Let go of the task (the scheduler forgets a task nobody wants, and stops it)."""
+    try:
+        future.release()
+    except Exception:  # the cluster may be gone; nothing more to do here
+        log.debug("could not release %s", future)
+
+
+def _translate(exc: BaseException, i: int, where: str) -> ExecutorError:
+    name = type(exc).__name__
+    if name == "KilledWorker":
+        why = "it killed every worker it ran on (see the workers' logs)"
+    elif name in ("FutureCancelledError", "CancelledError", "CommClosedError") or \
+            isinstance(exc, OSError | TimeoutError):
+        why = "the connection to the scheduler was lost"
+    else:
+        why = f"{name}: {exc}"
+    return ExecutorError(f"shard {i} could not be run on the Dask cluster at {where}: {why}; "
+                         "the journal keeps what finished: rerun the promotion to resume")

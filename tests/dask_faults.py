@@ -1,0 +1,47 @@
+"""Fault injection on Dask workers (a WorkerPlugin, pickled by reference: workers import
+it from this package). ``StallOnce``: the first worker to send more than ``after``
+upload parts writes its pid to ``flag`` and then hangs every part it sends, so the test
+can SIGKILL it mid-copy; a worker started after that (the nanny's restart) runs clean."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from atdata_async import _store
+
+
+class StallOnce(WorkerPlugin):
+    name = "atdata-stall-once"
+
+    def __init__(self, flag: str, after: int, sent_log: str) -> None:
+        self.flag, self.after, self.sent_log = flag, after, sent_log
+
+    def setup(self, worker) -> None:
+        self._original = original = _store.S3DataStore._send_part
+        plugin, state = self, {"sent": 0, "stalled": Path(self.flag).exists()}
+
+        async def send_part(store, key, upload_id, number, data, *args, **kw):
+            if not state["stalled"] and state["sent"] >= plugin.after:
+                try:
+                    fd = os.open(plugin.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                except FileExistsError:
+                    pass
+                else:
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    state["stalled"] = "me"
+            if state["stalled"] == "me":
+                await anyio.sleep(3600)
+            await original(store, key, upload_id, number, data, *args, **kw)
+            state["sent"] += 1
+            with open(plugin.sent_log, "a") as f:
+                f.write(f"{key} {number}\n")
+
+        _store.S3DataStore._send_part = send_part
+
+    def teardown(self, worker) -> None:
+        _store.S3DataStore._send_part = self._original

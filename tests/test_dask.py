@@ -1,0 +1,163 @@
+"""Shard copies on a real Dask LocalCluster (2 worker processes) against redis-server,
+moto S3 and the PDS: results, secrets kept out of the task graph, and faults (a worker
+SIGKILLed mid-copy, the scheduler gone)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import signal
+
+import anyio
+import pytest
+from distributed import Client, LocalCluster
+
+from atdata_async import ExecutorError
+from atdata_async._executor import _per_loop
+from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereIndex
+from atdata_async.promote import CredentialSource, DaskExecutor, promote_to_atmosphere
+from tests.conftest import make_bucket, make_credentials
+from tests.dask_faults import StallOnce
+from tests.test_promote import client, index, insert, read_s3, store_for  # noqa: F401
+
+pytestmark = [pytest.mark.anyio, pytest.mark.pds]
+
+SECRET = make_credentials("http://x")["AWS_SECRET_ACCESS_KEY"]
+# what the workers know: credentials under a prefix of their own environment
+WORKER_ENV = {"ATDATA_TEST_AWS_ACCESS_KEY_ID": "testing-key-id",
+              "ATDATA_TEST_AWS_SECRET_ACCESS_KEY": SECRET}
+ON_WORKERS = CredentialSource(env_prefix="ATDATA_TEST_")
+
+
+def new_cluster(n: int = 2, **kw) -> LocalCluster:
+    return LocalCluster(n_workers=n, processes=True, threads_per_worker=4, host="127.0.0.1",
+                        dashboard_address="127.0.0.1:0", env=WORKER_ENV, **kw)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with new_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def dask_client(cluster):
+    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
+        yield dc
+
+
+def _stores_on_worker() -> int:
+    return sum(len(s.stores) for s in _per_loop.values())
+
+
+async def datasets(client) -> list[dict]:  # noqa: F811
+    return [r async for r in client.list_records(DATASET_COLLECTION)]
+
+
+def assert_copied(entry, got, endpoint) -> None:
+    for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+        body = read_s3(endpoint, dst)
+        assert hashlib.sha256(body).hexdigest() == entry.checksums[src] == got.checksums[dst]
+
+
+async def test_shards_copied_on_worker_processes(index, client, tmp_path,  # noqa: F811
+                                                 second_moto_server, dask_client):
+    small = await insert(index, tmp_path, "few", shards=3, per_shard=20)
+    dest_bucket = make_bucket(second_moto_server.url)
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        uri = await promote_to_atmosphere(small, index, client, data_store=dest,
+                                          executor=executor)
+        assert await dest.list_multipart_uploads() == []
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(small, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+    ran = await dask_client.run(_stores_on_worker)
+    assert sum(ran.values()) >= 2 and all(os.getpid() != int(a.rsplit(":", 1)[-1])
+                                          for a in ran)
+
+
+def _our_tasks(dask_scheduler) -> list[bytes]:
+    """Every atdata task the scheduler holds, as the scheduler stores and shows it."""
+    out = []
+    for key, ts in dask_scheduler.tasks.items():
+        if str(key).startswith("atdata-shard-"):
+            out.append(repr(ts).encode() + repr(ts.run_spec).encode()
+                       + pickle.dumps(ts.run_spec))
+    return out
+
+
+async def test_worker_killed_mid_copy_resumes_elsewhere_and_no_secret_leaks(
+        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+    entry = await insert(index, tmp_path, "big", shards=4, per_shard=1500, stem="big")
+    dest_bucket = make_bucket(second_moto_server.url)
+    flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
+    await dask_client.register_plugin(StallOnce(str(flag), 6, str(sent_log)))
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
+    seen_tasks: list[bytes] = []
+    killed: list[int] = []
+    try:
+        async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            async with anyio.create_task_group() as tg:
+
+                async def kill_when_stalled() -> None:
+                    with anyio.fail_after(60):
+                        while not flag.exists() or not flag.read_text():
+                            await anyio.sleep(0.05)
+                    await anyio.sleep(0.5)  # the dead worker's journal batches are out
+                    seen_tasks.extend(await dask_client.run_on_scheduler(_our_tasks))
+                    pid = int(flag.read_text())
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+
+                tg.start_soon(kill_when_stalled)
+                uri = await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                                  executor=executor, max_concurrency=4)
+            assert await dest.list_multipart_uploads() == []
+        logs = [str(await dask_client.get_scheduler_logs())]
+        logs += [str(v) for v in (await dask_client.get_worker_logs()).values()]
+    finally:
+        await dask_client.unregister_worker_plugin(StallOnce.name)
+    assert killed and seen_tasks
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+    # finished parts were kept: no part of any shard went up twice
+    sent = sent_log.read_text().split("\n")
+    assert len(sent) == len(set(sent))
+    for blob in seen_tasks + [s.encode() for s in logs]:
+        assert SECRET.encode() not in blob
+        assert b"testing-secret" not in blob
+
+
+async def test_scheduler_gone_is_an_executor_error_and_a_local_rerun_completes(
+        index, client, tmp_path, second_moto_server):  # noqa: F811
+    entry = await insert(index, tmp_path, "lost", shards=3, per_shard=1500, stem="lost")
+    dest_bucket = make_bucket(second_moto_server.url)
+    flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
+    async with new_cluster(1, asynchronous=True) as lone, \
+            Client(lone, asynchronous=True, timeout=3) as dc, \
+            store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        await dc.register_plugin(StallOnce(str(flag), 3, str(sent_log)))
+        executor = DaskExecutor(dc, credentials=ON_WORKERS)
+        async with anyio.create_task_group() as tg:
+
+            async def stop_scheduler() -> None:
+                with anyio.fail_after(60):
+                    while not flag.exists():
+                        await anyio.sleep(0.05)
+                await anyio.sleep(0.3)
+                await lone.scheduler.close()
+
+            tg.start_soon(stop_scheduler)
+            with pytest.raises(ExecutorError, match="rerun the promotion"):
+                await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                            executor=executor)
+    assert await datasets(client) == []
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert await dest.list_multipart_uploads() == []
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
