@@ -305,3 +305,24 @@ async def test_cleanup_after_a_kill_removes_only_what_nothing_refers_to(
     async with dest:
         assert await dest.list_multipart_uploads() == []
         assert set(await dest.list_objects("")) == published | victim_keys
+
+
+@pytest.mark.pds
+def test_bench_resume_smoke(redis_url, moto_server, second_moto_server, pds, pds_account,
+                            tmp_path):
+    from benchmarks import bench_resume
+
+    paths = bench_resume.write_shards(tmp_path / "shards", 12, 16, 4, 1024)
+    ctx = {"redis": redis_url, "src": moto_server.url, "dst": second_moto_server.url,
+           "pds": pds.url, "handle": pds_account["handle"],
+           "password": pds_account["password"], "src_bucket": make_bucket(moto_server.url),
+           "dst_bucket": make_bucket(second_moto_server.url), "entry": "smoke",
+           "throttle": 0.05}
+    result = bench_resume.run_case(ctx, paths)
+    bench_resume.print_table(result)
+    assert 0 < result["missing_bytes"] < result["bytes"]
+    # at most the parts in flight when the kill landed are sent twice
+    assert result["missing_bytes"] <= result["rerun_bytes"] <= (
+        result["missing_bytes"] + 8 * bench_resume.PART)
+    assert (result["open_uploads_after"], result["missing_after"],
+            result["dataset_records"]) == (0, 0, 1)

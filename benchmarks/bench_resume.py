@@ -1,0 +1,314 @@
+"""Benchmark (i): a cross-endpoint promotion killed with SIGKILL about halfway, then rerun.
+
+    .venv/bin/python benchmarks/bench_resume.py [--shards 512] [--small-kib 64]
+                                                [--big-every 8] [--big-kib 1024]
+
+Services run as separate processes (redis-server, two moto_server endpoints, the
+reference PDS). The entry has ``--shards`` shards; every ``--big-every``-th one is a
+multipart upload (256 KiB parts; moto's minimum part size is lowered). A promotion runs
+in a child process, which is SIGKILLed once its journal shows about half the shards
+copied. What was missing is measured from S3 itself (complete objects, the parts of open
+uploads), then the promotion is rerun in this process, counting the bytes and requests
+it sends. Target: the rerun sends at most 5% more than the missing part.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PART = 256 * 1024
+os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", str(PART))  # read by the moto servers
+os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(16 * 1024 * 1024))
+
+
+def creds(endpoint: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+
+
+def store(endpoint: str, bucket: str, concurrency: int = 8) -> Any:
+    from atdata_async.local import S3DataStore
+
+    return S3DataStore(creds(endpoint), bucket=bucket, part_size=PART,
+                       multipart_threshold=2 * PART, min_part_size=PART,
+                       copy_multipart_threshold=4 * PART, copy_part_size=PART,
+                       max_concurrency=concurrency)
+
+
+def boto(endpoint: str) -> Any:
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+
+
+def new_bucket(endpoint: str) -> str:
+    name = f"bench-{uuid.uuid4().hex[:10]}"
+    boto(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def write_shards(directory: Path, shards: int, small_kib: int, big_every: int,
+                 big_kib: int) -> list[Path]:
+    """Tar shards of FeatureSamples (512 B each), every ``big_every``-th one large."""
+    import numpy as np
+    import webdataset as wds
+
+    from tests.samples import FeatureSample
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for s in range(shards):
+        kib = big_kib if big_every and s % big_every == big_every - 1 else small_kib
+        path = directory / f"shard-{s:06d}.tar"
+        with wds.writer.TarWriter(str(path)) as sink:
+            for n in range(max(1, kib * 1024 // 1536)):
+                sample = FeatureSample(rng.standard_normal(128).astype(np.float32), n % 10)
+                sink.write({**sample.as_wds, "__key__": f"{s:06d}{n:06d}"})
+        paths.append(path)
+    return paths
+
+
+# -- the promotion (child process and rerun) --------------------------------------------
+
+
+class Counted:
+    """Bytes the destination was sent (PUT bodies and parts), by wrapping the store."""
+
+    def __init__(self) -> None:
+        from atdata_async._store import S3DataStore
+
+        self.bytes = 0
+        put, part = S3DataStore.put_bytes, S3DataStore._send_part
+        counted = self
+        self.undo = lambda: (setattr(S3DataStore, "put_bytes", put),
+                             setattr(S3DataStore, "_send_part", part))
+
+        async def put_bytes(self: Any, key: str, data: bytes, *a: Any, **kw: Any) -> str:
+            etag = await put(self, key, data, *a, **kw)
+            counted.bytes += len(data)
+            return etag
+
+        async def send_part(self: Any, key: str, upload_id: str, number: int, data: bytes,
+                            *a: Any, **kw: Any) -> None:
+            await part(self, key, upload_id, number, data, *a, **kw)
+            counted.bytes += len(data)
+
+        S3DataStore.put_bytes = put_bytes  # type: ignore[method-assign]
+        S3DataStore._send_part = send_part  # type: ignore[method-assign]
+
+
+async def promote(ctx: dict[str, Any]) -> dict[str, Any]:
+    from atdata_async.atmosphere import AtmosphereClient
+    from atdata_async.local import LocalIndex
+    from atdata_async.promote import promote_to_atmosphere
+
+    src = store(ctx["src"], ctx["src_bucket"])
+    dest = store(ctx["dst"], ctx["dst_bucket"])
+    async with src, dest, LocalIndex(ctx["redis"], data_store=src) as index, \
+            AtmosphereClient(ctx["pds"]) as client:
+        await client.login(ctx["handle"], ctx["password"])
+        entry = await index.get_entry_by_name(ctx["entry"])
+        start = time.perf_counter()
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        wall = time.perf_counter() - start
+        return {"uri": uri, "wall": wall, "dest_requests": dest.request_count,
+                "src_requests": src.request_count}
+
+
+def child(ctx: dict[str, Any]) -> None:
+    """The promotion to kill. ``throttle`` (seconds per upload request) slows tiny runs
+    down enough for the kill to land mid-copy."""
+    import anyio
+
+    from atdata_async._store import S3DataStore
+
+    delay = float(ctx.get("throttle", 0))
+    for name in ("put_bytes", "_send_part") if delay else ():
+        def slowed(method: Any) -> Any:
+            async def run(self: Any, *a: Any, **kw: Any) -> Any:
+                await anyio.sleep(delay)
+                return await method(self, *a, **kw)
+            return run
+        setattr(S3DataStore, name, slowed(getattr(S3DataStore, name)))
+    print(json.dumps(anyio.run(promote, ctx)))
+
+
+def missing_in_s3(ctx: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
+    """What the destination lacks, from S3 itself: shards without a complete object, less
+    the parts their open uploads already hold."""
+    s3 = boto(ctx["dst"])
+    present = {o["Key"]: o["Size"] for page in
+               s3.get_paginator("list_objects_v2").paginate(Bucket=ctx["dst_bucket"])
+               for o in page.get("Contents", [])}
+    uploads = s3.list_multipart_uploads(Bucket=ctx["dst_bucket"]).get("Uploads", [])
+    held, held_parts = 0, {}
+    for u in uploads:
+        parts = s3.list_parts(Bucket=ctx["dst_bucket"], Key=u["Key"], UploadId=u["UploadId"])
+        held += sum(p["Size"] for p in parts.get("Parts", []))
+        held_parts[u["Key"]] = len(parts.get("Parts", []))
+    lacking = {k: n for k, n in sizes.items() if present.get(k) != n}
+    # the requests a run of only the missing part needs at the destination: one PUT per
+    # small shard; (create) + the missing parts + complete + a verifying HEAD per large one
+    needed = 0
+    for key, size in lacking.items():
+        if size <= 2 * PART:
+            needed += 1
+        else:
+            kept = held_parts.get(key)
+            needed += (-(-size // PART)) - (kept or 0) + 2 + (0 if kept is not None else 1)
+    return {"done_shards": len(sizes) - len(lacking), "open_uploads": len(uploads),
+            "missing_bytes": sum(lacking.values()) - held, "held_part_bytes": held,
+            "missing_shards": len(lacking), "needed_requests": needed}
+
+
+def kill_halfway(ctx: dict[str, Any], shards: int) -> float:
+    """Run the promotion in a child; SIGKILL it once half the shards are journaled."""
+    import redis
+
+    r = redis.Redis.from_url(ctx["redis"])
+    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(ctx)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    start = time.perf_counter()
+    try:
+        while True:
+            keys = [k.decode() for k in r.scan_iter(match="atdata_async:journal:*", count=100)
+                    if not k.endswith(b":lease")]
+            copied = sum(1 for k in keys for f in r.hkeys(k) if f.startswith(b"s:"))
+            if copied >= shards // 2:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the promotion ended before the kill: {proc.communicate()}")
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        r.close()
+    return time.perf_counter() - start
+
+
+def run_case(ctx: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
+    """Insert, promote + kill, measure what is missing, rerun; returns the numbers."""
+    import anyio
+
+    from atdata_async import Dataset
+    from atdata_async.local import LocalIndex
+    from tests.samples import FeatureSample
+
+    async def insert() -> dict[str, int]:
+        src = store(ctx["src"], ctx["src_bucket"])
+        async with src, LocalIndex(ctx["redis"], data_store=src) as index:
+            await index.publish_schema(FeatureSample, version="1.0.0")
+            entry = await index.insert_dataset(
+                Dataset[FeatureSample]([str(p) for p in paths]), name=ctx["entry"])
+        return {f"promoted/{ctx['entry']}/{u.rsplit('/', 1)[1]}": entry.shard_sizes[u]
+                for u in entry.data_urls}
+
+    sizes = anyio.run(insert)
+    until_kill = kill_halfway(ctx, len(paths))
+    gap = missing_in_s3(ctx, sizes)
+    counted = Counted()
+    try:
+        rerun = anyio.run(promote, ctx)
+    finally:
+        counted.undo()
+    after = missing_in_s3(ctx, sizes)
+    records = records_of(ctx)
+    return {"shards": len(paths), "bytes": sum(sizes.values()), "killed_after": until_kill,
+            **gap, "rerun_bytes": counted.bytes, "rerun_wall": rerun["wall"],
+            "rerun_dest_requests": rerun["dest_requests"],
+            "rerun_src_requests": rerun["src_requests"],
+            "open_uploads_after": after["open_uploads"], "missing_after": after["missing_shards"],
+            "dataset_records": records}
+
+
+def records_of(ctx: dict[str, Any]) -> int:
+    import anyio
+
+    from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient
+
+    async def count() -> int:
+        async with AtmosphereClient(ctx["pds"]) as client:
+            await client.login(ctx["handle"], ctx["password"])
+            return len([r async for r in client.list_records(DATASET_COLLECTION)])
+
+    return anyio.run(count)
+
+
+def print_table(r: dict[str, Any]) -> None:
+    ratio = r["rerun_bytes"] / r["missing_bytes"] if r["missing_bytes"] else float("nan")
+    print(f"\nbenchmark (i): {r['shards']} shards, {r['bytes'] / 2**20:.1f} MiB, "
+          "cross-endpoint, SIGKILL about halfway, then rerun")
+    rows = [
+        ("killed after (s)", f"{r['killed_after']:.2f}"),
+        ("shards complete at the kill", f"{r['done_shards']}/{r['shards']}"),
+        ("open uploads at the kill (parts held)",
+         f"{r['open_uploads']} ({r['held_part_bytes'] / 2**10:.0f} KiB)"),
+        ("missing bytes (from S3)", f"{r['missing_bytes']:,}"),
+        ("rerun bytes sent", f"{r['rerun_bytes']:,}"),
+        ("rerun bytes / missing", f"{ratio:.4f}  (target <= 1.05)"),
+        ("requests the missing part needs (destination)", f"{r['needed_requests']}"),
+        ("rerun requests: destination / source",
+         f"{r['rerun_dest_requests']} / {r['rerun_src_requests']}"),
+        ("rerun destination requests / needed",
+         f"{r['rerun_dest_requests'] / max(1, r['needed_requests']):.4f}"),
+        ("rerun wall (s)", f"{r['rerun_wall']:.2f}"),
+        ("after: open uploads / missing shards / records",
+         f"{r['open_uploads_after']} / {r['missing_after']} / {r['dataset_records']}"),
+    ]
+    for label, value in rows:
+        print(f"  {label:<48} {value}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=512)
+    parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--big-every", type=int, default=8)
+    parser.add_argument("--big-kib", type=int, default=1024)
+    parser.add_argument("--child")
+    a = parser.parse_args()
+    if a.child:
+        child(json.loads(a.child))
+        return
+    from tests import services
+
+    with tempfile.TemporaryDirectory() as tmp:
+        started = []
+        try:
+            redis = services.start_redis(Path(tmp) / "redis")
+            started.append(redis)
+            src = services.start_moto(in_process=False)
+            started.append(src)
+            dst = services.start_moto(in_process=False)
+            started.append(dst)
+            pds = services.start_pds(Path(tmp) / "pds")
+            started.append(pds)
+            account = services.create_account(pds.url, f"bench{uuid.uuid4().hex[:6]}")
+            paths = write_shards(Path(tmp) / "shards", a.shards, a.small_kib, a.big_every,
+                                 a.big_kib)
+            ctx = {"redis": redis.url, "src": src.url, "dst": dst.url, "pds": pds.url,
+                   "handle": account["handle"], "password": account["password"],
+                   "src_bucket": new_bucket(src.url), "dst_bucket": new_bucket(dst.url),
+                   "entry": "bench-resume"}
+            print_table(run_case(ctx, paths))
+        finally:
+            for service in reversed(started):
+                service.stop()
+
+
+if __name__ == "__main__":
+    main()
