@@ -324,3 +324,31 @@ def test_cli_promotes_a_batch_then_reruns_it(cli_env, s3_credentials, bucket, tm
         assert usage.returncode == 2 and "Traceback" not in usage.stderr, usage.stderr
     missing = cli(cli_env, "promote", "--match", "zzz*")
     assert missing.returncode == 3
+
+
+# -- benchmark smoke runs (the real runs: benchmarks/bench_batch.py) ----------------------
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_batch.py"
+    spec = importlib.util.spec_from_file_location("bench_batch", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+async def test_bench_batch_smoke(redis_url, moto_server, second_moto_server, pds, tmp_path,
+                                 capsys):
+    bench = _bench()
+    rows = await bench.compare(redis_url, moto_server.url, pds.url, 3)
+    assert [(r["records"], r["failed"]) for r in rows] == [(3, 0), (3, 0)]
+    result = await bench.soak(redis_url, moto_server.url, second_moto_server.url, pds.url, 2,
+                              7, tmp_path)
+    assert (result["published"], result["duplicates"], result["open_uploads"]) == (2, 0, 0)
+    assert result["records"] == 2 and not result["failed_after_rerun"]
+    bench.print_compare(rows)
+    bench.print_soak(result)
+    assert "records/s" in capsys.readouterr().out
