@@ -169,7 +169,8 @@ class Parser(argparse.ArgumentParser):
             message = "a command is needed: " + ", ".join(self.commands)
         raise UsageError(message, self.prog)
 
-    commands: tuple[str, ...] = ("insert", "ls", "schemas", "show", "promote", "dev")
+    commands: tuple[str, ...] = ("insert", "ls", "schemas", "show", "promote", "cleanup",
+                                 "dev")
 
 
 class UsageError(Exception):
@@ -259,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--tag", action="append", dest="tags", metavar="TAG",
                          help="a discovery tag (repeatable)")
     promote.add_argument("--license")
+    promote.add_argument("--no-verify", dest="verify", action="store_false",
+                         help="publish even what cannot be verified (no checksum, no "
+                              "credentials to read the shards)")
     promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
     promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
                          help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
@@ -325,6 +329,10 @@ def hint_for(exc: BaseException, args: argparse.Namespace | None = None) -> str 
         if exc.status is None:
             return "check --pds-url / ATDATA_PDS_URL: is a PDS answering there?"
         return None
+    if isinstance(exc, ObjectNotFoundError) and exc.code == "NoSuchBucket":
+        return "create the bucket, or check the s3:// URL and the store's AWS_ENDPOINT"
+    if isinstance(exc, ConfigurationError) and command == "dev":
+        return "clone the repository and run `scripts/demo --up` in it"
     if isinstance(exc, ConfigurationError) and command:
         return f"see `atdata-async {command} --help`"
     return next((hint for kind, hint in HINTS if isinstance(exc, kind)), None)
@@ -746,6 +754,8 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         kwargs: dict[str, Any] = dict(data_store=dest, name=args.name,
                                       description=args.description, tags=args.tags,
                                       license=args.license, copy_prefix=prefix)
+        if not args.verify and is_batch(args):
+            raise ConfigurationError("--no-verify is for one entry at a time")
         if is_batch(args):
             return await promote_batch(args, entries, index, client, outcome, kwargs)
         if args.dry_run:
@@ -755,7 +765,7 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         show = progress_for(args)
         try:
             uri = await promote_to_atmosphere(entry, index, client,
-                                              max_concurrency=args.concurrency,
+                                              max_concurrency=args.concurrency, verify=args.verify,
                                               progress=show, **kwargs)
         except ShardTransferError as exc:
             raise left_behind(exc, dest) from None
@@ -1083,7 +1093,7 @@ def print_plan(plan: dict[str, Any]) -> None:
         print(f"  ... {len(plan['shards']) - 20} more")
     for check in plan.get("checks", []):
         print(f"checked: {check}")
-    print("record (checksums are filled in when the shards are read):")
+    print("record to be written:")
     print(json.dumps(plan["record"], indent=2))
     print("dry run: nothing was written")
 

@@ -32,6 +32,23 @@ def free_port() -> int:
 
 def wait_until(check: Callable[[], bool], timeout: float, what: str,
                proc: subprocess.Popen | None = None) -> None:
+    """Poll ``check``; a process being started is stopped if this fails or is
+    interrupted (Ctrl-C, SIGTERM), so no half-started service outlives its starter."""
+    try:
+        _wait_until(check, timeout, what, proc)
+    except BaseException:
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
+
+
+def _wait_until(check: Callable[[], bool], timeout: float, what: str,
+                proc: subprocess.Popen | None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -68,8 +85,9 @@ class Service:
                 self.proc.wait()
 
 
-def start_redis(workdir: Path) -> Service:
-    """A throwaway redis-server (no persistence) on a free port."""
+def start_redis(workdir: Path, *, detach: bool = False) -> Service:
+    """A throwaway redis-server (no persistence) on a free port. ``detach``: in its own
+    session, so it outlives its starter (``scripts/demo --keep``)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed (apt-get install -y redis-server)")
@@ -78,7 +96,7 @@ def start_redis(workdir: Path) -> Service:
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
          "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=detach,
     )
 
     def ping() -> bool:
@@ -90,7 +108,8 @@ def start_redis(workdir: Path) -> Service:
     return Service("redis", f"redis://127.0.0.1:{port}/0", proc)
 
 
-def start_moto(in_process: bool = True, *, auth_after: int | None = None) -> Service:
+def start_moto(in_process: bool = True, *, auth_after: int | None = None,
+               detach: bool = False) -> Service:
     """A moto S3 server: in this process (tests) or as its own process (benchmarks).
 
     ``auth_after=N`` (own process only): after N unchecked requests (enough to create an
@@ -109,7 +128,8 @@ def start_moto(in_process: bool = True, *, auth_after: int | None = None) -> Ser
     if auth_after is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
     proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=detach)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: urllib.request.urlopen(url + "/moto-api/", timeout=1).status == 200,
                30, "moto_server", proc)
@@ -164,9 +184,10 @@ def start_plc(workdir: Path) -> Service:
 
 
 def start_pds(workdir: Path, *, rate_limits: bool = False,
-              plc_url: str | None = None) -> Service:
+              plc_url: str | None = None, detach: bool = False) -> Service:
     """The reference PDS on a free port, with an in-memory PLC of its own or the shared
-    one at ``plc_url``; ``extra`` has the JWT secret and the PLC's URL."""
+    one at ``plc_url``; ``extra`` has the JWT secret and the PLC's URL. ``detach``: in its
+    own session, so it outlives its starter (``scripts/demo --keep``)."""
     home = install_pds()
     node = (home / ".installed").read_text().strip()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -200,7 +221,8 @@ def start_pds(workdir: Path, *, rate_limits: bool = False,
         env["PDS_DID_PLC_URL"] = plc_url
     with open(workdir / "pds.log", "wb") as log:  # the child keeps its own descriptor
         proc = subprocess.Popen([node, str(home / "pds-server.mjs")], cwd=home, env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=detach)
     url = f"http://127.0.0.1:{port}"
     wait_until(lambda: urllib.request.urlopen(url + "/xrpc/_health", timeout=2).status == 200
                and (workdir / "state.json").exists(), 90, f"PDS (log: {workdir / 'pds.log'})", proc)
