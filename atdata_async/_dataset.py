@@ -7,13 +7,21 @@ import hashlib
 import io
 import itertools
 import os
+import struct
 import tarfile
 from collections.abc import AsyncIterator, Collection, Generator, Iterator, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import anyio
+import msgspec
 
-from ._errors import ChecksumMismatchError, ConfigurationError, UntrustedSourceError
+from ._errors import (
+    AtdataError,
+    ChecksumMismatchError,
+    ConfigurationError,
+    CorruptShardError,
+    UntrustedSourceError,
+)
 from ._http import HttpShardReader
 from ._sample import PackableSample
 from ._streams import READ_AHEAD, AsyncRead, ExactReader, blocking_file
@@ -62,29 +70,45 @@ def _take(pairs: Iterator[tuple[str, T]], n: int) -> list[tuple[str, T]]:
     return list(itertools.islice(pairs, n))
 
 
-def decode_shard(data: bytes | IO[bytes],
-                 sample_type: type[T]) -> Generator[tuple[str, T], None, None]:
-    """Yield (``__key__``, sample) for each ``<key>.msgpack`` member of a tar shard."""
+def decode_shard(data: bytes | IO[bytes], sample_type: type[T],
+                 name: str = "shard") -> Generator[tuple[str, T], None, None]:
+    """Yield (``__key__``, sample) for each ``<key>.msgpack`` member of a tar shard; a
+    shard that is no tar, or a sample that does not decode, is a CorruptShardError
+    naming the shard (``name``) and the member."""
     fileobj = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-    with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
-        for member in tar:
-            base = os.path.basename(member.name)
-            key, _, ext = base.partition(".")
-            if not member.isfile() or ext != "msgpack":
-                continue
-            payload = tar.extractfile(member)
-            assert payload is not None
-            yield key, sample_type.from_bytes(payload.read())
+    member_name = None
+    try:
+        with tarfile.open(fileobj=fileobj, mode="r|*") as tar:
+            for member in tar:
+                member_name = member.name
+                base = os.path.basename(member.name)
+                key, _, ext = base.partition(".")
+                if not member.isfile() or ext != "msgpack":
+                    continue
+                payload = tar.extractfile(member)
+                assert payload is not None
+                yield key, sample_type.from_bytes(payload.read())
+    except (tarfile.TarError, EOFError, msgspec.DecodeError, ValueError, TypeError,
+            KeyError, struct.error) as exc:
+        if isinstance(exc, AtdataError):
+            raise
+        where = f" (member {member_name!r})" if member_name else ""
+        raise CorruptShardError(f"{name}{where}: not a readable WebDataset shard: "
+                                f"{type(exc).__name__}: {exc}") from exc
 
 
 def count_samples(path: str) -> int:
     """Count distinct sample keys in a local tar shard by reading headers only."""
     keys = set()
-    with tarfile.open(path, mode="r:") as tar:
-        for member in tar:
-            if member.isfile():
-                base = os.path.basename(member.name)
-                keys.add(os.path.join(os.path.dirname(member.name), base.partition(".")[0]))
+    try:
+        with tarfile.open(path, mode="r:") as tar:
+            for member in tar:
+                if member.isfile():
+                    base = os.path.basename(member.name)
+                    keys.add(os.path.join(os.path.dirname(member.name),
+                                          base.partition(".")[0]))
+    except (tarfile.TarError, EOFError) as exc:
+        raise CorruptShardError(f"{path}: not a tar file: {exc}") from exc
     return len(keys)
 
 
@@ -204,7 +228,7 @@ class Dataset(Generic[T]):
         for url in self.shard_urls:
             async with self.open_shard(url) as read:
                 pairs = decode_shard(blocking_file(read, anyio.from_thread.run),
-                                     self.sample_type)
+                                     self.sample_type, url)
                 try:
                     while batch := await anyio.to_thread.run_sync(_take, pairs, DECODE_BATCH):
                         for key, sample in batch:

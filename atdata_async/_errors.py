@@ -14,6 +14,7 @@
     │   ├── ObjectNotFoundError (KeyError)   no such bucket, key or http(s) shard
     │   ├── SourceChangedError               a shard's bytes are not those recorded at insert
     │   ├── ChecksumMismatchError            a shard read has another sha256 than its record's
+    │   ├── CorruptShardError (ValueError)   a shard is not a tar of samples (names the shard)
     │   ├── LocalIndexError                  the local index's Redis cannot be used
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     ├── IdentityError                        a handle or DID cannot be resolved to its PDS
@@ -119,6 +120,11 @@ class ChecksumMismatchError(StorageError):
         self.url = url
         self.expected = expected
         self.actual = actual
+
+
+class CorruptShardError(StorageError, ValueError):
+    """A shard's bytes are not a WebDataset tar of decodable samples; the message names
+    the shard and the member."""
 
 
 class LocalIndexError(StorageError):

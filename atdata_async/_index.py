@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from ._errors import (
     FieldTypeError,
     LocalIndexError,
     MalformedEntryError,
+    ObjectNotFoundError,
     SchemaNotFoundError,
     ValidationError,
 )
@@ -48,7 +50,13 @@ from ._schema import (
 from ._store import S3DataStore
 from ._tasks import single_error
 from ._urls import local_path, url_kind
-from ._validate import check_metadata, check_text, check_url, redact_userinfo
+from ._validate import (
+    check_metadata,
+    check_string,
+    check_text,
+    check_url,
+    redact_userinfo,
+)
 
 log = logging.getLogger("atdata_async.index")
 
@@ -85,6 +93,16 @@ class LocalDatasetEntry:
     cid: str = field(default="")
 
     def __post_init__(self) -> None:
+        check_string("name", self.name)
+        check_string("schema_ref", self.schema_ref)
+        urls = self.data_urls
+        if isinstance(urls, str | bytes) or not isinstance(urls, list | tuple):
+            raise FieldTypeError("data_urls", f"must be a list of URLs, got {type(urls).__name__}")
+        for i, url in enumerate(urls):
+            check_string(f"data_urls[{i}]", url)
+        if self.metadata is not None and not isinstance(self.metadata, dict):
+            raise FieldTypeError("metadata", f"must be a dict, got {type(self.metadata).__name__}")
+        check_string("cid", self.cid)
         if not self.cid:
             object.__setattr__(self, "cid", entry_cid(self.schema_ref, self.data_urls))
 
@@ -151,8 +169,11 @@ def _entry_from_hash(raw: Mapping[bytes, bytes], key: str = "entry") -> LocalDat
     for claims in ("checksums", "shard_sizes", "etags"):
         if meta and meta.get(claims) is not None and not isinstance(meta[claims], dict):
             raise MalformedEntryError(key, f"its metadata[{claims!r}] is not a map")
-    return LocalDatasetEntry(name=name, schema_ref=schema_ref, data_urls=urls, metadata=meta,
-                             cid=cid)
+    try:
+        return LocalDatasetEntry(name=name, schema_ref=schema_ref, data_urls=urls,
+                                 metadata=meta, cid=cid)
+    except ValidationError as exc:
+        raise MalformedEntryError(key, str(exc)) from None
 
 
 class LocalIndex:
@@ -312,6 +333,9 @@ class LocalIndex:
         paths = [local_path(u) for u in ds.shard_urls if url_kind(u) == "file"]
         if len(paths) != len(ds.shard_urls):
             raise ConfigurationError("insert_dataset uploads local shards; use add_entry for URLs")
+        for path in paths:
+            if not os.path.isfile(path):
+                raise ObjectNotFoundError(f"{path}: no such file to insert", code="ENOENT")
         run = uuid.uuid4()
         stem = (prefix or name).strip("/")
         keys = [f"{stem}/data--{run}--{i:06d}.tar" for i in range(len(paths))]

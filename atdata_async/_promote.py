@@ -28,11 +28,13 @@ import msgspec
 
 from ._atproto import next_tid, record_key_from
 from ._errors import (
+    AtdataError,
     AuthError,
     EntryError,
     ExecutorError,
     ShardTransferError,
     SourceChangedError,
+    ValidationError,
 )
 from ._executor import DaskExecutor, ShardRunner
 from ._http import HttpShardReader
@@ -222,6 +224,20 @@ class SchemaRegistry:
             uri = made["uri"]
             known[key] = uri
             return uri
+
+
+def check_local_schema(local: Any, ref: str) -> None:
+    """The local schema record (hand-written Redis, another program's) converts to a
+    schema record, or ValidationError names it: before any write, never a KeyError."""
+    try:
+        if not isinstance(local.get("version"), str):
+            raise TypeError("no version string")
+        schema_record_from_local(local, now_iso())
+    except AtdataError:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError, IndexError) as exc:
+        raise ValidationError("schema", f"the local schema {ref} is malformed "
+                                        f"({type(exc).__name__}: {exc})") from None
 
 
 def _schema_key(local: dict[str, Any]) -> tuple[str, str]:
@@ -437,6 +453,7 @@ async def promote_to_atmosphere(
         raise AuthError("promote_to_atmosphere", None, "NotLoggedIn",
                         "the AtmosphereClient is not logged in: call client.login() first")
     local_schema = await local_index.get_schema(entry.schema_ref)  # KeyError before any write
+    check_local_schema(local_schema, entry.schema_ref)
     source = source_store(local_index, data_store, plan)
     if verify:
         _refuse_unprovable(plan, source)
@@ -621,6 +638,7 @@ async def preview_promotion(
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
                           tags=tags, license=license, copy_prefix=copy_prefix)
     local_schema = await local_index.get_schema(entry.schema_ref)
+    check_local_schema(local_schema, entry.schema_ref)
     existing = await schema_registry(client).lookup(client, local_schema)
     if existing is not None:
         schema: dict[str, Any] = {"action": "reuse", "uri": existing}

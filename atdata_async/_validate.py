@@ -78,6 +78,18 @@ def check_text(field: str, value: Any, *, optional: bool = False, multiline: boo
     return value
 
 
+def check_string(field: str, value: Any) -> str:
+    """A str that encodes as UTF-8 (no lone surrogates); control characters allowed."""
+    if not isinstance(value, str):
+        raise FieldTypeError(field, f"must be a string, got {_type_name(value)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValidationError(field, f"holds a lone surrogate at position {exc.start}; "
+                                     "it cannot be encoded as UTF-8") from None
+    return value
+
+
 def check_chars(field: str, value: str, *, multiline: bool = False) -> None:
     try:
         value.encode("utf-8")

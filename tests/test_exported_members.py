@@ -9,9 +9,9 @@ import pytest
 PUBLIC = {
     "atdata_async": [
         "AtdataError", "AuthError", "ChecksumMismatchError", "ConfigurationError",
-        "ConflictError", "Dataset", "EntryError", "EntryNotFoundError", "ExecutorError",
-        "FieldTypeError",
-        "IdentityError", "IdentityNotFoundError", "LocalIndexError", "MalformedEntryError",
+        "ConflictError", "CorruptShardError", "Dataset", "EntryError", "EntryNotFoundError",
+        "ExecutorError", "FieldTypeError", "IdentityError", "IdentityNotFoundError",
+        "LocalIndexError", "MalformedEntryError",
         "NotFoundError", "PackableSample", "PromotionBusyError",
         "RateLimitedError", "RecordNotFoundError", "RedactingFilter", "SchemaNotFoundError",
         "ShardTransferError", "SourceChangedError", "StorageError", "TransferProgress",

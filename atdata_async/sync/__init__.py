@@ -43,7 +43,7 @@ class Dataset(Facade, core=_dataset.Dataset):
         for url in self._core.shard_urls:
             with portal.wrap_async_context_manager(self._core.open_shard(url)) as read:
                 pairs = _dataset.decode_shard(blocking_file(read, portal.call),
-                                              self._core.sample_type)
+                                              self._core.sample_type, url)
                 try:
                     yield from pairs
                 finally:
