@@ -16,6 +16,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from ._errors import (
     SourceChangedError,
     StorageError,
 )
+from ._pace import Pace, is_throttle
 from ._parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
 from ._progress import ProgressCallback, ProgressTracker
 from ._redact import mask_key_id
@@ -110,6 +112,61 @@ class _BufferReader(io.RawIOBase):
 
     def tell(self) -> int:
         return self._pos
+
+
+class _StreamedBody:
+    """A PutObject body that is another store's GetObject body, passed through chunk by
+    chunk as the socket hands it over: nothing is buffered, hashed or joined here.
+
+    aiohttp iterates it once per send, so every send (a botocore retry included) starts
+    a fresh GET of the same version (If-Match); ``seek(0)`` is what botocore calls to
+    rewind before a retry, and needs to do nothing. A failure of the GET side is kept in
+    ``error``, to be raised instead of whatever the PUT side saw of it."""
+
+    def __init__(self, source: S3DataStore, url: str, size: int, etag: str | None) -> None:
+        self.source, self.url, self.size, self.etag = source, url, size, etag
+        self.error: BaseException | None = None
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self, *_: Any) -> bytes:
+        """Only so botocore's validator takes this for a file: a blocking read of a
+        body that is on its way from another server has no meaning."""
+        raise io.UnsupportedOperation("a streamed body is read by iterating it")
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return 0
+
+    def tell(self) -> int:
+        return 0
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._chunks()
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        loc = parse_s3_url(self.url)
+        extra = {"IfMatch": _quoted(self.etag)} if self.etag else {}
+        sent = 0
+        try:
+            s3 = await self.source.client()
+            with self.source.errors("GetObject", self.url):
+                response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
+                raw = response["Body"].__wrapped__  # the aiohttp response: no extra layers
+                try:
+                    while chunk := await raw.content.readany():
+                        sent += len(chunk)
+                        if sent > self.size:
+                            break
+                        yield chunk
+                finally:
+                    raw.release()
+            if sent != self.size:
+                raise StorageError(f"GetObject {self.url}: got {sent} bytes, expected "
+                                   f"{self.size} (the object changed while read?)")
+        except Exception as exc:
+            self.error = exc
+            raise
 
 
 def _hash_into(hasher: Any, data: bytes) -> str:
@@ -234,10 +291,24 @@ _calling_store: contextvars.ContextVar[S3DataStore | None] = contextvars.Context
     "calling_store", default=None)
 
 
-def _count_request(**_: Any) -> None:
+def _count_request(request: Any = None, **_: Any) -> None:
     store = _calling_store.get()
     if store is not None:
         store.request_count += 1
+        if request is not None and request.method == "PUT" and request.body is not None:
+            store._paced(int(request.headers.get("Content-Length") or 0))
+
+
+def _watch_answer(response: Any = None, **_: Any) -> None:
+    """Every answer (before botocore decides on a retry): SlowDown and 503 slow the
+    calling store down."""
+    store = _calling_store.get()
+    if store is None or not response:
+        return
+    http, parsed = response
+    code = (parsed or {}).get("Error", {}).get("Code") if isinstance(parsed, dict) else None
+    if is_throttle(getattr(http, "status_code", None), code):
+        store._throttled()
 
 
 @dataclass
@@ -269,6 +340,8 @@ class S3DataStore:
         max_attempts: int = 5,
         copy_multipart_threshold: int = 1024 * MIB,
         copy_part_size: int = 128 * MIB,
+        max_memory: int | None = None,
+        adaptive: bool = True,
     ) -> None:
         check_text("bucket", bucket)
         if not bucket or "/" in bucket:
@@ -290,6 +363,10 @@ class S3DataStore:
         self.max_attempts = max_attempts
         self.copy_multipart_threshold = min(copy_multipart_threshold, MAX_SINGLE_COPY)
         self.copy_part_size = copy_part_size
+        self.max_memory = max_memory
+        # The pace: concurrency adjusted to the endpoint's answers and throughput (never
+        # above max_concurrency, nor above what max_memory allows for buffers).
+        self.pace = Pace(max_concurrency) if adaptive else None
         self._client: Any = None
         self._shared: tuple[Any, tuple[Any, ...]] | None = None  # (loop, key) while held
         self._buffers: anyio.CapacityLimiter | None = None
@@ -363,6 +440,7 @@ class S3DataStore:
             )
         )
         client.meta.events.register("before-send.s3", _count_request)
+        client.meta.events.register("needs-retry.s3", _watch_answer)
         for operation in ("PutObject", "UploadPart"):
             client.meta.events.register_first(f"choose-signer.s3.{operation}",
                                               _choose_known_sha256_signer)
@@ -373,10 +451,37 @@ class S3DataStore:
         return self.credentials == other.credentials
 
     def buffers(self) -> anyio.CapacityLimiter:
-        """Tokens for requests holding a part-sized buffer (bounds memory)."""
+        """Tokens for requests in flight, each holding at most a part-sized buffer (bounds
+        memory: ``max_memory`` / the largest buffer, at most ``max_concurrency``), as
+        many as the pace allows now."""
         if self._buffers is None:
-            self._buffers = anyio.CapacityLimiter(self.max_concurrency)
+            self._buffers = anyio.CapacityLimiter(self._tokens())
         return self._buffers
+
+    def memory_tokens(self) -> int:
+        """How many requests may hold a buffer at once within ``max_memory``."""
+        if self.max_memory is None:
+            return self.max_concurrency
+        largest = max(self.part_size, self.multipart_threshold)
+        return max(1, min(self.max_concurrency, self.max_memory // largest))
+
+    def _tokens(self) -> int:
+        paced = self.pace.limit if self.pace is not None else self.max_concurrency
+        return max(1, min(paced, self.memory_tokens()))
+
+    def _throttled(self) -> None:
+        if self.pace is not None:
+            before = self.pace.limit
+            if self.pace.throttled(time.monotonic()) != before:
+                log.info("%s throttles: concurrency %d -> %d", self.endpoint or "S3", before,
+                         self.pace.limit)
+                self.buffers().total_tokens = self._tokens()
+
+    def _paced(self, nbytes: int) -> None:
+        if self.pace is not None:
+            before = self.pace.limit
+            if self.pace.transferred(nbytes, time.monotonic()) != before:
+                self.buffers().total_tokens = self._tokens()
 
     async def aclose(self) -> None:
         """Let go of the client (closed when no other store uses it); the store can be
@@ -857,6 +962,9 @@ class S3DataStore:
         ``source_etag`` the source must still be that version (else SourceChangedError)."""
         if self.shares_account_with(source):
             return await self.server_side_copy(src_url, key, size, tracker, source_etag, log)
+        if known_sha256 is not None and 0 < size <= self.multipart_threshold:
+            return await self.stream_copy(source, src_url, key, size, known_sha256,
+                                          source_etag, tracker)
 
         position = 0
 
@@ -874,6 +982,36 @@ class S3DataStore:
         # a continued upload's kept parts must come from the version hashed at insert
         return await self.upload_stream(read, size, key, tracker, known_sha256, log,
                                         skip if source_etag else None)
+
+    async def stream_copy(
+        self, source: S3DataStore, src_url: str, key: str, size: int, sha256_hex: str,
+        source_etag: str | None = None, tracker: ProgressTracker | None = None,
+    ) -> ShardUpload:
+        """One PutObject whose body is the source's GET body streamed straight through:
+        memory is a few socket buffers whatever the shard's size, and nothing is hashed
+        here. The request is signed with the recorded sha256 (and carries it as its
+        checksum), so S3 refuses the object unless the bytes are the ones inserted."""
+        s3 = await self.client()
+        url = self.url(key)
+        body = _StreamedBody(source, src_url, size, source_etag)
+        checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+        reset = _body_sha256.set(sha256_hex)
+        try:
+            async with self.buffers():
+                with self.errors("PutObject", url):
+                    try:
+                        response = await s3.put_object(
+                            Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
+                            ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                    except Exception:
+                        if body.error is not None:  # the GET failed: say that, not the PUT
+                            raise body.error from None
+                        raise
+        finally:
+            _body_sha256.reset(reset)
+        if tracker:
+            tracker.add_bytes(size)
+        return ShardUpload(url, size, sha256_hex, etag_of(response), verified=True)
 
     async def server_side_copy(
         self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None,

@@ -88,6 +88,7 @@ class Sent:
         self.bytes = 0
         self.keys: list[str] = []
         put, part = S3DataStore.put_bytes, S3DataStore._send_part
+        stream = S3DataStore.stream_copy
         sent = self
 
         async def put_bytes(self, key, data, *args, **kw):
@@ -105,8 +106,18 @@ class Sent:
             await part(self, key, upload_id, number, data, *args, **kw)
             sent.bytes += len(data)
 
+        async def stream_copy(self, source, src_url, key, size, *args, **kw):
+            # a single PUT streamed from another endpoint (a recorded sha256)
+            if fail_on and key.endswith(fail_on):
+                raise StorageError("injected: connection reset")
+            result = await stream(self, source, src_url, key, size, *args, **kw)
+            sent.bytes += size
+            sent.keys.append(key)
+            return result
+
         monkeypatch.setattr(S3DataStore, "put_bytes", put_bytes)
         monkeypatch.setattr(S3DataStore, "_send_part", send_part)
+        monkeypatch.setattr(S3DataStore, "stream_copy", stream_copy)
 
 
 async def records(client, collection=DATASET_COLLECTION) -> list[dict]:  # noqa: F811

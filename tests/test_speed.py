@@ -119,3 +119,85 @@ def test_login_once_then_commands_use_the_saved_session(redis_url, pds, pds_acco
     assert other.returncode == 4, other.stderr
     assert cli("logout", env=without).returncode == 0
     assert cli("schemas", "--remote", env=without).returncode == 4  # must log in again
+
+
+@pytest.mark.anyio
+async def test_a_shard_with_a_recorded_sha256_streams_across_endpoints(
+        moto_server, second_moto_server, monkeypatch):
+    """GET -> PUT straight through: no buffer of the shard's size, nothing hashed here,
+    the PUT signed with the recorded digest; the source must still be that version."""
+    import hashlib
+
+    from atdata_async import SourceChangedError, _store
+    from tests.conftest import make_bucket, make_credentials
+
+    src_bucket, dst_bucket = make_bucket(moto_server.url), make_bucket(second_moto_server.url)
+    data = bytes(range(256)) * 12_000  # ~3 MiB
+    digest = hashlib.sha256(data).hexdigest()
+    hashed = []
+    monkeypatch.setattr(_store, "_hash_into", lambda *a: hashed.append(a))
+    async with S3DataStore(make_credentials(moto_server.url), bucket=src_bucket) as source, \
+            S3DataStore(make_credentials(second_moto_server.url), bucket=dst_bucket) as dest:
+        etag = await source.put_bytes("in/x.tar", data, digest)
+        url = source.url("in/x.tar")
+        done = await dest.copy_from(source, url, "out/x.tar", len(data), known_sha256=digest,
+                                    source_etag=etag)
+        assert (done.size, done.sha256, done.verified) == (len(data), digest, True)
+        assert await dest.get_bytes(done.url) == data
+        assert (source.request_count, dest.request_count) == (2, 2)  # PUT+GET, PUT+GET back
+        assert not hashed
+        await source.put_bytes("in/x.tar", b"another version")
+        with pytest.raises(SourceChangedError):
+            await dest.copy_from(source, url, "out/y.tar", len(data), known_sha256=digest,
+                                 source_etag=etag)
+
+
+def test_the_pace_halves_on_throttling_and_climbs_back_while_it_pays():
+    from atdata_async._pace import Pace, is_throttle
+
+    assert is_throttle(503, None) and is_throttle(400, "SlowDown")
+    assert not is_throttle(500, "InternalError")
+    pace = Pace(8, window=1.0, cooldown=2.0)
+    assert pace.limit == 8
+    assert pace.throttled(10.0) == 4
+    assert pace.throttled(10.5) == 4  # one burst is one signal
+    assert pace.transferred(100, 11.0) == 4  # inside the cooldown: no climb
+    now, rate = 13.0, 100
+    assert pace.transferred(0, now) == 5  # past the cooldown: one step per window
+    for _ in range(2):  # throughput grows with each step: keep climbing
+        now += 1.0
+        rate *= 2
+        pace.transferred(rate, now)
+    assert pace.limit == 7
+    now += 1.0
+    pace.transferred(rate // 4, now)  # the last step made it slower: undo it and hold
+    assert pace.limit == 6
+    now += 1.0
+    pace.transferred(rate, now)
+    assert pace.limit == 6
+    for _ in range(20):
+        now += 1.0
+        pace.transferred(10 * rate, now)
+    assert pace.limit == 8  # never above the configured concurrency
+
+
+@pytest.mark.anyio
+async def test_slowdown_answers_lower_the_stores_concurrency(moto_server, bucket):
+    from tests.conftest import make_credentials
+    from tests.faultproxy import Fault, FaultProxy
+
+    with FaultProxy(moto_server.url) as proxy:
+        proxy.add(Fault("status", method="PUT", status=503, times=2))
+        async with S3DataStore(make_credentials(proxy.url), bucket=bucket,
+                               max_concurrency=8) as store:
+            assert store.buffers().total_tokens == 8
+            await store.put_bytes("slow/k", b"x")  # retried by botocore, then fine
+            # halved once per cooldown: once, or twice on a slow machine
+            assert store.pace.throttles == 2 and store.buffers().total_tokens in (2, 4)
+
+
+def test_max_memory_bounds_the_buffers_in_flight():
+    store = S3DataStore({"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}, bucket="b",
+                        part_size=16 << 20, multipart_threshold=32 << 20, max_concurrency=8,
+                        max_memory=100 << 20)
+    assert store.memory_tokens() == 3 and store.buffers().total_tokens == 3
