@@ -93,9 +93,11 @@ class Counted:
 
         self.bytes = 0
         put, part = S3DataStore.put_bytes, S3DataStore._send_part
+        stream = S3DataStore.stream_copy
         counted = self
         self.undo = lambda: (setattr(S3DataStore, "put_bytes", put),
-                             setattr(S3DataStore, "_send_part", part))
+                             setattr(S3DataStore, "_send_part", part),
+                             setattr(S3DataStore, "stream_copy", stream))
 
         async def put_bytes(self: Any, key: str, data: bytes, *a: Any, **kw: Any) -> str:
             etag = await put(self, key, data, *a, **kw)
@@ -107,8 +109,15 @@ class Counted:
             await part(self, key, upload_id, number, data, *a, **kw)
             counted.bytes += len(data)
 
+        async def stream_copy(self: Any, source: Any, src_url: str, key: str, size: int,
+                              *a: Any, **kw: Any) -> Any:
+            done = await stream(self, source, src_url, key, size, *a, **kw)
+            counted.bytes += size  # one PUT streamed from the source (a recorded sha256)
+            return done
+
         S3DataStore.put_bytes = put_bytes  # type: ignore[method-assign]
         S3DataStore._send_part = send_part  # type: ignore[method-assign]
+        S3DataStore.stream_copy = stream_copy  # type: ignore[method-assign]
 
 
 async def promote(ctx: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +146,7 @@ def child(ctx: dict[str, Any]) -> None:
     from atdata_async._store import S3DataStore
 
     delay = float(ctx.get("throttle", 0))
-    for name in ("put_bytes", "_send_part") if delay else ():
+    for name in ("put_bytes", "_send_part", "stream_copy") if delay else ():
         def slowed(method: Any) -> Any:
             async def run(self: Any, *a: Any, **kw: Any) -> Any:
                 await anyio.sleep(delay)
