@@ -291,6 +291,32 @@ async def test_a_handle_uri_is_resolved_without_a_login(pds, second_pds, publish
 
 
 @pytest.mark.pds
+async def test_a_handle_of_the_clients_own_pds_costs_two_lookups(pds, pds_account):
+    async with AtmosphereClient(pds.url) as stranger:
+        assert await AtmosphereIndex(stranger).list_datasets(pds_account["handle"]) == []
+        cold = stranger.identity.request_count
+        await AtmosphereIndex(stranger).list_schemas(pds_account["handle"])
+        assert (cold, stranger.identity.request_count - cold) == (2, 0)  # resolveHandle, PLC
+
+
+@pytest.mark.pds
+async def test_did_web_resolves_through_a_real_server(second_pds, http_server):
+    """A did:web document served over real HTTP (plain http: allow_http)."""
+    port = http_server.url.rsplit(":", 1)[1]
+    did = f"did:web:localhost%3A{port}"
+    well_known = http_server.extra["root"] / ".well-known"
+    well_known.mkdir(exist_ok=True)
+    (well_known / "did.json").write_text(json.dumps(
+        did_doc(did, handle=None, pds=second_pds.extra["public_url"])))
+    async with AtmosphereClient(second_pds.url) as client:
+        client.identity.allow_http = True
+        assert await client.resolve_pds(did) == second_pds.extra["public_url"]
+    async with AtmosphereClient(second_pds.url) as strict:  # https only by default
+        with pytest.raises(IdentityError, match="cannot reach https://localhost"):
+            await strict.resolve_pds(did)
+
+
+@pytest.mark.pds
 async def test_show_reads_a_record_of_another_pds(pds, published_elsewhere):
     env = {k: v for k, v in os.environ.items()
            if k not in ("ATDATA_HANDLE", "ATDATA_PASSWORD")}
