@@ -104,10 +104,9 @@ def mint_expired(token: str, secret: str) -> str:
 @pytest.mark.parametrize("proactive", [False, True])
 async def test_expired_access_token_is_refreshed_transparently(pds, pds_account, proactive):
     changes = []
-    # refresh_margin=-inf turns off the proactive refresh: the server must say ExpiredToken
-    margin = 60.0 if proactive else float("-inf")
-    async with AtmosphereClient(pds.url, refresh_margin=margin,
-                                on_session_change=changes.append) as client:
+    async with AtmosphereClient(pds.url, on_session_change=changes.append) as client:
+        if not proactive:  # a margin of -inf (below what the constructor accepts) turns
+            client.refresh_margin = float("-inf")  # it off: the server must say ExpiredToken
         session = await client.login(pds_account["handle"], pds_account["password"])
         expired = mint_expired(session["accessJwt"], pds.extra["jwt_secret"])
         await client.login(session={**session, "accessJwt": expired})
