@@ -29,13 +29,14 @@ from ._atproto import next_tid
 from ._errors import AuthError, EntryError, RateLimitedError, RecordNotFoundError, XrpcError
 from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
-from ._journal import PromotionJournal, ShardLog, ShardResume
+from ._journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
 from ._lexicon import DATASET_COLLECTION, DatasetSize, to_json, validate_dataset
 from ._progress import ProgressCallback, ProgressTracker
 from ._promote import (
     PromotionPlan,
     ShardPlan,
     _open_journal,
+    _refuse_unprovable,
     _settle_shard,
     _storage,
     plan_promotion,
@@ -45,6 +46,8 @@ from ._promote import (
 )
 from ._store import S3DataStore
 from ._tasks import backoff, run_per_shard, single_error
+from ._urls import parse_s3_url
+from ._validate import check_handles, check_promotion_args
 from ._xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
 
 log = logging.getLogger("atdata_async.batch")
@@ -56,6 +59,7 @@ CREATE_POINTS = 3  # what one create costs in the PDS's write budget
 _CREATE = "com.atproto.repo.applyWrites#create"
 # Above this many remembered keys one listing of the collection beats a getRecord each.
 _LIST_ABOVE = 50
+_LIST_SHARDS_ABOVE = 20
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,7 @@ async def promote_many(
     max_concurrency: int = 8,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
+    verify: bool = True,
     max_rate_limit_wait: float = 3600.0,
 ) -> list[PromotionOutcome]:
     """Publish every entry (each under its own name); one outcome per entry, in order.
@@ -103,7 +108,14 @@ async def promote_many(
     Idempotent: an entry already published by an earlier run (same account, entry, name
     and destination) is reported ``existing`` and not written again. Record writes wait
     for the PDS's write budget to reset, up to ``max_rate_limit_wait`` seconds a time.
+    ``verify`` as in promote_to_atmosphere.
     """
+    check_promotion_args(name=None, description=description, tags=tags, license=license,
+                         copy_prefix=copy_prefix, max_concurrency=max_concurrency,
+                         compute_checksums=compute_checksums, verify=verify)
+    if entries:  # the shared handles; each entry is checked with its own outcome below
+        check_handles(entry=entries[0], local_index=local_index, client=client,
+                      data_store=data_store, progress=progress)
     if not client.is_authenticated:
         raise AuthError("promote_many", None, "NotLoggedIn",
                         "the AtmosphereClient is not logged in: call client.login() first")
@@ -111,8 +123,11 @@ async def promote_many(
     jobs: list[_Job] = []
     for i, entry in enumerate(entries):
         try:
+            check_handles(entry=entry, local_index=local_index, client=client)
             plan = plan_promotion(entry, copy_to=data_store, description=description,
                                   tags=tags, license=license, copy_prefix=copy_prefix)
+            if verify:
+                _refuse_unprovable(plan, source_store(local_index, data_store, plan))
         except Exception as exc:
             outcomes[i] = PromotionOutcome(entry.name, error=exc)
             continue
@@ -132,9 +147,23 @@ async def promote_many(
         else:
             todo.append(job)
 
+    # one lookup per distinct local schema for the whole batch
+    schemas: dict[str, dict[str, Any] | BaseException] = {}
+    for job in todo:
+        ref = job.entry.schema_ref
+        if ref not in schemas:
+            try:
+                schemas[ref] = await local_index.get_schema(ref)
+            except Exception as exc:
+                schemas[ref] = exc
+    source = local_index.data_store
+    listed = await _list_in_place(source, [s for job in todo for s in job.plan.shards])
     shards = [s for job in todo for s in job.plan.shards]
     tracker = ProgressTracker(progress, len(shards), sum(s.size or 0 for s in shards))
     limiter = anyio.CapacityLimiter(max(1, max_concurrency))
+    # Entries in flight at once (their shards share ``limiter``): bounds the journals and
+    # Redis connections a batch of thousands holds.
+    entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency))
     writer = _Writer(client, max_rate_limit_wait)
     ready: dict[int, _Settled] = {}
     send, receive = anyio.create_memory_object_stream[tuple[_Job, dict[str, Any]]](
@@ -142,8 +171,13 @@ async def promote_many(
 
     async def settle(job: _Job) -> None:
         try:
-            ready[job.index] = await _settle_entry(job, local_index, client, data_store,
-                                                   compute_checksums, limiter, tracker, http)
+            local_schema = schemas[job.entry.schema_ref]
+            if isinstance(local_schema, BaseException):
+                raise local_schema
+            async with entry_slots:
+                ready[job.index] = await _settle_entry(
+                    job, local_schema, local_index, client, data_store, compute_checksums,
+                    limiter, tracker, http, listed, verify)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -265,14 +299,15 @@ class _Settled:
 
 
 async def _settle_entry(
-    job: _Job, local_index: LocalIndex, client: AtmosphereClient,
+    job: _Job, local_schema: dict[str, Any], local_index: LocalIndex,
+    client: AtmosphereClient,
     data_store: S3DataStore | None, compute_checksums: bool, limiter: anyio.CapacityLimiter,
     tracker: ProgressTracker, http: HttpShardReader,
+    listed: dict[str, tuple[int, str]] | None = None, verify: bool = True,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
     plan = job.plan
-    local_schema = await local_index.get_schema(job.entry.schema_ref)
     source = source_store(local_index, data_store, plan)
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
@@ -286,8 +321,15 @@ async def _settle_entry(
 
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item
+            seen = (listed or {}).get(shard.source_url)
+            if seen is not None and shard.dest_key is None and seen[1] == shard.etag:
+                # the listing proved it is still the version insert recorded: no HEAD
+                if shard.size is None:
+                    tracker.learn_size(seen[0])
+                tracker.add_bytes(seen[0])
+                return replace(shard, size=seen[0])
             return await _settle_shard(shard, source, http, data_store, compute_checksums,
-                                       tracker, logs[i], resumes[i])
+                                       tracker, logs[i], resumes[i], verify)
 
         settled: list[ShardPlan] = []
         with single_error():
@@ -315,6 +357,21 @@ async def _settle_entry(
             await journal.release()
         raise
     return _Settled(to_json(record), settled, journal, logs)
+
+
+async def _list_in_place(source: S3DataStore | None,
+                         shards: list[ShardPlan]) -> dict[str, tuple[int, str]]:
+    """url -> (size, ETag) of the shards that stay where they are, from one listing of
+    their common prefix instead of a HEAD each (worth it from _LIST_SHARDS_ABOVE shards;
+    a listing that would outgrow the batch stops early, the rest are HEADed)."""
+    wanted = [s for s in shards if s.kind == "s3" and s.dest_key is None and s.sha256
+              and s.etag and source is not None
+              and parse_s3_url(s.source_url).bucket == source.bucket]
+    if source is None or len(wanted) <= _LIST_SHARDS_ABOVE:
+        return {}
+    keys = [parse_s3_url(s.source_url).key for s in wanted]
+    listing = await source.list_objects(dest_prefix(keys), limit=4 * len(keys) + 1000)
+    return {source.url(k): listing[k] for k in keys if k in listing}
 
 
 # -- writing: chunks under both limits, paced by the PDS's write budget -------------------

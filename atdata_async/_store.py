@@ -709,8 +709,10 @@ class S3DataStore:
                 marker = {"KeyMarker": response["NextKeyMarker"],
                           "UploadIdMarker": response["NextUploadIdMarker"]}
 
-    async def list_objects(self, prefix: str) -> dict[str, tuple[int, str]]:
-        """key -> (size, ETag) of every object under ``prefix`` (1,000 per request)."""
+    async def list_objects(self, prefix: str,
+                           limit: int | None = None) -> dict[str, tuple[int, str]]:
+        """key -> (size, ETag) of every object under ``prefix`` (1,000 per request); with
+        ``limit``, stops after the page that passes that many (the rest unlisted)."""
         s3 = await self.client()
         found: dict[str, tuple[int, str]] = {}
         token: dict[str, str] = {}
@@ -719,7 +721,8 @@ class S3DataStore:
                 response = await s3.list_objects_v2(Bucket=self.bucket, Prefix=prefix, **token)
                 for obj in response.get("Contents", []):
                     found[obj["Key"]] = (int(obj["Size"]), etag_of(obj))
-                if not response.get("IsTruncated"):
+                if not response.get("IsTruncated") or (limit is not None
+                                                       and len(found) >= limit):
                     return found
                 token = {"ContinuationToken": response["NextContinuationToken"]}
 

@@ -117,6 +117,9 @@ async def compare(redis_url: str, s3_url: str, pds_url: str, n: int) -> list[dic
                 else:
                     outcomes = await promote_many(entries, index, client)
                     failed = sum(1 for o in outcomes if not o.ok)
+                    errors = [o.error for o in outcomes if o.error is not None]
+                    if errors:
+                        print(f"first failure: {errors[0]!r}", file=sys.stderr)
                 wall = time.perf_counter() - start
                 records = len(await count_records(client))
                 requests = client.request_count

@@ -151,6 +151,25 @@ async def test_a_failed_copy_fails_its_entry_and_the_rerun_finishes_it(
         assert read_s3(second_moto_server.url, dst) == read_s3(moto_server.url, src)
 
 
+async def test_in_place_shards_are_checked_by_one_listing_not_a_head_each(
+        redis_url, moto_server, bucket, client, tmp_path):
+    upload = store_for(make_credentials(moto_server.url), bucket)
+    async with upload, LocalIndex(redis_url, data_store=upload) as index:
+        await index.publish_schema(FeatureSample)
+        batch = await entries(index, tmp_path, 22)
+        changed = batch[5].data_urls[0]
+        await upload.put_bytes(changed.split("/", 3)[3], b"not what insert saw")
+    with FaultProxy(moto_server.url) as s3_proxy:
+        source = store_for(make_credentials(s3_proxy.url), bucket)
+        async with source, LocalIndex(redis_url, data_store=source) as index:
+            outcomes = await promote_many(batch, index, client)
+    assert [o.ok for o in outcomes] == [i != 5 for i in range(22)]
+    assert isinstance(outcomes[5].error, ShardTransferError)
+    assert "changed since it was inserted" in str(outcomes[5].error)
+    assert s3_proxy.count("GET", r"list-type=2") == 1
+    assert s3_proxy.count("HEAD") == 1  # only the changed one, checked the usual way
+
+
 async def test_chunks_obey_the_write_count_and_the_request_size(
         index, proxied, pds_proxy, client, tmp_path, monkeypatch):
     batch = await entries(index, tmp_path, 7)
