@@ -33,16 +33,17 @@ from ._errors import (
     ValidationError,
     XrpcError,
 )
-from ._progress import TransferProgress
 from ._redact import RedactingFilter, protect_library_loggers
 
 if TYPE_CHECKING:
     from ._dataset import Dataset
+    from ._progress import TransferProgress
     from ._sample import PackableSample, packable
 
 # Imported on first use: numpy, httpx and friends cost ~1 s of start-up that the CLI's
 # --help (and any script touching only the errors) should not pay.
-_LAZY = {"Dataset": "._dataset", "PackableSample": "._sample", "packable": "._sample"}
+_LAZY = {"Dataset": "._dataset", "PackableSample": "._sample", "packable": "._sample",
+         "TransferProgress": "._progress"}
 
 
 def __getattr__(name: str) -> Any:

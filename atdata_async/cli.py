@@ -181,6 +181,18 @@ class UsageError(Exception):
         self.prog = prog
 
 
+class _LazyVersion(argparse.Action):
+    """--version, looked up only when asked for: importlib.metadata costs ~0.05-0.1 s
+    of start-up that every other command would pay (speed, #10)."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"atdata-async {_version()}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="atdata-async", parents=[global_flags(True)],
@@ -190,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
                "AWS_ENDPOINT / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as default S3 "
                "credentials. Exit codes: 0 ok, 1 error, 2 usage, 3 not found, 4 auth, "
                "5 storage, 6 rate limited, 7 PDS, 130 interrupted.")
-    parser.add_argument("--version", action="version", version=f"atdata-async {_version()}")
+    parser.add_argument("--version", action=_LazyVersion, help="show the version and exit")
     commands = parser.add_subparsers(dest="command", required=True,
                                      parser_class=Parser)
     common = [global_flags(False)]
