@@ -26,7 +26,15 @@ import anyio
 import msgspec
 
 from ._atproto import next_tid
-from ._errors import AuthError, EntryError, RateLimitedError, RecordNotFoundError, XrpcError
+from ._errors import (
+    AuthError,
+    EntryError,
+    RateLimitedError,
+    RecordNotFoundError,
+    ShardTransferError,
+    XrpcError,
+)
+from ._executor import DaskExecutor
 from ._http import HttpShardReader
 from ._index import LocalDatasetEntry, LocalIndex
 from ._journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
@@ -41,7 +49,9 @@ from ._promote import (
     _storage,
     plan_promotion,
     promotion_key,
+    raise_lost_cluster,
     schema_registry,
+    settle_elsewhere,
     source_store,
 )
 from ._store import S3DataStore
@@ -102,8 +112,10 @@ async def promote_many(
     progress: ProgressCallback | None = None,
     verify: bool = True,
     max_rate_limit_wait: float = 3600.0,
+    executor: DaskExecutor | None = None,
 ) -> list[PromotionOutcome]:
     """Publish every entry (each under its own name); one outcome per entry, in order.
+    With ``executor`` (a DaskExecutor) the shard copies run on a cluster.
 
     Idempotent: an entry already published by an earlier run (same account, entry, name
     and destination) is reported ``existing`` and not written again. Record writes wait
@@ -177,7 +189,7 @@ async def promote_many(
             async with entry_slots:
                 ready[job.index] = await _settle_entry(
                     job, local_schema, local_index, client, data_store, compute_checksums,
-                    limiter, tracker, http, listed, verify)
+                    limiter, tracker, http, listed, verify, executor)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -304,6 +316,7 @@ async def _settle_entry(
     data_store: S3DataStore | None, compute_checksums: bool, limiter: anyio.CapacityLimiter,
     tracker: ProgressTracker, http: HttpShardReader,
     listed: dict[str, tuple[int, str]] | None = None, verify: bool = True,
+    executor: DaskExecutor | None = None,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
@@ -312,8 +325,13 @@ async def _settle_entry(
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
     logs: list[ShardLog | None] = [None] * len(plan.shards)
+    remote = None
     try:
         if data_store is not None and plan.copies:
+            if executor is not None:
+                remote = executor.bind(promotion=job.key, local_index=local_index,
+                                       dest=data_store, source=source,
+                                       compute_checksums=compute_checksums, verify=verify)
             journal = PromotionJournal(local_index, job.key)
             resumes = await _open_journal(journal, plan, job.entry, data_store)
             logs = [journal.shard(i, s, r) for i, (s, r) in
@@ -328,6 +346,8 @@ async def _settle_entry(
                     tracker.learn_size(seen[0])
                 tracker.add_bytes(seen[0])
                 return replace(shard, size=seen[0])
+            if remote is not None and shard.dest_key is not None and resumes[i].done is None:
+                return await settle_elsewhere(remote, i, shard, resumes[i], logs[i], tracker)
             return await _settle_shard(shard, source, http, data_store, compute_checksums,
                                        tracker, logs[i], resumes[i], verify)
 
@@ -342,9 +362,15 @@ async def _settle_entry(
                             await journal.run_flusher()
 
                     tg.start_soon(flush_journal)
-                settled = await run_per_shard([s.source_url for s in plan.shards],
-                                              list(enumerate(plan.shards)), one, limiter,
-                                              tracker)
+                try:
+                    settled = await run_per_shard([s.source_url for s in plan.shards],
+                                                  list(enumerate(plan.shards)), one, limiter,
+                                                  tracker)
+                except ShardTransferError as exc:
+                    raise_lost_cluster(exc)
+                    raise
+                if remote is not None:
+                    await remote.sweep([s.dest_key for s in plan.shards if s.dest_key])
                 flusher.cancel()
         schema_uri = await schema_registry(client).find_or_publish(client, local_schema)
         sizes = [s.size for s in settled]

@@ -499,9 +499,7 @@ async def promote_to_atmosphere(
             settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
                                           max_concurrency, tracker)
         except ShardTransferError as exc:
-            lost = [e for e in exc.failures.values() if isinstance(e, ExecutorError)]
-            if lost:  # the cluster is gone: that, not a list of shards, is the error
-                raise lost[0] from exc
+            raise_lost_cluster(exc)
             raise
         if remote is not None:
             await remote.sweep([s.dest_key for s in plan.shards if s.dest_key])
@@ -549,6 +547,13 @@ async def promote_to_atmosphere(
         if journal is not None:
             await journal.release()
     return str(written["uri"])
+
+
+def raise_lost_cluster(exc: ShardTransferError) -> None:
+    """The cluster is gone: that, not a list of shards, is the error."""
+    lost = [e for e in exc.failures.values() if isinstance(e, ExecutorError)]
+    if lost:
+        raise lost[0] from exc
 
 
 async def settle_elsewhere(remote: ShardRunner, i: int, shard: ShardPlan, resume: ShardResume,

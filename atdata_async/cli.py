@@ -278,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
     promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
                          help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
+    # scale-out (#13): the shard copies on a Dask cluster; this process keeps the PDS writes
+    promote.add_argument("--scheduler", metavar="tcp://HOST:8786",
+                         default=os.environ.get("ATDATA_SCHEDULER"),
+                         help="copy the shards on this Dask cluster (needs atdata-async[dask])")
+    promote.add_argument("--worker-credentials-prefix", metavar="PREFIX", default="",
+                         help="workers read S3 credentials from their own environment's "
+                              "PREFIXAWS_ACCESS_KEY_ID/PREFIXAWS_SECRET_ACCESS_KEY "
+                              "(default: AWS_*); never sent to the cluster")
 
     cleanup = command("cleanup", "list (--yes: remove) what failed or killed promotions left")
     cleanup.add_argument("location", metavar="s3://BUCKET[/PREFIX]",
@@ -747,6 +755,7 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
                   for u in e.data_urls if u.startswith("s3://")]
     dest, prefix = None, "promoted"
     stores: list[S3DataStore] = []
+    cluster: tuple[Any, Any] | None = None
     try:
         if args.copy_to:
             bucket, prefix = s3_location(args.copy_to, "--copy-to")
@@ -768,6 +777,9 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
                                       license=args.license, copy_prefix=prefix)
         if not args.verify and is_batch(args):
             raise ConfigurationError("--no-verify is for one entry at a time")
+        if args.scheduler and not args.dry_run:
+            cluster = await connect_scheduler(args)
+            kwargs["executor"] = cluster[1]
         if is_batch(args):
             return await promote_batch(args, entries, index, client, outcome, kwargs)
         if args.dry_run:
@@ -787,6 +799,27 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
     finally:
         for store in stores:
             await store.aclose()
+        if cluster is not None:
+            await cluster[0].close()
+
+
+async def connect_scheduler(args: argparse.Namespace) -> tuple[Any, Any]:
+    """A Dask client on --scheduler and the executor that sends the copies there."""
+    from ._errors import ExecutorError
+    from ._executor import CredentialSource, DaskExecutor
+
+    try:
+        from distributed import Client
+    except ImportError:
+        raise UsageError("--scheduler needs Dask: pip install 'atdata-async[dask]'",
+                         "atdata-async promote") from None
+    try:
+        dask = await Client(args.scheduler, asynchronous=True, timeout=10)
+    except (OSError, TimeoutError) as exc:
+        raise ExecutorError(f"cannot reach the Dask scheduler at {args.scheduler}: "
+                            f"{type(exc).__name__}: {exc}") from exc
+    return dask, DaskExecutor(dask, credentials=CredentialSource(
+        env_prefix=args.worker_credentials_prefix))
 
 
 async def cleanup(args: argparse.Namespace, index: LocalIndex,

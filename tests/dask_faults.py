@@ -45,3 +45,26 @@ class StallOnce(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         _store.S3DataStore._send_part = self._original
+
+
+class SlowParts(WorkerPlugin):
+    """Every upload part a worker sends waits ``delay`` seconds first (a slow network),
+    so that a test can kill the coordinator while the workers are still copying."""
+
+    name = "atdata-slow-parts"
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def setup(self, worker) -> None:
+        self._original = original = _store.S3DataStore._send_part
+        delay = self.delay
+
+        async def send_part(store, *args, **kw):
+            await anyio.sleep(delay)
+            await original(store, *args, **kw)
+
+        _store.S3DataStore._send_part = send_part
+
+    def teardown(self, worker) -> None:
+        _store.S3DataStore._send_part = self._original

@@ -5,9 +5,12 @@ SIGKILLed mid-copy, the scheduler gone)."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import signal
+import subprocess
+import sys
 
 import anyio
 import pytest
@@ -15,10 +18,12 @@ from distributed import Client, LocalCluster
 
 from atdata_async import ExecutorError
 from atdata_async._executor import _per_loop
+from atdata_async._journal import journal_key
+from atdata_async._promote import promotion_key
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereIndex
 from atdata_async.promote import CredentialSource, DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials
-from tests.dask_faults import StallOnce
+from tests.dask_faults import SlowParts, StallOnce
 from tests.test_promote import client, index, insert, read_s3, store_for  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
@@ -131,33 +136,122 @@ async def test_worker_killed_mid_copy_resumes_elsewhere_and_no_secret_leaks(
         assert b"testing-secret" not in blob
 
 
+class LoneCluster:
+    """A scheduler and one worker as processes of their own (``dask scheduler`` and
+    ``dask worker --no-nanny``), so that each can be killed outright by its PID."""
+
+    def __init__(self, tmp_path) -> None:
+        self.file = tmp_path / "scheduler.json"
+        env = {**os.environ, **WORKER_ENV, "PYTHONPATH": os.getcwd()}
+        dask = [sys.executable, "-m", "distributed.cli.dask_"]
+        self.scheduler = subprocess.Popen(
+            [dask[0], dask[1], dask[2] + "scheduler", "--host", "127.0.0.1", "--port", "0",
+             "--no-dashboard", "--scheduler-file", str(self.file)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.worker = subprocess.Popen(
+            [dask[0], dask[1], dask[2] + "worker", "--scheduler-file", str(self.file),
+             "--no-nanny", "--nthreads", "4", "--host", "127.0.0.1", "--no-dashboard"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def address(self) -> str:
+        with anyio.fail_after(60):
+            while not self.file.exists() or not self.file.read_text():
+                await anyio.sleep(0.05)
+        return json.loads(self.file.read_text())["address"]
+
+    def stop(self) -> None:
+        for proc in (self.worker, self.scheduler):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
 async def test_scheduler_gone_is_an_executor_error_and_a_local_rerun_completes(
         index, client, tmp_path, second_moto_server):  # noqa: F811
     entry = await insert(index, tmp_path, "lost", shards=3, per_shard=1500, stem="lost")
     dest_bucket = make_bucket(second_moto_server.url)
     flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
-    async with new_cluster(1, asynchronous=True) as lone, \
-            Client(lone, asynchronous=True, timeout=3) as dc, \
-            store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
-        await dc.register_plugin(StallOnce(str(flag), 3, str(sent_log)))
-        executor = DaskExecutor(dc, credentials=ON_WORKERS)
-        async with anyio.create_task_group() as tg:
+    lone = LoneCluster(tmp_path)
+    try:
+        async with Client(await lone.address(), asynchronous=True, timeout=3) as dc, \
+                store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            await dc.wait_for_workers(1)
+            await dc.register_plugin(StallOnce(str(flag), 3, str(sent_log)))
+            executor = DaskExecutor(dc, credentials=ON_WORKERS)
+            async with anyio.create_task_group() as tg:
 
-            async def stop_scheduler() -> None:
-                with anyio.fail_after(60):
-                    while not flag.exists():
-                        await anyio.sleep(0.05)
-                await anyio.sleep(0.3)
-                await lone.scheduler.close()
+                async def kill_scheduler() -> None:
+                    with anyio.fail_after(60):
+                        while not flag.exists():
+                            await anyio.sleep(0.05)
+                    await anyio.sleep(0.3)
+                    lone.scheduler.kill()
 
-            tg.start_soon(stop_scheduler)
-            with pytest.raises(ExecutorError, match="rerun the promotion"):
-                await promote_to_atmosphere(entry, index, client, data_store=dest,
-                                            executor=executor)
+                tg.start_soon(kill_scheduler)
+                with pytest.raises(ExecutorError, match="rerun the promotion"):
+                    await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                                executor=executor)
+    finally:
+        lone.stop()
     assert await datasets(client) == []
     async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        # the journal is intact: the parts the worker finished are in it, to be kept
+        fields = await index.redis.hkeys(journal_key(promotion_key(client.did, entry,
+                                                                    entry.name, dest)))
+        assert any(f.startswith((b"p:", b"s:")) for f in fields)
         uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
         assert await dest.list_multipart_uploads() == []
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+
+
+async def test_promote_many_fans_every_entry_out(index, client, tmp_path,  # noqa: F811
+                                                 second_moto_server, dask_client):
+    from atdata_async.promote import promote_many
+
+    entries = [await insert(index, tmp_path, f"m{i}", shards=2, per_shard=20, stem=f"m{i}")
+               for i in range(2)]
+    dest_bucket = make_bucket(second_moto_server.url)
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        outcomes = await promote_many(entries, index, client, data_store=dest,
+                                      executor=DaskExecutor(dask_client, credentials=ON_WORKERS))
+    assert [o.error for o in outcomes] == [None, None]
+    for entry, outcome in zip(entries, outcomes, strict=True):
+        assert_copied(entry, await AtmosphereIndex(client).get_dataset(outcome.uri),
+                      second_moto_server.url)
+    assert len(await datasets(client)) == 2
+
+
+async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        second_moto_server, dask_client, cluster, monkeypatch):
+    from tests.test_resume import Sent, cli_env, kill_mid_copy, write_env
+
+    entry = await insert(index, tmp_path, "coord", shards=4, per_shard=1500, stem="coord")
+    dest_bucket = make_bucket(second_moto_server.url)
+    dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
+    key = journal_key(promotion_key(client.did, entry, "coord", dest))
+    args = ["promote", "coord", "--copy-to", f"s3://{dest_bucket}/promoted",
+            "--credentials", write_env(tmp_path / "dst.env", second_moto_server.url),
+            "--source-credentials", write_env(tmp_path / "src.env",
+                                              s3_credentials["AWS_ENDPOINT"]),
+            "--concurrency", "2", "--scheduler", cluster.scheduler_address,
+            "--worker-credentials-prefix", "ATDATA_TEST_"]
+    await dask_client.register_plugin(SlowParts(0.15))
+    try:
+        fields = await kill_mid_copy(args, cli_env(redis_url, pds, pds_account), index.redis,
+                                     key, lambda f: any(x.startswith("s:") for x in f))
+    finally:
+        await dask_client.unregister_worker_plugin(SlowParts.name)
+    done = [int(f[2:]) for f in fields if f.startswith("s:")]
+    sizes = [entry.shard_sizes[u] for u in entry.data_urls]
+    async with dest:
+        sent = Sent(monkeypatch)
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert await dest.list_multipart_uploads() == []
+    # what the workers finished for the dead coordinator is not sent again
+    assert sent.bytes <= sum(sizes) - sum(sizes[i] for i in done)
     got = await AtmosphereIndex(client).get_dataset(uri)
     assert_copied(entry, got, second_moto_server.url)
     assert len(await datasets(client)) == 1
