@@ -256,3 +256,13 @@ async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
     got = await AtmosphereIndex(client).get_dataset(uri)
     assert_copied(entry, got, second_moto_server.url)
     assert len(await datasets(client)) == 1
+
+
+def test_bench_dask_smoke():
+    """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open."""
+    done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "2",
+                           "--kib", "16", "--workers", "1", "--concurrency", "2"],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]
+    assert len(rows) == 2 and all(" 2/2 " in r and r.endswith(" 0") for r in rows), done.stdout
