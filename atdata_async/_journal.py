@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import posixpath
 import secrets
@@ -37,12 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import PromotionBusyError
+from ._errors import LocalIndexError, PromotionBusyError
 
 if TYPE_CHECKING:
     from ._index import LocalIndex
     from ._promote import ShardPlan
 
+log = logging.getLogger("atdata_async.journal")
 JOURNALS = "atdata_async:journals"
 JOURNAL_PREFIX = "atdata_async:journal:"
 LEASE_SECONDS = 30
@@ -278,14 +280,16 @@ class PromotionJournal:
                 await pipe.execute()
 
     async def release(self) -> None:
-        """Flush and drop the lease (shielded; a failure here never hides the cause)."""
+        """Flush and drop the lease (shielded). A failure is logged, never raised: it
+        would hide the promotion's outcome, and a rerun copes with a stale journal."""
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
-            finally:
                 with self.index._errors("release the promotion lease"):
                     if await self.index.redis.get(self.lease_key) == self._lease.encode():
                         await self.index.redis.delete(self.lease_key)
+            except LocalIndexError as exc:
+                log.warning("could not close the promotion journal: %s", exc)
 
 
 class ShardLog:

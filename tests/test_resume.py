@@ -251,6 +251,16 @@ async def test_sigkill_mid_copy_then_rerun_sends_only_what_is_missing(
         rerun_requests = dest.request_count - before
         assert await dest.list_multipart_uploads() == []
     assert sent.bytes == missing  # exactly the missing part: 0% re-sent
+    # the journal (and everything else in Redis) holds no secret
+    dump = b""
+    for k in await index.redis.keys("*"):
+        kind = (await index.redis.type(k)).decode()
+        value = {"hash": index.redis.hgetall, "string": index.redis.get,
+                 "set": index.redis.smembers}[kind]
+        dump += k + repr(await value(k)).encode()
+    assert b"atdata_async:journal:" in dump
+    for secret in (s3_credentials["AWS_SECRET_ACCESS_KEY"], pds_account["password"]):
+        assert secret.encode() not in dump
     full = sum(4 + -(-s // TEST_PART) for s in sizes)
     assert rerun_requests < full - parts0 - kept_parts
     assert len(await records(client)) == 1 and len(await records(client, SCHEMA_COLLECTION)) == 1
