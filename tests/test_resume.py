@@ -338,7 +338,7 @@ def test_bench_resume_smoke(redis_url, moto_server, second_moto_server, pds, pds
            "pds": pds.url, "handle": pds_account["handle"],
            "password": pds_account["password"], "src_bucket": make_bucket(moto_server.url),
            "dst_bucket": make_bucket(second_moto_server.url), "entry": "smoke",
-           "throttle": 0.05}
+           "throttle": 0.2}
     result = bench_resume.run_case(ctx, paths)
     bench_resume.print_table(result)
     assert 0 < result["missing_bytes"] < result["bytes"]
