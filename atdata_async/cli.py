@@ -348,6 +348,8 @@ def hint_for(exc: BaseException, args: argparse.Namespace | None = None) -> str 
     if isinstance(exc, XrpcError) and not isinstance(exc, AuthError | RateLimitedError):
         if exc.status is None:
             return "check --pds-url / ATDATA_PDS_URL: is a PDS answering there?"
+        if "answered with a web page" in (exc.message or ""):
+            return "check --pds-url / ATDATA_PDS_URL: it should be the PDS's base URL"
         return None
     if isinstance(exc, ObjectNotFoundError) and exc.code == "NoSuchBucket":
         return "create the bucket, or check the s3:// URL and the store's AWS_ENDPOINT"

@@ -342,3 +342,32 @@ def test_hints_name_the_real_cause_of_a_failed_batch():
     assert "check the bucket" in hint_for(batch(ObjectNotFoundError("no bucket")))
     assert "run the command again" in hint_for(batch(StorageError("connection reset")))
     assert "S3 endpoint, bucket and credentials" in hint_for(StorageError("refused"))
+
+
+def test_a_url_that_is_not_a_pds_is_named_not_pasted(cli_env, http_server):
+    """A web server's HTML 404 page is not the message; the hint says what to check."""
+    out = cli({**cli_env, "ATDATA_PDS_URL": http_server.url}, "promote", "cli-data")
+    assert out.returncode == 7, out.stderr
+    first = out.stderr.splitlines()[0]
+    assert first == ("error: com.atproto.server.createSession failed: 501: 127.0.0.1 answered "
+                     "with a web page (text/html), not XRPC: is this URL a PDS?")
+    assert "<" not in out.stderr
+    assert out.stderr.splitlines()[1] == (
+        "hint: check --pds-url / ATDATA_PDS_URL: it should be the PDS's base URL")
+
+
+def test_a_failed_copy_says_what_was_left(cli_env, tmp_path):
+    """The destination bucket does not exist: no record, and the message says so."""
+    out = cli(cli_env, "promote", "cli-data", "--copy-to", "s3://no-such-dest/x",
+              "--credentials", cli_env["CREDS"])
+    assert out.returncode in (3, 5), out.stderr
+    assert "published" not in out.stdout
+    assert "no dataset record was written" in out.stderr
+    assert "no partial upload was left" not in out.stderr and "/_" not in out.stderr
+    assert "hint: check the bucket" in out.stderr
+
+
+def test_dev_status_without_kept_services(cli_env, tmp_path):
+    out = cli({**cli_env, "ATDATA_DEV_DIR": str(tmp_path / "none")}, "dev", "status")
+    assert out.returncode == 3
+    assert out.stdout.startswith(f"no kept services (state: {tmp_path / 'none'})")
