@@ -777,8 +777,6 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         kwargs: dict[str, Any] = dict(data_store=dest, name=args.name,
                                       description=args.description, tags=args.tags,
                                       license=args.license, copy_prefix=prefix)
-        if not args.verify and is_batch(args):
-            raise ConfigurationError("--no-verify is for one entry at a time")
         if args.scheduler and not args.dry_run:
             cluster = await connect_scheduler(args)
             kwargs["executor"] = cluster[1]
@@ -897,7 +895,7 @@ async def promote_batch(args: argparse.Namespace, entries: list[Any], index: Loc
             "\n".join(f"would promote {x['name']} ({x['shards']} shards)" for x in r["entries"])
             + "\ndry run: nothing was written")
     results = await promote_many(entries, index, client, max_concurrency=args.concurrency,
-                                 progress=progress_for(args), **kwargs)
+                                 progress=progress_for(args), verify=args.verify, **kwargs)
     finish_progress(args)
     rows = []
     for r in results:
