@@ -338,7 +338,7 @@ class S3DataStore:
         max_concurrency: int = 8,
         min_part_size: int = 5 * MIB,
         max_attempts: int = 5,
-        copy_multipart_threshold: int = 1024 * MIB,
+        copy_multipart_threshold: int = MAX_SINGLE_COPY,
         copy_part_size: int = 128 * MIB,
         max_memory: int | None = None,
         adaptive: bool = True,

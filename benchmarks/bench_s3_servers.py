@@ -154,14 +154,12 @@ class Servers:
 
 
 def tar_bytes(size: int, seed: int) -> bytes:
-    """One tar shard of ~size bytes (one member of random bytes)."""
-    member = max(0, size - 3 * 512 - 1024)
-    out = io.BytesIO()
-    with tarfile.open(fileobj=out, mode="w") as tar:
-        info = tarfile.TarInfo(f"{seed:09d}.bin")
-        info.size = member
-        tar.addfile(info, io.BytesIO(os.urandom(member)))
-    return out.getvalue()
+    """One tar shard of exactly ``size`` bytes (a multiple of 512): one member of random
+    bytes and the end-of-archive blocks, without tarfile's padding to 10 KiB records."""
+    member = size - 512 - 1024
+    info = tarfile.TarInfo(f"{seed:09d}.bin")
+    info.size = member
+    return info.tobuf() + os.urandom(member) + bytes(1024)
 
 
 class _Repeating(io.RawIOBase):
