@@ -29,6 +29,7 @@ from ._atproto import next_tid
 from ._errors import (
     AuthError,
     EntryError,
+    FieldTypeError,
     RateLimitedError,
     RecordNotFoundError,
     ShardTransferError,
@@ -57,7 +58,7 @@ from ._promote import (
 from ._store import S3DataStore
 from ._tasks import backoff, run_per_shard, single_error
 from ._urls import parse_s3_url
-from ._validate import check_handles, check_promotion_args
+from ._validate import check_handles, check_number, check_promotion_args
 from ._xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
 
 log = logging.getLogger("atdata_async.batch")
@@ -125,6 +126,12 @@ async def promote_many(
     check_promotion_args(name=None, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
                          compute_checksums=compute_checksums, verify=verify)
+    check_number("max_rate_limit_wait", max_rate_limit_wait)
+    if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
+        raise FieldTypeError("entries", f"must be a list of entries, got "
+                             f"{type(entries).__name__}")
+    check_handles(local_index=local_index, client=client, data_store=data_store,
+                  progress=progress)
     if entries:  # the shared handles; each entry is checked with its own outcome below
         check_handles(entry=entries[0], local_index=local_index, client=client,
                       data_store=data_store, progress=progress)

@@ -281,6 +281,10 @@ async def _settle_shard(
     instead of hashing (the record then says "none" for that shard)."""
     if plan.sha256 and not verify and not (plan.etag and plan.kind == "s3"):
         plan = replace(plan, sha256=None)
+    if (verify and plan.kind == "s3" and source is None and plan.sha256 and not plan.etag
+            and plan.dest_key is None):
+        raise EntryError(f"{plan.source_url}: a claimed sha256 that no store can read to "
+                         "prove (verify=False publishes the shard without it)")
     if resume is not None and resume.done is not None:
         sha256, size = resume.done
         _learn_size(tracker, plan, size)

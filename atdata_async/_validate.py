@@ -286,7 +286,10 @@ def check_promotion_args(*, name: Any, description: Any, tags: Any, license: Any
     check_bool("verify", verify)
 
 
-def check_handles(*, entry: Any = None, local_index: Any = None, client: Any = None,
+_UNSET = object()
+
+
+def check_handles(*, entry: Any = _UNSET, local_index: Any = None, client: Any = None,
                   data_store: Any = None, progress: Any = None) -> None:
     """The objects a promotion is handed are of the right kind (else an AttributeError
     deep inside). ``data_store`` and ``progress`` may be None."""
@@ -295,12 +298,12 @@ def check_handles(*, entry: Any = None, local_index: Any = None, client: Any = N
     from ._xrpc import AtmosphereClient
 
     for field, value, kind, optional in (
-            ("entry", entry, LocalDatasetEntry, False),
+            ("entry", entry, LocalDatasetEntry, entry is _UNSET),
             ("local_index", local_index, LocalIndex, False),
             ("client", client, AtmosphereClient, False),
             ("data_store", data_store, S3DataStore, True)):
         core = getattr(value, "_core", value)  # a sync facade object wraps its core twin
-        if not (isinstance(core, kind) or (optional and value is None)):
+        if not (isinstance(core, kind) or (optional and (value is None or value is _UNSET))):
             raise FieldTypeError(field, f"must be a {kind.__name__}, got {_type_name(value)}")
     if progress is not None and not callable(progress):
         raise FieldTypeError("progress", f"must be callable, got {_type_name(progress)}")

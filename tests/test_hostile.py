@@ -394,6 +394,34 @@ def test_promotion_publishes_a_readable_record_or_refuses_before_any_write(
     CASES["promotion (fake PDS): published, read back"] += 1
 
 
+@pytest.mark.parametrize(("kw", "field"), [
+    ({"tags": "images"}, "tags"), ({"max_concurrency": 0}, "max_concurrency"),
+    ({"license": ["MIT"]}, "license"), ({"entries": "abc"}, "entries"),
+    ({"max_rate_limit_wait": float("nan")}, "max_rate_limit_wait"),
+    ({"progress": 5}, "progress")])
+def test_promote_many_refuses_before_any_write(kw, field):
+    from atdata_async.promote import promote_many
+
+    async def run() -> tuple[FakePds, BaseException | None]:
+        import fakeredis
+
+        pds = FakePds()
+        async with LocalIndex(fakeredis.aioredis.FakeRedis()) as index, AtmosphereClient(
+                "http://127.0.0.1:9", transport=httpx.MockTransport(pds)) as client:
+            await client.login(session=FAKE_SESSION)
+            entries = kw.pop("entries", [LocalDatasetEntry("e", REF, ["https://h.example/a"])])
+            try:
+                await promote_many(entries, index, client, **kw)
+            except Exception as exc:
+                return pds, exc
+        return pds, None
+
+    pds, exc = anyio.run(run)
+    assert isinstance(exc, ValidationError) and exc.field == field
+    assert pds.writes == 0 and pds.calls == []
+    CASES["promote_many: refused before any write"] += 1
+
+
 def test_published_records_pass_the_reference_validator():
     """Every record the properties above published, judged by @atproto/lexicon at once."""
     from tests.lexicon_check import validate_records
