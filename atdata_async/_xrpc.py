@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -149,7 +150,7 @@ class AtmosphereClient:
         check_number("max_rate_limit_wait", max_rate_limit_wait)
         check_int("max_retries", max_retries, maximum=100)
         check_number("backoff_base", backoff_base, maximum=3600)
-        check_number("refresh_margin", refresh_margin)
+        check_number("refresh_margin", refresh_margin, minimum=-math.inf)  # -inf: never early
         check_number("timeout", timeout, minimum=1e-3)
         self.base_url = base_url.rstrip("/")
         self.on_session_change = on_session_change
