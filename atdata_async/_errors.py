@@ -3,7 +3,8 @@
     AtdataError
     ├── ConfigurationError (ValueError)      bad credentials file, malformed URL or ref
     ├── ValidationError (ValueError)         an argument or record field is refused (names it)
-    │   └── FieldTypeError (TypeError)       ... because it has the wrong type
+    │   ├── FieldTypeError (TypeError)       ... because it has the wrong type
+    │   └── RecordTooLargeError              the dataset record is over the PDS's size limit
     ├── EntryError (ValueError)              an entry that cannot be promoted (no data URLs, ...)
     │   └── MalformedEntryError              a local index entry that cannot be decoded (its key)
     ├── UntrustedSourceError (ValueError)    a record names a shard a reader refuses to touch
@@ -54,6 +55,21 @@ class ValidationError(AtdataError, ValueError):
 
 class FieldTypeError(ValidationError, TypeError):
     """An argument or field of the wrong type (``tags="x"``, ``license=["MIT"]``)."""
+
+
+class RecordTooLargeError(ValidationError):
+    """The dataset record's putRecord request would be over the PDS's limit: found when
+    planning, before any copy or write. ``shards``, ``size`` and ``limit`` say by how much."""
+
+    def __init__(self, shards: int, size: int, limit: int) -> None:
+        fits = max(1, shards * limit // size - 1)
+        super().__init__(
+            "storage.shards",
+            f"the dataset record lists {shards:,} shards and would be a {size:,}-byte "
+            f"request, over the PDS's limit of {limit:,} bytes; publish fewer, larger shards "
+            f"(about {fits:,} of these fit in one record) or split the dataset into several "
+            "entries")
+        self.shards, self.size, self.limit = shards, size, limit
 
 
 class EntryError(AtdataError, ValueError):

@@ -128,6 +128,29 @@ class LocalDatasetEntry:
         """The S3 ETag per data URL, as returned when we uploaded it (may be empty)."""
         return dict((self.metadata or {}).get("etags") or {})
 
+    @property
+    def store_location(self) -> StoreLocation | None:
+        """Where insert put the shards (S3 endpoint and region; never credentials), or
+        None when the entry does not say (``add_entry``, entries written by atdata)."""
+        found = (self.metadata or {}).get(STORE_KEY)
+        if not isinstance(found, dict):
+            return None
+        endpoint, region = found.get("endpoint"), found.get("region")
+        return StoreLocation(endpoint if isinstance(endpoint, str) and endpoint else None,
+                             region if isinstance(region, str) and region else None)
+
+
+@dataclass(frozen=True)
+class StoreLocation:
+    """An S3 endpoint (None: AWS) and region: enough, with credentials from elsewhere, to
+    reach an entry's shards again."""
+
+    endpoint: str | None
+    region: str | None
+
+
+STORE_KEY = "store"  # metadata key of the insert's StoreLocation (atdata ignores it)
+
 
 _pack = msgspec.msgpack.Encoder().encode
 
@@ -364,6 +387,8 @@ class LocalIndex:
             meta["shard_sizes"] = {u.url: u.size for u in uploads}
             meta["etags"] = {u.url: u.etag for u in uploads if u.etag}
             meta["num_samples"] = sum(counts)
+            meta[STORE_KEY] = {"endpoint": self.data_store.endpoint,
+                               "region": self.data_store.region}
             entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
             await self._store_entry(entry)
         except BaseException:

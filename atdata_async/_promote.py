@@ -14,7 +14,9 @@ record is written. A rerun of the same promotion continues from its journal.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import logging
 import os
 import posixpath
@@ -27,18 +29,20 @@ import anyio
 import msgspec
 
 from ._atproto import next_tid, record_key_from
+from ._awsenv import ambient_credentials
 from ._errors import (
     AtdataError,
     AuthError,
     EntryError,
     ExecutorError,
+    RecordTooLargeError,
     ShardTransferError,
     SourceChangedError,
     ValidationError,
 )
 from ._executor import DaskExecutor, ShardRunner
 from ._http import HttpShardReader
-from ._index import LocalDatasetEntry, LocalIndex
+from ._index import LocalDatasetEntry, LocalIndex, StoreLocation
 from ._journal import (
     PromotionJournal,
     ShardLog,
@@ -76,8 +80,10 @@ from ._validate import (
 from ._xrpc import AtmosphereClient
 
 log = logging.getLogger("atdata_async.promote")
-INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags")
+INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags", "store")
 _PLACEHOLDER_REF = "at://did:plc:placeholder/science.alt.dataset.schema/x"
+MAX_RECORD_BYTES = 1_000_000  # the reference PDS's request body limit (413 above), measured
+_PLC_DID = "did:plc:" + "a" * 24  # the length of every did:plc
 
 
 @dataclass(frozen=True)
@@ -123,8 +129,17 @@ def plan_promotion(
     tags: Sequence[str] | None = None,
     license: str | None = None,
     copy_prefix: str = "promoted",
+    location: StoreLocation | None = None,
+    repo: str | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> PromotionPlan:
-    """Validate the entry and the record-to-be; decide each shard's fate. Pure."""
+    """Validate the entry and the record-to-be; decide each shard's fate. Pure.
+
+    ``location``: the S3 endpoint and region of shards that stay where they are. The
+    putRecord request the promotion will end with is sized here, with every shard's
+    sha256 in it, before any copy or write: above ``max_record_bytes`` (the PDS's limit)
+    it is a RecordTooLargeError (a ValueError). ``repo`` (the account's DID) sharpens
+    the estimate; a did:plc is assumed without it."""
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix)
     check_entry(entry)
@@ -147,15 +162,11 @@ def plan_promotion(
     check_text("name", final_name, nonempty=True)
     checksums, sizes, etags = entry.checksums, entry.shard_sizes, entry.etags
     shards = []
-    seen: set[str] = set()
-    for url, kind in zip(entry.data_urls, kinds, strict=True):
+    for i, (url, kind) in enumerate(zip(entry.data_urls, kinds, strict=True)):
         dest = None
         if copy_to is not None:
             base = posixpath.basename(local_path(url) if kind == "file" else url.split("?")[0])
-            dest = "/".join(p for p in (copy_prefix.strip("/"), final_name, base) if p)
-            if dest in seen:
-                raise EntryError(f"two shards are both named {base!r}; they would collide")
-            seen.add(dest)
+            dest = copy_key(copy_prefix, final_name, entry.cid, i, base)
         shards.append(ShardPlan(url, kind, dest, sizes.get(url), checksums.get(url),
                                 etags.get(url)))
     samples = (entry.metadata or {}).get("num_samples")
@@ -167,7 +178,51 @@ def plan_promotion(
         size=DatasetSize(samples=samples if isinstance(samples, int) else None,
                          shards=len(shards)))
     validate_dataset(record)
+    check_record_size(record, shards, copy_to, location, schema_name, schema_version,
+                      repo=repo, limit=max_record_bytes)
     return PromotionPlan(record, shards, schema_name, schema_version)
+
+
+_COMPOUND_EXTS = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
+
+
+def copy_key(prefix: str, name: str, cid: str, index: int, source_name: str) -> str:
+    """``{prefix}/{name}/{tag}-{index:06d}{ext}``: short, because every key is spelled out
+    in the dataset record (about 35 bytes per shard less than the source's
+    ``data--{uuid}--{i}.tar``, so ~20% more shards per record), and unique: ``tag`` is 8
+    characters of the entry's CID (a content hash), so two entries promoted under one
+    name never overwrite each other's copies, and a rerun lands on the same keys."""
+    ext = next((e for e in _COMPOUND_EXTS if source_name.endswith(e)), None) or \
+        posixpath.splitext(source_name)[1] or ".tar"
+    leaf = f"{cid[-8:]}-{index:06d}{ext}"
+    return "/".join(p for p in (prefix.strip("/"), name, leaf) if p)
+
+
+def putrecord_size(record: DatasetRecord, repo: str, rkey: str) -> int:
+    """Bytes of the putRecord request body for ``record``, encoded as our client sends it
+    (compact JSON, UTF-8)."""
+    body = {"repo": repo, "collection": DATASET_COLLECTION, "rkey": rkey,
+            "record": to_json(record)}
+    return len(json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+def check_record_size(record: DatasetRecord, shards: Sequence[ShardPlan],
+                      dest: S3DataStore | None, location: StoreLocation | None,
+                      schema_name: str, schema_version: str, *, repo: str | None,
+                      limit: int) -> int:
+    """The size of the final putRecord request, at its largest (every shard with a sha256,
+    the longest schema record key we may point at, a 16-digit byte count); refuses what
+    the PDS would refuse, naming the way out."""
+    schema_rkey_len = max(13, len(record_key_from(f"{schema_name}@{schema_version}")))
+    did = repo or _PLC_DID
+    worst = msgspec.structs.replace(
+        record, schema_ref=f"at://{did}/{SCHEMA_COLLECTION}/{'k' * schema_rkey_len}",
+        storage=_storage([replace(s, sha256="0" * 64) for s in shards], dest, location),
+        size=msgspec.structs.replace(record.size or DatasetSize(), bytes=10**15))
+    size = putrecord_size(worst, did, "k" * 13)
+    if size > limit:
+        raise RecordTooLargeError(len(shards), size, limit)
+    return size
 
 
 # -- schema records: one listing per client, single flight per schema --------------------
@@ -267,8 +322,7 @@ def schema_registry(client: AtmosphereClient) -> SchemaRegistry:
 async def _settle_shard(
     plan: ShardPlan, source: S3DataStore | None, http: HttpShardReader,
     dest: S3DataStore | None, compute_checksums: bool, tracker: ProgressTracker,
-    log: ShardLog | None = None, resume: ShardResume | None = None,
-    verify: bool = True,
+    log: ShardLog | None = None, resume: ShardResume | None = None, verify: bool = True,
 ) -> ShardPlan:
     """Copy one shard (or just learn its size and checksum); verify what landed.
 
@@ -403,7 +457,7 @@ async def _verify_copy(plan: ShardPlan, done: ShardUpload, source: S3DataStore |
 
 
 def _storage(shards: Sequence[ShardPlan], dest: S3DataStore | None,
-             source: S3DataStore | None) -> StorageS3 | StorageHttp:
+             location: StoreLocation | None) -> StorageS3 | StorageHttp:
     def checksum(s: ShardPlan) -> Checksum:
         return Checksum("sha256", s.sha256) if s.sha256 else Checksum("none", "")
 
@@ -413,8 +467,8 @@ def _storage(shards: Sequence[ShardPlan], dest: S3DataStore | None,
     if shards[0].kind == "http":
         return StorageHttp([HttpShard(s.source_url, checksum(s)) for s in shards])
     bucket = parse_s3_url(shards[0].source_url).bucket
-    return StorageS3(bucket=bucket, endpoint=source.endpoint if source else None,
-                     region=source.region if source else None,
+    return StorageS3(bucket=bucket, endpoint=location.endpoint if location else None,
+                     region=location.region if location else None,
                      shards=[S3Shard(parse_s3_url(s.source_url).key, checksum(s))
                              for s in shards])
 
@@ -435,14 +489,21 @@ async def promote_to_atmosphere(
     progress: ProgressCallback | None = None,
     verify: bool = True,
     executor: DaskExecutor | None = None,
+    source_store: S3DataStore | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> str:
     """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
 
     By default the shards stay where they are; with ``data_store`` they are copied there
-    (server-side when possible). KeyError: schema not in the local index; ValueError:
-    an entry or a record that cannot be published (the message names the field).
-    ``verify=False``: checksums the entry claims are not hashed to prove them; unproven
-    ones are left out of the record instead.
+    (server-side when possible). ``s3://`` shards are read through ``source_store``, else
+    the local index's store, else one made from the endpoint and region recorded at
+    insert with the AWS credentials of the environment or profile. Each checksum is proven
+    true of the shard before it is published; when nothing can read the shards, the
+    promotion refuses before any write, unless ``verify=False``: then checksums the entry
+    claims are not hashed to prove them, and unproven ones are left out of the record
+    (those our own insert recorded with the object's ETag are kept). KeyError: schema not
+    in the local index; ValueError: an entry or a record that cannot be published (the
+    message names the field), or a record over ``max_record_bytes``.
     With ``executor`` (a DaskExecutor) the copies run on a cluster; this process keeps
     the plan, the journal's lease and every PDS write.
     """
@@ -451,16 +512,92 @@ async def promote_to_atmosphere(
                          compute_checksums=compute_checksums, verify=verify)
     check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store,
                   progress=progress)
+    location = source_location(entry, local_index, source_store)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
-                          tags=tags, license=license, copy_prefix=copy_prefix)
+                          tags=tags, license=license, copy_prefix=copy_prefix,
+                          location=location, repo=client.did,
+                          max_record_bytes=max_record_bytes)
     if not client.is_authenticated:
         raise AuthError("promote_to_atmosphere", None, "NotLoggedIn",
                         "the AtmosphereClient is not logged in: call client.login() first")
     local_schema = await local_index.get_schema(entry.schema_ref)  # KeyError before any write
     check_local_schema(local_schema, entry.schema_ref)
-    source = source_store(local_index, data_store, plan)
+    async with contextlib.AsyncExitStack() as owned:
+        source = await resolve_source(entry, local_index, data_store, source_store, plan,
+                                      location, verify, owned)
+        return await _promote(entry, local_index, client, plan, local_schema, source,
+                              location, data_store, compute_checksums, max_concurrency,
+                              progress, verify, executor)
+    raise AssertionError("unreachable")  # pragma: no cover  (the stack never swallows)
+
+
+def source_location(entry: LocalDatasetEntry, local_index: LocalIndex,
+                    source_store: S3DataStore | None) -> StoreLocation | None:
+    """Where shards that stay in place live, for the record: the store they are read
+    through, else the endpoint and region recorded at insert (never lost to a missing
+    store)."""
+    store = source_store or local_index.data_store
+    if store is not None:
+        return StoreLocation(store.endpoint, store.region)
+    return entry.store_location
+
+
+async def resolve_source(entry: LocalDatasetEntry, local_index: LocalIndex,
+                         dest: S3DataStore | None, source_store: S3DataStore | None,
+                         plan: PromotionPlan, location: StoreLocation | None, verify: bool,
+                         owned: contextlib.AsyncExitStack) -> S3DataStore | None:
+    """The store the s3:// shards are read (or proven) through, decided before any write.
+
+    The caller's ``source_store``, else the local index's; when copying, the
+    destination's credentials if the entry's recorded endpoint is the destination's (one
+    account holding both buckets); else a store for the recorded endpoint and region with
+    the AWS credentials of the environment or profile (closed with ``owned``). None, and
+    nothing to read with: a copy cannot happen; a promotion in place refuses unless
+    ``verify=False``."""
+    s3 = [s for s in plan.shards if s.kind == "s3"]
+    if not s3:
+        return None
+    if source_store is not None:
+        return source_store
+    if local_index.data_store is not None:
+        return local_index.data_store
+    if dest is not None and (entry.store_location is None
+                             or entry.store_location.endpoint == dest.endpoint):
+        return dest
+    bucket = parse_s3_url(s3[0].source_url).bucket
+    ambient = await anyio.to_thread.run_sync(
+        ambient_credentials, location.endpoint if location else None,
+        location.region if location else None)
+    if ambient is not None:
+        store = S3DataStore(ambient, bucket=bucket)
+        owned.push_async_callback(store.aclose)
+        return store
+    where = (f"s3://{bucket} at {location.endpoint or 'AWS'}" if location
+             else f"s3://{bucket} (no endpoint recorded: AWS, or AWS_ENDPOINT_URL)")
+    fix = ("pass source_store=S3DataStore(...) (CLI: --source-credentials FILE.env), or "
+           "LocalIndex(data_store=...), or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+           "(or AWS_PROFILE) for that store")
+    if any(s.dest_key is not None for s in s3):
+        raise EntryError(f"copying the shards in {where} needs credentials to read them: "
+                         f"{fix}")
     if verify:
-        _refuse_unprovable(plan, source)
+        raise EntryError(
+            f"cannot prove the checksums of the {len(s3)} shard(s) in {where}: there are no "
+            f"credentials to read them with. {fix[0].upper()}{fix[1:]}; or pass verify=False "
+            "(CLI: --no-verify) to publish them unproven")
+    log.warning("verify=False: publishing %d shard(s) in %s without proving them (checksums "
+                "our insert recorded with the object's ETag are kept, other claims dropped)",
+                len(s3), where)
+    return None
+
+
+async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
+                   client: AtmosphereClient, plan: PromotionPlan,
+                   local_schema: dict[str, Any], source: S3DataStore | None,
+                   location: StoreLocation | None, data_store: S3DataStore | None,
+                   compute_checksums: bool, max_concurrency: int,
+                   progress: ProgressCallback | None, verify: bool,
+                   executor: DaskExecutor | None) -> str:
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
@@ -535,7 +672,7 @@ async def promote_to_atmosphere(
         sizes = [s.size for s in settled]
         total = sum(x for x in sizes if x is not None) if None not in sizes else None
         record = validate_dataset(msgspec.structs.replace(
-            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
+            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, location),
             size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
         # The same entry promoted under the same name to the same place always lands at one
         # record key, kept in the local index: a retry after a failure or a lost response,
@@ -571,17 +708,6 @@ async def settle_elsewhere(remote: ShardRunner, i: int, shard: ShardPlan, resume
     return settled
 
 
-def source_store(local_index: LocalIndex, dest: S3DataStore | None,
-                 plan: PromotionPlan) -> S3DataStore | None:
-    """The store the s3:// shards are read from: the local index's, else (when copying)
-    the destination's credentials, the usual case of one account holding both buckets."""
-    if local_index.data_store is not None:
-        return local_index.data_store
-    if dest is not None and any(s.kind == "s3" for s in plan.shards):
-        return dest
-    return None
-
-
 async def _open_journal(journal: PromotionJournal, plan: PromotionPlan,
                         entry: LocalDatasetEntry, dest: S3DataStore) -> list[ShardResume]:
     """Save the plan and decide each shard's starting point from what an earlier run of
@@ -604,20 +730,6 @@ async def _open_journal(journal: PromotionJournal, plan: PromotionPlan,
             for key, upload_id in aborts:
                 tg.start_soon(dest.abort_multipart, key, upload_id)
     return resumes
-
-
-def _refuse_unprovable(plan: PromotionPlan, source: S3DataStore | None) -> None:
-    """A claimed checksum of an s3 shard that nobody can read cannot be proven: refuse
-    before any write (``verify=False`` publishes the shard without it). A checksum our
-    own insert recorded comes with the object's ETag: that one is ours."""
-    if source is not None:
-        return
-    for shard in plan.shards:
-        if shard.kind == "s3" and shard.sha256 and not shard.etag:
-            raise EntryError(
-                f"{shard.source_url}: the entry claims a sha256, but the local index has no "
-                "data store to read the shard and prove it; give LocalIndex a data_store, or "
-                "pass verify=False to publish without unproven checksums")
 
 
 def promotion_key(did: str, entry: LocalDatasetEntry, name: str,
@@ -644,8 +756,10 @@ async def preview_promotion(
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix)
     check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store)
+    location = source_location(entry, local_index, None)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
-                          tags=tags, license=license, copy_prefix=copy_prefix)
+                          tags=tags, license=license, copy_prefix=copy_prefix,
+                          location=location, repo=client.did)
     local_schema = await local_index.get_schema(entry.schema_ref)
     check_local_schema(local_schema, entry.schema_ref)
     existing = await schema_registry(client).lookup(client, local_schema)
@@ -655,12 +769,11 @@ async def preview_promotion(
         existing = f"at://{client.did}/{SCHEMA_COLLECTION}/{schema_rkey(local_schema)}"
         schema = {"action": "publish", "uri": existing,
                   "record": to_json(schema_record_from_local(local_schema, now_iso()))}
-    source = source_store(local_index, data_store, plan)
     shards = [{"source": s.source_url,
                "destination": data_store.url(s.dest_key) if data_store and s.dest_key else None,
                "bytes": s.size} for s in plan.shards]
     record = msgspec.structs.replace(plan.record, schema_ref=existing,
-                                     storage=_storage(plan.shards, data_store, source))
+                                     storage=_storage(plan.shards, data_store, location))
     return {"schema": schema, "shards": shards,
             "bytes": sum(s.size or 0 for s in plan.shards),
             "copies": plan.copies, "record": to_json(record)}

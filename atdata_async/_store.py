@@ -195,6 +195,7 @@ class S3Credentials:
     secret_access_key: str = field(repr=False)
     endpoint: str | None = None
     region: str | None = None
+    session_token: str | None = field(default=None, repr=False)  # temporary credentials
 
     def __repr__(self) -> str:
         return (f"S3Credentials(access_key_id={mask_key_id(self.access_key_id)!r}, "
@@ -228,6 +229,7 @@ class S3Credentials:
             secret_access_key=values["AWS_SECRET_ACCESS_KEY"],
             endpoint=endpoint.rstrip("/") if endpoint else None,
             region=values.get("AWS_REGION") or values.get("AWS_DEFAULT_REGION") or None,
+            session_token=values.get("AWS_SESSION_TOKEN") or None,
         )
 
 
@@ -435,6 +437,7 @@ class S3DataStore:
                 endpoint_url=creds.endpoint,
                 aws_access_key_id=creds.access_key_id,
                 aws_secret_access_key=creds.secret_access_key,
+                aws_session_token=creds.session_token,
                 region_name=creds.region or "us-east-1",
                 config=config,
             )

@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--license")
     promote.add_argument("--no-verify", dest="verify", action="store_false",
                          help="publish even what cannot be verified (no checksum, no "
-                              "credentials to read the shards)")
+                              "credentials to read the shards); a warning is printed")
     promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
     promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
                          help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
@@ -765,11 +765,11 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
             stores.append(dest)
             prefix = prefix or "promoted"
         if s3_buckets:
-            # The shards' current store: its own credentials, else the environment's AWS_*,
-            # else the destination's (one account holding both buckets is the usual case).
+            # The shards' current store: its own credentials, else the destination's (one
+            # account holding both buckets is the usual case)
+            # (the environment's or profile's AWS credentials, with the endpoint recorded
+            # at insert, are the library's own fallback)
             source_creds = (args.source_credentials
-                            or (dict(os.environ) if os.environ.get("AWS_ACCESS_KEY_ID")
-                                and os.environ.get("AWS_SECRET_ACCESS_KEY") else None)
                             or (args.credentials if args.copy_to else None))
             if source_creds:
                 index.data_store = make_store(source_creds, s3_buckets[0], args)
@@ -787,6 +787,9 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
             plan["checks"] = await dry_run_checks(args, entry, index, client, dest)
             return plan, print_plan
         show = progress_for(args)
+        if not args.verify:
+            print("warning: --no-verify: shards that cannot be read are published unproven "
+                  "(checksums nobody checked are left out)", file=sys.stderr)
         try:
             uri = await promote_to_atmosphere(entry, index, client,
                                               max_concurrency=args.concurrency, verify=args.verify,

@@ -6,10 +6,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from atdata_async.sync import Dataset
+from atdata_async.sync.atmosphere import AtmosphereClient, AtmosphereIndex
 from atdata_async.sync.local import LocalIndex, S3DataStore
 from tests.conftest import make_bucket
 from tests.samples import FeatureSample, write_shards
@@ -32,6 +34,12 @@ def cli_env(redis_url, s3_credentials, bucket, pds, pds_account, tmp_path):
         "ATDATA_HANDLE": pds_account["handle"], "ATDATA_PASSWORD": pds_account["password"],
         "CREDS": str(creds), "PYTHONPATH": os.getcwd(),
     }
+
+
+def s3_env(env: dict) -> dict:
+    """``env`` plus the test store's credentials as AWS_* variables."""
+    creds = dict(line.split("=", 1) for line in Path(env["CREDS"]).read_text().splitlines())
+    return {**env, **creds}
 
 
 def cli(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -58,7 +66,14 @@ def test_dry_run_writes_nothing_then_promote_and_show(cli_env):
     assert plan["record"]["tags"] == ["a"] and plan["copies"] is False
     assert json.loads(cli(cli_env, "--json", "schemas", "--remote").stdout) == []
 
-    out = cli(cli_env, "promote", "cli-data", "--tag", "a", "--tag", "b", "--license", "MIT",
+    # no credentials anywhere for the shards' store: refused before any write, saying how
+    refused = cli(cli_env, "promote", "cli-data")
+    assert refused.returncode != 0 and "cannot prove the checksums" in refused.stderr
+    assert "--source-credentials" in refused.stderr and "--no-verify" in refused.stderr
+    assert json.loads(cli(cli_env, "--json", "schemas", "--remote").stdout) == []
+    # the AWS credentials of the environment, with the endpoint recorded at insert
+    aws = {k: v for k, v in s3_env(cli_env).items() if k != "AWS_ENDPOINT"}
+    out = cli(aws, "promote", "cli-data", "--tag", "a", "--tag", "b", "--license", "MIT",
               "--description", "cli test")
     assert out.returncode == 0, out.stderr
     uri = out.stdout.strip().removeprefix("published ")
@@ -68,6 +83,9 @@ def test_dry_run_writes_nothing_then_promote_and_show(cli_env):
     shown = json.loads(cli(cli_env, "--json", "show", uri).stdout)
     assert (shown["name"], shown["tags"], shown["license"]) == ("cli-data", ["a", "b"], "MIT")
     assert shown["metadata"] == {"split": "test"} and len(shown["checksums"]) == 3
+    with AtmosphereClient(cli_env["ATDATA_PDS_URL"]) as reader:
+        storage = AtmosphereIndex(reader).get_dataset(uri).storage
+    assert storage.endpoint == s3_env(cli_env)["AWS_ENDPOINT"]  # recorded at insert
     stranger = {k: v for k, v in cli_env.items() if k not in ("ATDATA_HANDLE", "ATDATA_PASSWORD")}
     human = cli(stranger, "show", uri).stdout  # reading a published dataset needs no login
     assert "tags:        a, b" in human and "sha256:" in human
@@ -84,7 +102,8 @@ def test_promote_with_copy(cli_env, moto_server):
               "--source-credentials", cli_env["CREDS"])
     assert out.returncode == 0, out.stderr
     shown = json.loads(cli(cli_env, "--json", "show", json.loads(out.stdout)["uri"]).stdout)
-    assert all(u.startswith(f"s3://{dest}/public/copied/data--") for u in shown["data_urls"])
+    assert all(u.startswith(f"s3://{dest}/public/copied/") and u.endswith(".tar")
+               for u in shown["data_urls"])
 
 
 def test_errors_are_one_readable_line_with_a_hint(cli_env):

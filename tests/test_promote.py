@@ -162,8 +162,8 @@ async def test_copy_within_one_server_multi_shard_with_multipart(index, client, 
         assert await dest.list_multipart_uploads() == []
     got = await AtmosphereIndex(client).get_dataset(uri)
     assert len(got.data_urls) == 22 and got.storage.bucket == dest_bucket
-    for src, dst in zip(merged.data_urls, got.data_urls, strict=True):
-        assert dst == f"s3://{dest_bucket}/promoted/merged-public/{src.rsplit('/', 1)[1]}"
+    for i, (src, dst) in enumerate(zip(merged.data_urls, got.data_urls, strict=True)):
+        assert dst == f"s3://{dest_bucket}/promoted/merged-public/{merged.cid[-8:]}-{i:06d}.tar"
         body = read_s3(moto_server.url, dst)
         assert body == read_s3(moto_server.url, src)
         assert got.checksums[dst] == hashlib.sha256(body).hexdigest()
