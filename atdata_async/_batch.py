@@ -15,6 +15,7 @@ failure never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -45,15 +46,15 @@ from ._promote import (
     PromotionPlan,
     ShardPlan,
     _open_journal,
-    _refuse_unprovable,
     _settle_shard,
     _storage,
     plan_promotion,
     promotion_key,
     raise_lost_cluster,
+    resolve_source,
     schema_registry,
     settle_elsewhere,
-    source_store,
+    source_location,
 )
 from ._store import S3DataStore
 from ._tasks import backoff, run_per_shard, single_error
@@ -144,9 +145,9 @@ async def promote_many(
         try:
             check_handles(entry=entry, local_index=local_index, client=client)
             plan = plan_promotion(entry, copy_to=data_store, description=description,
-                                  tags=tags, license=license, copy_prefix=copy_prefix)
-            if verify:
-                _refuse_unprovable(plan, source_store(local_index, data_store, plan))
+                                  tags=tags, license=license, copy_prefix=copy_prefix,
+                                  location=source_location(entry, local_index, None),
+                                  repo=client.did)
         except Exception as exc:
             outcomes[i] = PromotionOutcome(entry.name, error=exc)
             continue
@@ -328,7 +329,10 @@ async def _settle_entry(
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
     plan = job.plan
-    source = source_store(local_index, data_store, plan)
+    location = source_location(job.entry, local_index, None)
+    owned = contextlib.AsyncExitStack()
+    source = await resolve_source(job.entry, local_index, data_store, None, plan, location,
+                                  verify, owned)
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
     logs: list[ShardLog | None] = [None] * len(plan.shards)
@@ -383,12 +387,14 @@ async def _settle_entry(
         sizes = [s.size for s in settled]
         total = sum(x for x in sizes if x is not None) if None not in sizes else None
         record = validate_dataset(msgspec.structs.replace(
-            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, source),
+            plan.record, schema_ref=schema_uri, storage=_storage(settled, data_store, location),
             size=msgspec.structs.replace(plan.record.size or DatasetSize(), bytes=total)))
     except BaseException:
         if journal is not None:
             await journal.release()
         raise
+    finally:
+        await owned.aclose()
     return _Settled(to_json(record), settled, journal, logs)
 
 

@@ -326,6 +326,7 @@ def test_cli_promotes_a_batch_then_reruns_it(cli_env, s3_credentials, bucket, tm
             directory.mkdir()
             paths = write_shards(directory, 1, 5)
             idx.insert_dataset(SyncDataset[FeatureSample]([str(p) for p in paths]), name=name)
+    cli_env = test_cli.s3_env(cli_env)  # AWS_* in the environment: the shards are proven
     out = cli(cli_env, "--json", "promote", "--match", "cli-*", "--tag", "b")
     assert out.returncode == 0, out.stderr
     rows = json.loads(out.stdout)["entries"]
