@@ -765,11 +765,11 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
             stores.append(dest)
             prefix = prefix or "promoted"
         if s3_buckets:
-            # The shards' current store: its own credentials, else the destination's (one
-            # account holding both buckets is the usual case)
-            # (the environment's or profile's AWS credentials, with the endpoint recorded
-            # at insert, are the library's own fallback)
+            # The shards' current store: its own credentials, else the environment's AWS_*
+            # (at the endpoint insert recorded, if it did), else the destination's (one
+            # account holding both buckets is the usual case).
             source_creds = (args.source_credentials
+                            or environment_credentials(entry)
                             or (args.credentials if args.copy_to else None))
             if source_creds:
                 index.data_store = make_store(source_creds, s3_buckets[0], args)
@@ -920,6 +920,23 @@ async def promote_batch(args: argparse.Namespace, entries: list[Any], index: Loc
         print(f"{done} of {len(data['entries'])} entries published")
 
     return {"entries": rows}, human
+
+
+def environment_credentials(entry: Any) -> dict[str, str] | None:
+    """AWS_* of the environment for the entry's shards, at the endpoint and region its
+    insert recorded (a store elsewhere would publish the wrong endpoint)."""
+    if not (os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY")):
+        return None
+    creds = dict(os.environ)
+    where = entry.store_location
+    if where is not None:
+        creds.pop("AWS_ENDPOINT_URL", None)
+        creds.pop("AWS_ENDPOINT", None)
+        if where.endpoint:
+            creds["AWS_ENDPOINT"] = where.endpoint
+        if where.region:
+            creds["AWS_REGION"] = where.region
+    return creds
 
 
 def left_behind(exc: ShardTransferError, dest: S3DataStore | None) -> ShardTransferError:

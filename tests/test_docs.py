@@ -122,11 +122,15 @@ def test_readme_examples_run_on_an_s3_backed_entry(doc_env, tmp_path, moto_serve
             f"{pds_account['handle']!r}, {pds_account['password']!r}",
     }
     env = {k: v for k, v in doc_env.items() if not k.startswith("AWS_")}
-    for code, tail in ((sync_block, "\nprint(at_uri)\n"),
-                       (async_block, "\nimport anyio\nprint(anyio.run(publish, 'my-dataset'))\n")):
+    # the sync block reads the shards in place with the environment's AWS keys (the
+    # endpoint is the one insert recorded); the async block with the public store's
+    keys = {k: doc_env[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    for code, tail, extra in (
+            (sync_block, "\nprint(at_uri)\n", keys),
+            (async_block, "\nimport anyio\nprint(anyio.run(publish, 'my-dataset'))\n", {})):
         for old, new in redirect.items():
             code = code.replace(old, new)
-        out = run(code + tail, env, tmp_path)
+        out = run(code + tail, {**env, **extra}, tmp_path)
         assert out.returncode == 0, out.stderr[-3000:]
         assert out.stdout.startswith("at://")
     listed = s3.list_objects_v2(Bucket="public-datasets", Prefix="promoted/my-dataset/")
