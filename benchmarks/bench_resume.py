@@ -215,6 +215,7 @@ def run_case(ctx: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
     import anyio
 
     from atdata_async import Dataset
+    from atdata_async._promote import copy_key
     from atdata_async.local import LocalIndex
     from tests.samples import FeatureSample
 
@@ -224,8 +225,8 @@ def run_case(ctx: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
             await index.publish_schema(FeatureSample, version="1.0.0")
             entry = await index.insert_dataset(
                 Dataset[FeatureSample]([str(p) for p in paths]), name=ctx["entry"])
-        return {f"promoted/{ctx['entry']}/{u.rsplit('/', 1)[1]}": entry.shard_sizes[u]
-                for u in entry.data_urls}
+        return {copy_key("promoted", ctx["entry"], entry.cid, i, u.rsplit("/", 1)[1]):
+                entry.shard_sizes[u] for i, u in enumerate(entry.data_urls)}
 
     sizes = anyio.run(insert)
     until_kill = kill_halfway(ctx, len(paths))

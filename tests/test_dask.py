@@ -52,6 +52,21 @@ async def dask_client(cluster):
         yield dc
 
 
+async def cluster_idle(dc: Client, timeout: float = 60) -> None:
+    """Wait until the scheduler holds no task and no worker is executing one."""
+
+    def busy(dask_scheduler) -> int:
+        return len(dask_scheduler.tasks) + sum(len(ws.processing)
+                                               for ws in dask_scheduler.workers.values())
+
+    with anyio.fail_after(timeout):
+        while await dc.run_on_scheduler(busy):
+            await anyio.sleep(0.1)
+    with anyio.fail_after(timeout):  # a cancelled coroutine may still be cleaning up
+        while any((await dc.run(lambda dask_worker: len(dask_worker.state.executing))).values()):
+            await anyio.sleep(0.1)
+
+
 def _stores_on_worker() -> int:
     return sum(len(s.stores) for s in _per_loop.values())
 
@@ -245,6 +260,10 @@ async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
                                      key, lambda f: any(x.startswith("s:") for x in f))
     finally:
         await dask_client.unregister_worker_plugin(SlowParts.name)
+    # The dead coordinator's tasks run on (or are cancelled, aborting their uploads): the
+    # rerun starts once the cluster is idle, as a rerun after a crash would.
+    await cluster_idle(dask_client)
+    fields = {f.decode() for f in await index.redis.hkeys(key)}
     done = [int(f[2:]) for f in fields if f.startswith("s:")]
     sizes = [entry.shard_sizes[u] for u in entry.data_urls]
     async with dest:

@@ -301,3 +301,19 @@ def test_metadata_reads_in_every_form_atdata_writes():
     assert decode_metadata(record.metadata) == {"split": "train", "ratio": 0.5}
     assert to_json(record)["metadata"] == _dataset()["metadata"]
     assert decode_b64(encode_b64(b"\x01\x02")) == b"\x01\x02"
+
+
+@pytest.mark.parametrize("meta", [
+    {"a": 1}, {"ab": 1}, {"abc": "x"}, {"k" * 40: 1.5}, {"k" * 300: "v"},
+    {f"k{i}": i for i in range(20)}, {"q" * 40 + str(i): [i] for i in range(17)},
+], ids=lambda m: f"{len(m)}keys-{len(next(iter(m)))}chars")
+def test_metadata_bytes_decode_with_plain_b64decode_after_the_pds_drops_padding(meta):
+    """A PDS returns ``$bytes`` unpadded; atdata 0.7 reads it with base64.b64decode, which
+    fails unless the msgpack length divides by 3: our encoding always does."""
+    import base64
+
+    packed = encode_metadata(meta)
+    assert len(packed) % 3 == 0
+    unpadded = base64.b64encode(packed).decode().rstrip("=")
+    assert msgspec.msgpack.decode(base64.b64decode(unpadded)) == meta
+    assert decode_metadata({"$bytes": unpadded}) == meta

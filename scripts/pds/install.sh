@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install Node 22 (from the npm registry) and the reference PDS into a cache folder
-# outside the clone, keyed by a hash of package.json; prints that folder on stdout.
+# outside the clone, keyed by a hash of package.json; prints the launchers' folder on stdout.
 # A second run with the same package.json costs nothing. The launcher scripts (*.mjs)
 # are copied in on every run, so editing them never forces a reinstall. Concurrent runs
 # (several clones, parallel test sessions) wait for one install. Progress goes to stderr.
@@ -18,12 +18,19 @@ case "$(uname -m)" in
 esac
 NODE_DIR="$HOME_DIR/.node/node_modules/$NODE_PKG"
 
-copy_launchers() { cp "$HERE"/*.mjs "$HOME_DIR/"; }
-if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$HOME_DIR"; exit 0; fi
+# The launchers go into a folder named by their own hash inside the install (node finds
+# ../node_modules from there): clones with different launchers never overwrite each other.
+RUN_DIR="$HOME_DIR/run-$(cat "$HERE"/*.mjs | sha256sum | cut -c1-12)"
+copy_launchers() {
+  mkdir -p "$RUN_DIR"
+  cp "$HERE"/*.mjs "$RUN_DIR/"
+  ln -sfn ../.installed "$RUN_DIR/.installed"
+}
+if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$RUN_DIR"; exit 0; fi
 mkdir -p "$HOME_DIR/.node"
 exec 9>"$HOME_DIR/.install.lock"
 flock 9
-if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$HOME_DIR"; exit 0; fi
+if [[ -f "$HOME_DIR/.installed" ]]; then copy_launchers; echo "$RUN_DIR"; exit 0; fi
 cp "$HERE/package.json" "$HOME_DIR/"
 copy_launchers
 if [[ ! -x "$NODE_DIR/bin/node" ]]; then
@@ -46,4 +53,4 @@ log "installing @atproto/pds into $HOME_DIR (once; compiles better-sqlite3, a fe
 )
 echo "$NODE_DIR/bin/node" > "$HOME_DIR/.installed"
 log "installed"
-echo "$HOME_DIR"
+echo "$RUN_DIR"
