@@ -34,17 +34,17 @@ from ._errors import (
     ValidationError,
     XrpcError,
 )
-from ._redact import RedactingFilter, protect_library_loggers
+from ._model.redact import RedactingFilter, protect_library_loggers
 
 if TYPE_CHECKING:
-    from ._dataset import Dataset
-    from ._progress import TransferProgress
-    from ._sample import PackableSample, packable
+    from ._backends.dataset import Dataset
+    from ._model.progress import TransferProgress
+    from ._model.sample import PackableSample, packable
 
 # Imported on first use: numpy, httpx and friends cost ~1 s of start-up that the CLI's
 # --help (and any script touching only the errors) should not pay.
-_LAZY = {"Dataset": "._dataset", "PackableSample": "._sample", "packable": "._sample",
-         "TransferProgress": "._progress"}
+_LAZY = {"Dataset": "._backends.dataset", "PackableSample": "._model.sample",
+         "packable": "._model.sample", "TransferProgress": "._model.progress"}
 
 
 def __getattr__(name: str) -> Any:

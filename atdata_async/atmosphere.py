@@ -1,8 +1,9 @@
 """ATProto: the XRPC client, lexicon records and the read-side index (async core)."""
 
-from ._atindex import AtmosphereDatasetEntry, AtmosphereIndex
-from ._atproto import AtUri, next_tid, parse_at_uri
-from ._lexicon import (
+from ._backends.atmosphere_index import AtmosphereDatasetEntry, AtmosphereIndex
+from ._backends.xrpc import AtmosphereClient, Session
+from ._model.ids import AtUri, next_tid, parse_at_uri
+from ._model.lexicon import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
     Checksum,
@@ -16,7 +17,6 @@ from ._lexicon import (
     StorageHttp,
     StorageS3,
 )
-from ._xrpc import AtmosphereClient, Session
 
 __all__ = [
     "DATASET_COLLECTION",

@@ -47,10 +47,10 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from ._index import LocalIndex
-    from ._progress import TransferProgress
-    from ._store import S3DataStore
-    from ._xrpc import AtmosphereClient
+    from ._backends.redis_index import LocalIndex
+    from ._backends.s3_store import S3DataStore
+    from ._backends.xrpc import AtmosphereClient
+    from ._model.progress import TransferProgress
 
 MIB = 1024 * 1024
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
@@ -516,7 +516,7 @@ Result = tuple[Any, Callable[[Any], None]]
 async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
     if args.command in ("login", "logout"):
         return await session_command(args)
-    from ._index import LocalIndex
+    from ._backends.redis_index import LocalIndex
 
     async with LocalIndex(args.redis_url) as index:
         if args.command == "ls":
@@ -531,11 +531,11 @@ async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
             rows = [{"ref": f"{s['name']}@{s['version']}", "fields": len(s.get("fields", [])),
                      "description": s.get("description")} for s in await index.list_schemas()]
             return rows, print_schemas
-        from ._xrpc import AtmosphereClient
+        from ._backends.xrpc import AtmosphereClient
 
         async with AtmosphereClient(args.pds_url) as client:
             if args.command == "show":
-                from ._atindex import AtmosphereIndex
+                from ._backends.atmosphere_index import AtmosphereIndex
 
                 await login(args, client, required=False)
                 entry = await AtmosphereIndex(client).get_dataset(args.at_uri)
@@ -553,7 +553,7 @@ async def run(args: argparse.Namespace, outcome: Outcome) -> Result:
 
 async def session_command(args: argparse.Namespace) -> Result:
     """``login``: trade the password for a session and save it; ``logout``: forget it."""
-    from . import _session_store as sessions
+    from ._backends import session_store as sessions
 
     if args.command == "logout":
         gone = sessions.forget(args.pds_url)
@@ -563,7 +563,7 @@ async def session_command(args: argparse.Namespace) -> Result:
     password = os.environ.get("ATDATA_PASSWORD")
     if not args.handle or not password:
         await login(args, None, required=True, saved=False)  # raises the usual error
-    from ._xrpc import AtmosphereClient
+    from ._backends.xrpc import AtmosphereClient
 
     async with AtmosphereClient(args.pds_url) as client:
         session = await client.login(args.handle, password)
@@ -579,7 +579,7 @@ async def login(args: argparse.Namespace, client: AtmosphereClient | None, *, re
     again), else log in with ATDATA_PASSWORD for this command only."""
     password = os.environ.get("ATDATA_PASSWORD")
     if saved and client is not None:
-        from . import _session_store as sessions
+        from ._backends import session_store as sessions
 
         session = sessions.load(args.pds_url, args.handle)
         if session is not None:
@@ -622,7 +622,7 @@ def credentials_from(path: str | None, flag: str) -> str | dict[str, str]:
 
 def make_store(credentials: str | dict[str, str], bucket: str,
                args: argparse.Namespace) -> S3DataStore:
-    from ._store import S3DataStore
+    from ._backends.s3_store import S3DataStore
 
     part = getattr(args, "part_size", 16 * MIB)
     return S3DataStore(credentials, bucket=bucket, max_concurrency=args.concurrency,
@@ -649,7 +649,7 @@ def import_sample_type(spec: str) -> type:
     """``module:Class`` (the current directory is importable, as for ``python -m``)."""
     import importlib
 
-    from ._sample import PackableSample
+    from ._model.sample import PackableSample
 
     module_name, sep, class_name = spec.partition(":")
     if not sep or not module_name or not class_name:
@@ -673,7 +673,7 @@ def shard_paths(patterns: list[str]) -> list[str]:
     """Paths, brace patterns and globs (when the shell left them) -> existing tar files."""
     import glob
 
-    from ._urls import expand_braces
+    from ._model.urls import expand_braces
 
     paths: list[str] = []
     for pattern in patterns:
@@ -689,8 +689,8 @@ def shard_paths(patterns: list[str]) -> list[str]:
 
 
 async def insert(args: argparse.Namespace, index: LocalIndex) -> Result:
-    from ._dataset import Dataset
-    from ._sample import PackableSample
+    from ._backends.dataset import Dataset
+    from ._model.sample import PackableSample
 
     paths = shard_paths(args.paths)
     if args.schema:
@@ -733,7 +733,7 @@ async def insert(args: argparse.Namespace, index: LocalIndex) -> Result:
 
 
 async def publish_schema(args: argparse.Namespace, index: LocalIndex) -> Result:
-    from ._schema import schema_record
+    from ._model.schema import schema_record
 
     sample_type = import_sample_type(args.sample_type)
     if args.dry_run:
@@ -749,7 +749,7 @@ async def publish_schema(args: argparse.Namespace, index: LocalIndex) -> Result:
 
 async def promote(args: argparse.Namespace, index: LocalIndex, client: AtmosphereClient,
                   outcome: Outcome) -> Result:
-    from ._promote import preview_promotion, promote_to_atmosphere
+    from ._pipeline.promote import preview_promotion, promote_to_atmosphere
 
     entries = await entries_to_promote(args, index)
     entry = entries[0]
@@ -809,7 +809,7 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
 async def connect_scheduler(args: argparse.Namespace) -> tuple[Any, Any]:
     """A Dask client on --scheduler and the executor that sends the copies there."""
     from ._errors import ExecutorError
-    from ._executor import CredentialSource, DaskExecutor
+    from ._pipeline.executor import CredentialSource, DaskExecutor
 
     try:
         from distributed import Client
@@ -827,7 +827,7 @@ async def connect_scheduler(args: argparse.Namespace) -> tuple[Any, Any]:
 
 async def cleanup(args: argparse.Namespace, index: LocalIndex,
                   client: AtmosphereClient) -> Result:
-    from ._cleanup import cleanup_promotions
+    from ._pipeline.cleanup import cleanup_promotions
 
     bucket, prefix = s3_location(args.location, "LOCATION")
     store = make_store(credentials_from(args.credentials, "--credentials"), bucket, args)
@@ -889,7 +889,7 @@ async def promote_batch(args: argparse.Namespace, entries: list[Any], index: Loc
                         kwargs: dict[str, Any]) -> Result:
     """Many entries in one promote_many: one line per entry; a failed entry fails the
     exit code (that of its error), the others are published all the same."""
-    from ._batch import promote_many
+    from ._pipeline.batch import promote_many
 
     kwargs.pop("name", None)
     if args.dry_run:
@@ -1125,7 +1125,7 @@ def print_schemas(rows: list[dict[str, Any]]) -> None:
 
 
 def print_dataset(d: dict[str, Any]) -> None:
-    from ._trust import printable
+    from ._model.trust import printable
 
     def print(text: str) -> None:  # a record is someone else's text: no terminal controls
         sys.stdout.write(printable(text) + "\n")

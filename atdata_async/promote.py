@@ -1,9 +1,9 @@
 """Promotion of local dataset entries to ATProto (async core)."""
 
-from ._batch import PromotionOutcome, promote_many
-from ._cleanup import CleanupReport, cleanup_promotions
-from ._executor import CredentialSource, DaskExecutor
-from ._promote import (
+from ._pipeline.batch import PromotionOutcome, promote_many
+from ._pipeline.cleanup import CleanupReport, cleanup_promotions
+from ._pipeline.executor import CredentialSource, DaskExecutor
+from ._pipeline.promote import (
     PromotionPlan,
     ShardPlan,
     plan_promotion,

@@ -36,12 +36,12 @@ def creds(url: str) -> dict[str, str]:
 
 async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str,
                      keys: list[str], sums: dict[str, str], executor, concurrency: int) -> dict:
-    from atdata_async._index import LocalIndex
-    from atdata_async._journal import PromotionJournal, plan_document
-    from atdata_async._progress import ProgressTracker
-    from atdata_async._promote import ShardPlan, _settle_shard, settle_elsewhere
-    from atdata_async._store import S3DataStore
-    from atdata_async._tasks import run_per_shard
+    from atdata_async._backends.redis_index import LocalIndex
+    from atdata_async._backends.s3_store import S3DataStore
+    from atdata_async._backends.tasks import run_per_shard
+    from atdata_async._model.progress import ProgressTracker
+    from atdata_async._pipeline.journal import PromotionJournal, plan_document
+    from atdata_async._pipeline.promote import ShardPlan, _settle_shard, settle_elsewhere
 
     dst_bucket = f"d-{uuid.uuid4().hex[:10]}"
     async with S3DataStore(creds(dst_url), bucket=dst_bucket) as dest, \
@@ -61,7 +61,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
         if executor is not None:
             remote = executor.bind(promotion=pkey, local_index=index, dest=dest,
                                    source=source, compute_checksums=True)
-        from atdata_async._http import HttpShardReader
+        from atdata_async._backends.http_reader import HttpShardReader
 
         started = time.perf_counter()
         async with HttpShardReader() as http:
@@ -91,7 +91,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
 
 
 def _resume():
-    from atdata_async._journal import ShardResume
+    from atdata_async._pipeline.journal import ShardResume
 
     return ShardResume()
 
@@ -108,7 +108,7 @@ def main() -> None:
     import boto3
     from distributed import Client, LocalCluster
 
-    from atdata_async._executor import CredentialSource, DaskExecutor
+    from atdata_async._pipeline.executor import CredentialSource, DaskExecutor
     from tests import services
 
     work = Path(tempfile.mkdtemp(prefix="bench-dask-"))

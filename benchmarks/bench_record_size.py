@@ -16,8 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from atdata_async._index import LocalDatasetEntry, StoreLocation
-from atdata_async._promote import MAX_RECORD_BYTES, check_record_size, plan_promotion
+from atdata_async._backends.redis_index import LocalDatasetEntry, StoreLocation
+from atdata_async._pipeline.promote import MAX_RECORD_BYTES, check_record_size, plan_promotion
 from atdata_async.local import S3DataStore
 
 REF = "atdata://local/schema/ImageSample@1.0.0"

@@ -89,7 +89,7 @@ class Counted:
     """Bytes the destination was sent (PUT bodies and parts), by wrapping the store."""
 
     def __init__(self) -> None:
-        from atdata_async._store import S3DataStore
+        from atdata_async._backends.s3_store import S3DataStore
 
         self.bytes = 0
         put, part = S3DataStore.put_bytes, S3DataStore._send_part
@@ -143,7 +143,7 @@ def child(ctx: dict[str, Any]) -> None:
     down enough for the kill to land mid-copy."""
     import anyio
 
-    from atdata_async._store import S3DataStore
+    from atdata_async._backends.s3_store import S3DataStore
 
     delay = float(ctx.get("throttle", 0))
     for name in ("put_bytes", "_send_part", "stream_copy") if delay else ():
@@ -215,7 +215,7 @@ def run_case(ctx: dict[str, Any], paths: list[Path]) -> dict[str, Any]:
     import anyio
 
     from atdata_async import Dataset
-    from atdata_async._promote import copy_key
+    from atdata_async._pipeline.promote import copy_key
     from atdata_async.local import LocalIndex
     from tests.samples import FeatureSample
 
@@ -254,7 +254,7 @@ def schema_create_cost(ctx: dict[str, Any], n: int = 15) -> dict[str, float]:
 
     import anyio
 
-    from atdata_async._lexicon import SCHEMA_COLLECTION
+    from atdata_async._model.lexicon import SCHEMA_COLLECTION
     from atdata_async.atmosphere import AtmosphereClient
 
     async def run() -> list[float]:

@@ -11,7 +11,7 @@ from pathlib import Path
 import anyio
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from atdata_async import _store
+from atdata_async._backends import s3_store as _store
 
 
 class StallOnce(WorkerPlugin):

@@ -9,7 +9,8 @@ import sys
 
 import anyio
 
-from atdata_async import _store, cli
+from atdata_async import cli
+from atdata_async._backends import s3_store as _store
 
 PART = int(os.environ.get("TEST_PART", 256 * 1024))
 STALL_AFTER = int(os.environ.get("STALL_AFTER", "0"))

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from atdata_async import AuthError, RateLimitedError, ValidationError
-from atdata_async._lexicon import (
+from atdata_async._model.lexicon import (
     encode_metadata,
     schema_record_from_local,
     to_json,

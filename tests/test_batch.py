@@ -14,7 +14,7 @@ from atdata_async import (
     SchemaNotFoundError,
     ShardTransferError,
 )
-from atdata_async import _batch as batch_module
+from atdata_async._pipeline import batch as batch_module
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalDatasetEntry, LocalIndex
 from atdata_async.promote import promote_many, promote_to_atmosphere

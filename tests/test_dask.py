@@ -17,9 +17,9 @@ import pytest
 from distributed import Client, LocalCluster
 
 from atdata_async import ExecutorError
-from atdata_async._executor import _per_loop
-from atdata_async._journal import journal_key
-from atdata_async._promote import promotion_key
+from atdata_async._pipeline.executor import _per_loop
+from atdata_async._pipeline.journal import journal_key
+from atdata_async._pipeline.promote import promotion_key
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereIndex
 from atdata_async.promote import CredentialSource, DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials

@@ -20,7 +20,7 @@ import atdata_async.sync
 import atdata_async.sync.atmosphere
 import atdata_async.sync.local
 import atdata_async.sync.promote
-from atdata_async._portal import Facade
+from atdata_async.sync._portal import Facade
 
 PAIRS = [
     (atdata_async.sync.local, atdata_async.local),
@@ -162,7 +162,7 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
 
     import anyio
 
-    from atdata_async import _portal
+    from atdata_async.sync import _portal as _portal
 
     events: list[str] = []
     started = threading.Event()
@@ -196,7 +196,7 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
 
 def test_sync_datasets_stream_shards_and_can_stop_early(s3_credentials, bucket, raw_s3,
                                                         tmp_path):
-    from atdata_async._streams import READ_AHEAD
+    from atdata_async._backends.streams import READ_AHEAD
     from atdata_async.sync.local import S3DataStore
     from tests.conftest import TEST_PART
     from tests.samples import FeatureSample, write_shards

@@ -25,7 +25,7 @@ from atdata_async import (
     IdentityNotFoundError,
     XrpcError,
 )
-from atdata_async._identity import IdentityResolver
+from atdata_async._backends.identity import IdentityResolver
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalIndex
 from atdata_async.promote import promote_to_atmosphere

@@ -46,11 +46,11 @@ from atdata_async import (
     SourceChangedError,
     ValidationError,
 )
-from atdata_async._atindex import entry_from_record
-from atdata_async._lexicon import DATASET_COLLECTION, dataset_from_json, to_json
-from atdata_async._promote import _storage, plan_promotion
-from atdata_async._redact import mask_key_id, redact, remember_secret
-from atdata_async._validate import check_metadata
+from atdata_async._backends.atmosphere_index import entry_from_record
+from atdata_async._model.lexicon import DATASET_COLLECTION, dataset_from_json, to_json
+from atdata_async._model.redact import mask_key_id, redact, remember_secret
+from atdata_async._model.validate import check_metadata
+from atdata_async._pipeline.promote import _storage, plan_promotion
 from atdata_async.atmosphere import AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalDatasetEntry, LocalIndex, S3Credentials, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
@@ -778,7 +778,7 @@ def test_library_logs_and_redaction_of_remembered_secrets(caplog, private_secret
 def private_secrets(monkeypatch):
     """The process-wide secret registry, restored afterwards: random "secrets" such as
     ``promoted`` must not mask words in the rest of the session's messages."""
-    from atdata_async import _redact
+    from atdata_async._model import redact as _redact
 
     monkeypatch.setattr(_redact, "_known", dict(_redact._known))
     monkeypatch.setattr(_redact, "_known_pattern", _redact._known_pattern)

@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from atdata_async import StorageError
-from atdata_async._http import HttpShardReader
+from atdata_async._backends.http_reader import HttpShardReader
 from atdata_async.local import ObjectNotFoundError
 
 pytestmark = pytest.mark.anyio

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from atdata_async import Dataset, EntryNotFoundError, LocalIndexError, SchemaNotFoundError
-from atdata_async._cid import entry_cid
+from atdata_async._model.cid import entry_cid
 from atdata_async.local import LocalIndex
 from tests.samples import FeatureSample, write_shards
 

@@ -11,7 +11,7 @@ import typing
 import msgspec
 import pytest
 
-from atdata_async._lexicon import (
+from atdata_async._model.lexicon import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
     BlobShard,
@@ -33,7 +33,7 @@ from atdata_async._lexicon import (
     schema_record_from_local,
     to_json,
 )
-from atdata_async._lexval import (
+from atdata_async._model.lexval import (
     LEXICON_DIR,
     LexiconViolation,
     decode_b64,

@@ -19,7 +19,7 @@ from atdata_async import (
     StorageError,
     XrpcError,
 )
-from atdata_async._lexicon import schema_record_from_local, to_json
+from atdata_async._model.lexicon import schema_record_from_local, to_json
 from atdata_async.atmosphere import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
@@ -441,7 +441,7 @@ async def test_a_missing_http_shard_fails_the_promotion_and_is_named(index, clie
 
 
 async def test_schema_created_by_a_racing_process_is_reused(index, client, tmp_path):
-    from atdata_async._promote import SchemaRegistry, schema_rkey
+    from atdata_async._pipeline.promote import SchemaRegistry, schema_rkey
 
     registry = SchemaRegistry()
     local = await index.get_schema("atdata://local/schema/FeatureSample@1.0.0")

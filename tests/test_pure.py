@@ -9,10 +9,10 @@ import libipld
 import pytest
 
 from atdata_async import ConfigurationError
-from atdata_async._cid import cid_for, dag_cbor, entry_cid
-from atdata_async._parts import MIB, plan_parts
-from atdata_async._schema import parse_schema_ref, schema_record, schema_ref
-from atdata_async._urls import expand_braces, parse_s3_url
+from atdata_async._model.cid import cid_for, dag_cbor, entry_cid
+from atdata_async._model.parts import MIB, plan_parts
+from atdata_async._model.schema import parse_schema_ref, schema_record, schema_ref
+from atdata_async._model.urls import expand_braces, parse_s3_url
 from tests.samples import FeatureSample, RichSample
 
 

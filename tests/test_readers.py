@@ -23,8 +23,8 @@ from atdata_async import (
     StorageError,
     UntrustedSourceError,
 )
-from atdata_async._atindex import AtmosphereDatasetEntry
-from atdata_async._lexicon import (
+from atdata_async._backends.atmosphere_index import AtmosphereDatasetEntry
+from atdata_async._model.lexicon import (
     DATASET_COLLECTION,
     BlobShard,
     Checksum,
@@ -35,7 +35,7 @@ from atdata_async._lexicon import (
     StorageHttp,
     StorageS3,
 )
-from atdata_async._trust import printable, record_sources
+from atdata_async._model.trust import printable, record_sources
 from atdata_async.atmosphere import AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
@@ -49,7 +49,7 @@ URI = "at://did:plc:abcdefghijklmnopqrstuvwx/science.alt.dataset.entry/3kabc"
 
 
 def entry(storage, checksums=None, pds_url=None) -> AtmosphereDatasetEntry:
-    from atdata_async._atindex import _shard_urls
+    from atdata_async._backends.atmosphere_index import _shard_urls
 
     urls, sums = _shard_urls(storage)
     return AtmosphereDatasetEntry(uri=URI, name="x", schema_ref="at://x/y/z", data_urls=urls,
@@ -237,7 +237,7 @@ async def test_redirects_stay_on_the_host_unless_allowed(served, redirector, htt
         await Dataset[FeatureSample].from_entry(
             entry(StorageHttp([HttpShard(hop, sums[0])])), allow_http=True).read_shard(hop)
     # https -> http is a downgrade: refused even to an allowed host
-    from atdata_async._trust import RedirectPolicy
+    from atdata_async._model.trust import RedirectPolicy
 
     with pytest.raises(UntrustedSourceError, match="only https"):
         RedirectPolicy(False, frozenset({"b.example"})).check(

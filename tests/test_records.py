@@ -16,8 +16,8 @@ from atdata_async import (
     ShardTransferError,
     SourceChangedError,
 )
-from atdata_async._index import STORE_KEY, StoreLocation
-from atdata_async._promote import (
+from atdata_async._backends.redis_index import STORE_KEY, StoreLocation
+from atdata_async._pipeline.promote import (
     MAX_RECORD_BYTES,
     check_record_size,
     copy_key,
@@ -198,7 +198,7 @@ async def test_the_largest_record_that_fits_is_accepted_by_the_pds(client):
     assert 5_000 < n < 6_000
     entry = _atdata_entry(n)
     plan = plan_promotion(entry, copy_to=None, location=LOCATION, repo=client.did)
-    from atdata_async._lexicon import Checksum, S3Shard, StorageS3
+    from atdata_async._model.lexicon import Checksum, S3Shard, StorageS3
 
     schema = await client.create_record(
         "science.alt.dataset.schema", __import__("tests.test_lexicon", fromlist=["SCHEMA"])
@@ -209,8 +209,8 @@ async def test_the_largest_record_that_fits_is_accepted_by_the_pds(client):
     record = msgspec.structs.replace(
         plan.record, schema_ref=schema["uri"], storage=storage,
         size=msgspec.structs.replace(plan.record.size, bytes=123_456_789_012))
-    from atdata_async._atproto import next_tid
-    from atdata_async._lexicon import to_json
+    from atdata_async._model.ids import next_tid
+    from atdata_async._model.lexicon import to_json
 
     rkey = next_tid()
     size = putrecord_size(record, client.did, rkey)

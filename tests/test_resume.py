@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from atdata_async import Dataset, ShardTransferError, StorageError
-from atdata_async._journal import (
+from atdata_async._pipeline.journal import (
     OpenUpload,
     ShardState,
     decide_resume,
@@ -23,7 +23,7 @@ from atdata_async._journal import (
     journal_key,
     parse_states,
 )
-from atdata_async._promote import ShardPlan, promotion_key
+from atdata_async._pipeline.promote import ShardPlan, promotion_key
 from atdata_async.atmosphere import DATASET_COLLECTION, SCHEMA_COLLECTION, AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere

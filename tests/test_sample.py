@@ -11,7 +11,7 @@ import pytest
 from numpy.typing import NDArray
 
 import atdata_async
-from atdata_async._sample import bytes_to_ndarray, ndarray_to_bytes
+from atdata_async._model.sample import bytes_to_ndarray, ndarray_to_bytes
 from tests.samples import FeatureSample, RichSample
 
 

@@ -65,7 +65,7 @@ async def test_a_body_with_a_known_sha256_is_read_once(s3_credentials, bucket, r
     whole body once more before sending it)."""
     import hashlib
 
-    from atdata_async import _store
+    from atdata_async._backends import s3_store as _store
 
     reads = []
     original = _store._BufferReader.readinto
@@ -153,7 +153,7 @@ async def test_a_shard_with_a_recorded_sha256_streams_across_endpoints(
 
 
 def test_the_pace_halves_on_throttling_and_climbs_back_while_it_pays():
-    from atdata_async._pace import Pace, is_throttle
+    from atdata_async._model.pace import Pace, is_throttle
 
     assert is_throttle(503, None) and is_throttle(400, "SlowDown")
     assert not is_throttle(500, "InternalError")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from atdata_async import Dataset
-from atdata_async._lexval import LEXICON_DIR
+from atdata_async._model.lexval import LEXICON_DIR
 from atdata_async.atmosphere import AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from atdata_async import AuthError, RateLimitedError, XrpcError
-from atdata_async._atproto import is_tid, next_tid, parse_at_uri, record_key_from, tid_from
-from atdata_async._lexicon import (
+from atdata_async._model.ids import is_tid, next_tid, parse_at_uri, record_key_from, tid_from
+from atdata_async._model.lexicon import (
     DatasetRecord,
     DatasetSize,
     S3Shard,
@@ -168,8 +168,9 @@ async def test_not_logged_in_is_a_clear_auth_error():
 
 def test_session_repr_hides_tokens():
     client = AtmosphereClient("http://pds.invalid")
-    client._set_session(__import__("atdata_async._xrpc", fromlist=["Session"]).Session.from_dict(
-        SESSION))
+    from atdata_async._backends.xrpc import Session
+
+    client._set_session(Session.from_dict(SESSION))
     assert SESSION["accessJwt"] not in repr(client.session)
     assert SESSION["refreshJwt"] not in repr(client.session) and "a.test" in repr(client)
 

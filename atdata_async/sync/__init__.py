@@ -12,9 +12,9 @@ from typing import Any
 import atdata_async as _core
 from atdata_async import *  # noqa: F403  (errors, samples and progress are shared)
 
-from .. import _dataset
-from .._portal import Facade, core_of, get_portal
-from .._streams import blocking_file
+from .._backends import dataset as _dataset
+from .._backends.streams import blocking_file
+from ._portal import Facade, core_of, get_portal
 
 __all__ = _core.__all__
 

@@ -1,8 +1,8 @@
 """Blocking twins of ``atdata_async.local``; its data types as they are."""
 
 from .. import local as _core
-from .._portal import Facade
 from ..local import *  # noqa: F403  (data types are shared)
+from ._portal import Facade
 
 __all__ = _core.__all__
 

@@ -1,8 +1,8 @@
 """Blocking twins of ``atdata_async.promote``; its plan types as they are."""
 
 from .. import promote as _core
-from .._portal import blocking_function
 from ..promote import *  # noqa: F403  (plan types and the pure planner are shared)
+from ._portal import blocking_function
 
 __all__ = _core.__all__
 

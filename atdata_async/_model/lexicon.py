@@ -8,10 +8,10 @@ from typing import Any
 
 import msgspec
 
-from ._atproto import parse_at_uri
-from ._errors import ValidationError
-from ._lexval import LexiconViolation, decode_b64, encode_b64, validate_record
-from ._schema import SEMVER
+from .._errors import ValidationError
+from .ids import parse_at_uri
+from .lexval import LexiconViolation, decode_b64, encode_b64, validate_record
+from .schema import SEMVER
 
 NS = "science.alt.dataset"
 SCHEMA_COLLECTION = f"{NS}.schema"

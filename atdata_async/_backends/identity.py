@@ -25,7 +25,8 @@ from typing import Any, TypeVar
 import anyio
 import httpx
 
-from ._atproto import (
+from .._errors import AtdataError, IdentityError, IdentityNotFoundError
+from .._model.ids import (
     did_web_url,
     handles_of,
     is_did,
@@ -33,7 +34,6 @@ from ._atproto import (
     pds_endpoint_of,
     service_url_allowed,
 )
-from ._errors import AtdataError, IdentityError, IdentityNotFoundError
 
 DEFAULT_PLC_URL = "https://plc.directory"
 MAX_DOCUMENT_BYTES = 64 * 1024  # DID documents are a few hundred bytes; refuse floods

@@ -21,7 +21,7 @@ from typing import Any
 import anyio
 import httpx
 
-from ._errors import (
+from .._errors import (
     AuthError,
     ConfigurationError,
     ConflictError,
@@ -30,11 +30,11 @@ from ._errors import (
     ValidationError,
     XrpcError,
 )
-from ._identity import IdentityResolver
-from ._lexicon import find_float
-from ._redact import redact, remember_secret
-from ._tasks import backoff
-from ._validate import check_int, check_number, check_text, check_url
+from .._model.lexicon import find_float
+from .._model.redact import redact, remember_secret
+from .._model.validate import check_int, check_number, check_text, check_url
+from .identity import IdentityResolver
+from .tasks import backoff
 
 log = logging.getLogger("atdata_async.xrpc")
 

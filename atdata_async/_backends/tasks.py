@@ -10,8 +10,8 @@ from typing import Any
 
 import anyio
 
-from ._errors import ShardTransferError
-from ._progress import ProgressTracker
+from .._errors import ShardTransferError
+from .._model.progress import ProgressTracker
 
 
 def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:

@@ -6,7 +6,7 @@ import re
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 _BRACE = re.compile(r"\{([^{}]*)\}")
 

@@ -35,14 +35,14 @@ from urllib.parse import urlsplit
 
 import anyio
 
-from ._errors import AtdataError, ConfigurationError, ExecutorError, StorageError
-from ._journal import OpenUpload, PromotionJournal, ShardResume, fingerprint, journal_key
-from ._progress import ProgressTracker
-from ._store import S3DataStore
+from .._backends.s3_store import S3DataStore
+from .._errors import AtdataError, ConfigurationError, ExecutorError, StorageError
+from .._model.progress import ProgressTracker
+from .journal import OpenUpload, PromotionJournal, ShardResume, fingerprint, journal_key
 
 if TYPE_CHECKING:
-    from ._index import LocalIndex
-    from ._promote import ShardPlan
+    from .._backends.redis_index import LocalIndex
+    from .promote import ShardPlan
 
 log = logging.getLogger("atdata_async.executor")
 
@@ -64,7 +64,7 @@ class CredentialSource:
 
     def load(self) -> dict[str, str]:
         if self.path is not None:
-            from ._store import _read_env_file
+            from .._backends.s3_store import _read_env_file
 
             values = _read_env_file(Path(self.path))
             where = f"credentials file {self.path}"
@@ -188,7 +188,7 @@ def _store(spec: StoreSpec) -> S3DataStore:
 
 
 def _index(url: str) -> LocalIndex:
-    from ._index import LocalIndex
+    from .._backends.redis_index import LocalIndex
 
     state = _state()
     index = state.indexes.get(url)
@@ -237,8 +237,8 @@ async def settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
 
 
 async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
-    from ._http import HttpShardReader
-    from ._promote import _settle_shard
+    from .._backends.http_reader import HttpShardReader
+    from .promote import _settle_shard
 
     index = _index(task.redis.resolve())
     dest = _store(task.dest)
@@ -247,7 +247,7 @@ async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
     copied, upload = await _journaled_state(index, task)
     if copied is not None and plan.dest_key is not None:
         head = await dest.head(dest.url(plan.dest_key))
-        from ._store import etag_of
+        from .._backends.s3_store import etag_of
 
         if (int(head["ContentLength"]), etag_of(head)) == (copied[2], copied[0]):
             return replace(plan, size=copied[2], sha256=copied[1] or plan.sha256), copied[0]
@@ -369,7 +369,7 @@ class ShardRunner:
     async def sweep(self, keys: Sequence[str]) -> list[tuple[str, str]]:
         """Every shard has settled: abort any upload still open under the plan's keys
         (a killed worker's, whose id the journal never got)."""
-        from ._journal import dest_prefix
+        from .journal import dest_prefix
 
         ours = set(keys)
         if not ours:

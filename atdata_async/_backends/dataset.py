@@ -15,22 +15,22 @@ from typing import IO, TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 import anyio
 import msgspec
 
-from ._errors import (
+from .._errors import (
     AtdataError,
     ChecksumMismatchError,
     ConfigurationError,
     CorruptShardError,
     UntrustedSourceError,
 )
-from ._http import HttpShardReader
-from ._sample import PackableSample
-from ._streams import READ_AHEAD, AsyncRead, ExactReader, blocking_file
-from ._trust import RedirectPolicy, record_sources, redirect_policy
-from ._urls import expand_braces, local_path, url_kind
+from .._model.sample import PackableSample
+from .._model.trust import RedirectPolicy, record_sources, redirect_policy
+from .._model.urls import expand_braces, local_path, url_kind
+from .http_reader import HttpShardReader
+from .streams import READ_AHEAD, AsyncRead, ExactReader, blocking_file
 
 if TYPE_CHECKING:
-    from ._atindex import AtmosphereDatasetEntry
-    from ._store import S3DataStore
+    from .atmosphere_index import AtmosphereDatasetEntry
+    from .s3_store import S3DataStore
 
 T = TypeVar("T", bound=PackableSample)
 

@@ -28,9 +28,13 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._atproto import next_tid, record_key_from
-from ._awsenv import ambient_credentials
-from ._errors import (
+from .._backends.aws_env import ambient_credentials
+from .._backends.http_reader import HttpShardReader
+from .._backends.redis_index import LocalDatasetEntry, LocalIndex, StoreLocation
+from .._backends.s3_store import S3DataStore, ShardUpload, etag_of
+from .._backends.tasks import run_per_shard, single_error
+from .._backends.xrpc import AtmosphereClient
+from .._errors import (
     AtdataError,
     AuthError,
     EntryError,
@@ -40,18 +44,8 @@ from ._errors import (
     SourceChangedError,
     ValidationError,
 )
-from ._executor import DaskExecutor, ShardRunner
-from ._http import HttpShardReader
-from ._index import LocalDatasetEntry, LocalIndex, StoreLocation
-from ._journal import (
-    PromotionJournal,
-    ShardLog,
-    ShardResume,
-    decide_resume,
-    dest_prefix,
-    plan_document,
-)
-from ._lexicon import (
+from .._model.ids import next_tid, record_key_from
+from .._model.lexicon import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
     Checksum,
@@ -66,18 +60,24 @@ from ._lexicon import (
     to_json,
     validate_dataset,
 )
-from ._progress import ProgressCallback, ProgressTracker
-from ._schema import now_iso, parse_schema_ref
-from ._store import S3DataStore, ShardUpload, etag_of
-from ._tasks import run_per_shard, single_error
-from ._urls import local_path, parse_s3_url, url_kind
-from ._validate import (
+from .._model.progress import ProgressCallback, ProgressTracker
+from .._model.schema import now_iso, parse_schema_ref
+from .._model.urls import local_path, parse_s3_url, url_kind
+from .._model.validate import (
     check_entry,
     check_handles,
     check_promotion_args,
     check_text,
 )
-from ._xrpc import AtmosphereClient
+from .executor import DaskExecutor, ShardRunner
+from .journal import (
+    PromotionJournal,
+    ShardLog,
+    ShardResume,
+    decide_resume,
+    dest_prefix,
+    plan_document,
+)
 
 log = logging.getLogger("atdata_async.promote")
 INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags", "store")

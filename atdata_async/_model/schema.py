@@ -6,8 +6,8 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from ._errors import ConfigurationError
-from ._sample import _unwrap_optional, field_type_record, field_types
+from .._errors import ConfigurationError
+from .sample import _unwrap_optional, field_type_record, field_types
 
 SCHEMA_REF_PREFIX = "atdata://local/schema/"
 _LEGACY_PREFIXES = ("atdata://local/sampleSchema/", "local://schemas/")

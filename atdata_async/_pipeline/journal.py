@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ._errors import LocalIndexError, PromotionBusyError
+from .._errors import LocalIndexError, PromotionBusyError
 
 if TYPE_CHECKING:
-    from ._index import LocalIndex
-    from ._promote import ShardPlan
+    from .._backends.redis_index import LocalIndex
+    from .promote import ShardPlan
 
 log = logging.getLogger("atdata_async.journal")
 JOURNALS = "atdata_async:journals"

@@ -27,9 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import EqualJitterBackoff
 from redis.exceptions import RedisError, ResponseError
 
-from ._cid import entry_cid
-from ._dataset import Dataset, count_samples
-from ._errors import (
+from .._errors import (
     ConfigurationError,
     EntryNotFoundError,
     FieldTypeError,
@@ -39,24 +37,26 @@ from ._errors import (
     SchemaNotFoundError,
     ValidationError,
 )
-from ._progress import ProgressCallback
-from ._schema import (
+from .._model.cid import entry_cid
+from .._model.progress import ProgressCallback
+from .._model.schema import (
     check_semver,
     parse_schema_ref,
     schema_key,
     schema_record,
     schema_ref,
 )
-from ._store import S3DataStore
-from ._tasks import single_error
-from ._urls import local_path, url_kind
-from ._validate import (
+from .._model.urls import local_path, url_kind
+from .._model.validate import (
     check_metadata,
     check_string,
     check_text,
     check_url,
     redact_userinfo,
 )
+from .dataset import Dataset, count_samples
+from .s3_store import S3DataStore
+from .tasks import single_error
 
 log = logging.getLogger("atdata_async.index")
 

@@ -25,7 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-LEXICON_DIR = Path(__file__).with_name("lexicons")
+LEXICON_DIR = Path(__file__).resolve().parent.parent / "lexicons"
 
 
 class LexiconViolation(Exception):

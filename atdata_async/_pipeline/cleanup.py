@@ -16,13 +16,13 @@ from typing import Any
 
 import anyio
 
-from ._errors import AuthError, StorageError
-from ._index import LocalIndex
-from ._journal import forget_journal, load_journals
-from ._lexicon import DATASET_COLLECTION
-from ._store import S3DataStore
-from ._urls import parse_s3_url, url_kind
-from ._xrpc import AtmosphereClient
+from .._backends.redis_index import LocalIndex
+from .._backends.s3_store import S3DataStore
+from .._backends.xrpc import AtmosphereClient
+from .._errors import AuthError, StorageError
+from .._model.lexicon import DATASET_COLLECTION
+from .._model.urls import parse_s3_url, url_kind
+from .journal import forget_journal, load_journals
 
 
 @dataclass

@@ -26,8 +26,12 @@ from typing import Any
 import anyio
 import msgspec
 
-from ._atproto import next_tid
-from ._errors import (
+from .._backends.http_reader import HttpShardReader
+from .._backends.redis_index import LocalDatasetEntry, LocalIndex
+from .._backends.s3_store import S3DataStore
+from .._backends.tasks import backoff, run_per_shard, single_error
+from .._backends.xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
+from .._errors import (
     AuthError,
     EntryError,
     FieldTypeError,
@@ -36,13 +40,14 @@ from ._errors import (
     ShardTransferError,
     XrpcError,
 )
-from ._executor import DaskExecutor
-from ._http import HttpShardReader
-from ._index import LocalDatasetEntry, LocalIndex
-from ._journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
-from ._lexicon import DATASET_COLLECTION, DatasetSize, to_json, validate_dataset
-from ._progress import ProgressCallback, ProgressTracker
-from ._promote import (
+from .._model.ids import next_tid
+from .._model.lexicon import DATASET_COLLECTION, DatasetSize, to_json, validate_dataset
+from .._model.progress import ProgressCallback, ProgressTracker
+from .._model.urls import parse_s3_url
+from .._model.validate import check_handles, check_number, check_promotion_args
+from .executor import DaskExecutor
+from .journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
+from .promote import (
     PromotionPlan,
     ShardPlan,
     _open_journal,
@@ -56,11 +61,6 @@ from ._promote import (
     settle_elsewhere,
     source_location,
 )
-from ._store import S3DataStore
-from ._tasks import backoff, run_per_shard, single_error
-from ._urls import parse_s3_url
-from ._validate import check_handles, check_number, check_promotion_args
-from ._xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
 
 log = logging.getLogger("atdata_async.batch")
 

@@ -8,7 +8,7 @@ import threading
 import time
 from typing import NamedTuple
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 _AT_URI = re.compile(r"^at://([^/?#]+)/([a-zA-Z][a-zA-Z0-9.-]*[a-zA-Z0-9])/([^/?#]+)$")
 _RKEY = re.compile(r"^[A-Za-z0-9._:~-]{1,512}$")

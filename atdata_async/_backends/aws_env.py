@@ -13,7 +13,7 @@ import os
 
 from botocore.exceptions import BotoCoreError
 
-from ._errors import ConfigurationError
+from .._errors import ConfigurationError
 
 _NO_GUESSING = ("container-role", "iam-role")  # metadata services: network probes
 

@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from ._errors import ObjectNotFoundError, StorageError
-from ._streams import ExactReader, sha256_of_chunks
-from ._tasks import backoff
+from .._errors import ObjectNotFoundError, StorageError
+from .streams import ExactReader, sha256_of_chunks
+from .tasks import backoff
 
 if TYPE_CHECKING:
-    from ._trust import RedirectPolicy
+    from .._model.trust import RedirectPolicy
 
 log = logging.getLogger("atdata_async.http")
 MAX_REDIRECTS = 10

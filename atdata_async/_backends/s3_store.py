@@ -39,20 +39,20 @@ from botocore.exceptions import (
     ResponseStreamingError,
 )
 
-from ._errors import (
+from .._errors import (
     ConfigurationError,
     ObjectNotFoundError,
     SourceChangedError,
     StorageError,
 )
-from ._pace import Pace, is_throttle
-from ._parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
-from ._progress import ProgressCallback, ProgressTracker
-from ._redact import mask_key_id
-from ._streams import Pull, sha256_of_chunks
-from ._tasks import run_per_shard, single_error
-from ._urls import S3Location, parse_s3_url
-from ._validate import check_store_sizes, check_text, redact_userinfo, url_userinfo
+from .._model.pace import Pace, is_throttle
+from .._model.parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
+from .._model.progress import ProgressCallback, ProgressTracker
+from .._model.redact import mask_key_id
+from .._model.urls import S3Location, parse_s3_url
+from .._model.validate import check_store_sizes, check_text, redact_userinfo, url_userinfo
+from .streams import Pull, sha256_of_chunks
+from .tasks import run_per_shard, single_error
 
 log = logging.getLogger("atdata_async.s3")
 

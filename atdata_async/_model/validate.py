@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from ._errors import FieldTypeError, ValidationError
+from .._errors import FieldTypeError, ValidationError
 
 # ATProto integers are 64-bit in the data model, but the reference PDS (JavaScript)
 # refuses integers beyond Number.MAX_SAFE_INTEGER when it encodes a record as CBOR.
@@ -293,9 +293,9 @@ def check_handles(*, entry: Any = _UNSET, local_index: Any = None, client: Any =
                   data_store: Any = None, progress: Any = None) -> None:
     """The objects a promotion is handed are of the right kind (else an AttributeError
     deep inside). ``data_store`` and ``progress`` may be None."""
-    from ._index import LocalDatasetEntry, LocalIndex
-    from ._store import S3DataStore
-    from ._xrpc import AtmosphereClient
+    from .._backends.redis_index import LocalDatasetEntry, LocalIndex
+    from .._backends.s3_store import S3DataStore
+    from .._backends.xrpc import AtmosphereClient
 
     for field, value, kind, optional in (
             ("entry", entry, LocalDatasetEntry, entry is _UNSET),

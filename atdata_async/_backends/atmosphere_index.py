@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from ._atproto import parse_at_uri
-from ._lexicon import (
+from .._model.ids import parse_at_uri
+from .._model.lexicon import (
     DATASET_COLLECTION,
     SCHEMA_COLLECTION,
     DatasetRecord,
@@ -18,7 +18,7 @@ from ._lexicon import (
     decode_metadata,
     schema_from_json,
 )
-from ._xrpc import AtmosphereClient
+from .xrpc import AtmosphereClient
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from ._errors import UntrustedSourceError
-from ._lexicon import StorageBlobs, StorageExternal, StorageHttp, StorageS3
+from .._errors import UntrustedSourceError
+from .lexicon import StorageBlobs, StorageExternal, StorageHttp, StorageS3
 
 if TYPE_CHECKING:
-    from ._store import S3DataStore
+    from .._backends.s3_store import S3DataStore
 
 _BUCKET_DNS = re.compile(r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
 
