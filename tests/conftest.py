@@ -13,8 +13,12 @@ os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(16 * 1024 * 1024))
 import boto3
 import pytest
 
+from atdata_async.atmosphere import AtmosphereClient
+from atdata_async.local import LocalIndex, S3DataStore
 from tests import services
+from tests.faultproxy import FaultProxy
 from tests.lexicon_check import LexiconAudit
+from tests.samples import FeatureSample
 
 TEST_PART = 256 * 1024
 
@@ -88,6 +92,14 @@ def make_bucket(endpoint: str) -> str:
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                  aws_access_key_id="x", aws_secret_access_key="y").create_bucket(Bucket=name)
     return name
+
+
+def store_for(credentials, bucket, **kw) -> S3DataStore:
+    """A store with small parts, so the multipart paths run on small test data."""
+    kw = {"part_size": TEST_PART, "multipart_threshold": 2 * TEST_PART,
+          "min_part_size": TEST_PART, "copy_multipart_threshold": 4 * TEST_PART,
+          "copy_part_size": TEST_PART, **kw}
+    return S3DataStore(credentials, bucket=bucket, **kw)
 
 
 @pytest.fixture
@@ -177,3 +189,35 @@ def pds_account(pds, request) -> dict:
                                           (marker.args[0] if marker.args else "unspecified"))
     pds.extra["lexicon_audit"].account_created(account["did"], request.node.nodeid, reason)
     return account
+
+
+@pytest.fixture
+async def client(pds, pds_account):
+    """A client logged in to a fresh account of the session PDS."""
+    async with AtmosphereClient(pds.url) as client:
+        await client.login(pds_account["handle"], pds_account["password"])
+        yield client
+
+
+@pytest.fixture
+def pds_proxy(pds):
+    """A fault proxy in front of the session PDS (it counts what passes)."""
+    with FaultProxy(pds.url) as proxy:
+        yield proxy
+
+
+@pytest.fixture
+async def proxied(pds_proxy, client):
+    """The same account as ``client``, every request through ``pds_proxy``."""
+    async with AtmosphereClient(pds_proxy.url, backoff_base=0.05) as other:
+        await other.login(session={**client.export_session(), "pdsUrl": pds_proxy.url})
+        yield other
+
+
+@pytest.fixture
+async def index(redis_url, s3_credentials, bucket):
+    """A LocalIndex on the test's redis database and bucket, FeatureSample@1.0.0 published."""
+    store = store_for(s3_credentials, bucket)
+    async with store, LocalIndex(redis_url, data_store=store) as index:
+        await index.publish_schema(FeatureSample, version="1.0.0")
+        yield index

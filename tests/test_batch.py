@@ -27,35 +27,6 @@ from tests.test_promote import insert, read_s3, schema_records, store_for
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
 
 
-@pytest.fixture
-async def index(redis_url, s3_credentials, bucket):
-    store = store_for(s3_credentials, bucket)
-    async with store, LocalIndex(redis_url, data_store=store) as index:
-        await index.publish_schema(FeatureSample, version="1.0.0")
-        yield index
-
-
-@pytest.fixture
-async def client(pds, pds_account):
-    async with AtmosphereClient(pds.url) as client:
-        await client.login(pds_account["handle"], pds_account["password"])
-        yield client
-
-
-@pytest.fixture
-def pds_proxy(pds):
-    with FaultProxy(pds.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-async def proxied(pds_proxy, client):
-    """The same account, every request through the proxy (which counts them)."""
-    async with AtmosphereClient(pds_proxy.url, backoff_base=0.05) as other:
-        await other.login(session={**client.export_session(), "pdsUrl": pds_proxy.url})
-        yield other
-
-
 async def dataset_records(client) -> list[dict]:
     return [r async for r in client.list_records(DATASET_COLLECTION)]
 

@@ -13,7 +13,7 @@ import pytest
 import redis as sync_redis
 
 from atdata_async import SourceChangedError, StorageError, XrpcError
-from atdata_async.atmosphere import AtmosphereClient, AtmosphereIndex
+from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
 from tests import services
@@ -214,35 +214,6 @@ async def test_cross_endpoint_promotion_survives_cut_bodies(redis_url, moto_serv
 
 
 # -- PDS: the schema record's create retried; permanent errors are not --------------------
-
-
-@pytest.fixture
-async def client(pds, pds_account):
-    async with AtmosphereClient(pds.url) as client:
-        await client.login(pds_account["handle"], pds_account["password"])
-        yield client
-
-
-@pytest.fixture
-def pds_proxy(pds):
-    with FaultProxy(pds.url) as proxy:
-        yield proxy
-
-
-@pytest.fixture
-async def proxied(pds_proxy, client):
-    """A client of the same account whose every request goes through the proxy."""
-    async with AtmosphereClient(pds_proxy.url, backoff_base=0.05) as other:
-        await other.login(session={**client.export_session(), "pdsUrl": pds_proxy.url})
-        yield other
-
-
-@pytest.fixture
-async def index(redis_url, s3_credentials, bucket):
-    store = store_for(s3_credentials, bucket)
-    async with store, LocalIndex(redis_url, data_store=store) as index:
-        await index.publish_schema(FeatureSample, version="1.0.0")
-        yield index
 
 
 @pytest.mark.pds

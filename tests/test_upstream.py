@@ -17,7 +17,7 @@ import pytest
 
 from atdata_async import Dataset
 from atdata_async._model.lexval import LEXICON_DIR
-from atdata_async.atmosphere import AtmosphereClient, AtmosphereIndex
+from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
 from tests import services
@@ -54,13 +54,6 @@ def test_the_lexicons_we_ship_are_the_wheels_own(upstream_python):
     assert names == sorted(p.name for p in ours.glob("*.json")) and names
     for name in names:
         assert (wheel / name).read_bytes() == (ours / name).read_bytes(), name
-
-
-@pytest.fixture
-async def client(pds, pds_account):
-    async with AtmosphereClient(pds.url) as client:
-        await client.login(pds_account["handle"], pds_account["password"])
-        yield client
 
 
 async def test_an_index_written_by_atdata_is_promoted_by_us_and_read_back_by_both(
