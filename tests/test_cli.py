@@ -390,3 +390,28 @@ def test_dev_status_without_kept_services(cli_env, tmp_path):
     out = cli({**cli_env, "ATDATA_DEV_DIR": str(tmp_path / "none")}, "dev", "status")
     assert out.returncode == 3
     assert out.stdout.startswith(f"no kept services (state: {tmp_path / 'none'})")
+
+
+def imported_after(code: str) -> set[str]:
+    """The top-level packages a fresh interpreter holds after running ``code``."""
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys, json\n"
+                          "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"],
+                         capture_output=True, text=True, timeout=60, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_the_promote_and_ls_paths_import_no_sample_decoding(tmp_path):
+    """Speed (#10): numpy and webdataset are for decoding samples; a promotion reads refs,
+    records and URLs only. `ls` needs Redis only, not the S3 client either."""
+    decoding = {"numpy", "webdataset"}
+    s3 = {"aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp"}
+    promote_path = ("import atdata_async.cli as cli, atdata_async._pipeline.promote, "
+                    "atdata_async._pipeline.batch\n"
+                    "args = cli.build_parser().parse_args(['promote', 'x', '--dry-run'])\n"
+                    "cli.check_promote_args(args)\n"
+                    "from atdata_async._model.schema import parse_schema_ref\n"
+                    "parse_schema_ref('atdata://local/schema/A@1.0.0')")
+    assert not imported_after(promote_path) & decoding
+    ls_path = ("import atdata_async.cli, atdata_async._backends.redis_index as r\n"
+               "r.LocalIndex('redis://127.0.0.1:1/0')")
+    assert not imported_after(ls_path) & (decoding | s3)

@@ -18,7 +18,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -54,9 +54,11 @@ from .._model.validate import (
     check_url,
     redact_userinfo,
 )
-from .dataset import Dataset, count_samples
-from .s3_store import S3DataStore
 from .tasks import single_error
+
+if TYPE_CHECKING:
+    from .dataset import Dataset
+    from .s3_store import S3DataStore
 
 log = logging.getLogger("atdata_async.index")
 
@@ -226,7 +228,7 @@ class LocalIndex:
         elif not isinstance(redis, aioredis.Redis):
             raise FieldTypeError("redis", "must be a redis:// URL or a redis.asyncio.Redis, "
                                  f"got {type(redis).__name__}")
-        if data_store is not None and not isinstance(data_store, S3DataStore):
+        if data_store is not None and not _is_store(data_store):
             raise FieldTypeError("data_store", "must be an S3DataStore or None, "
                                  f"got {type(data_store).__name__}")
         self._url = redis if isinstance(redis, str) else None
@@ -374,7 +376,7 @@ class LocalIndex:
 
         async def count() -> None:
             for p in paths:
-                counts.append(await anyio.to_thread.run_sync(count_samples, p))
+                counts.append(await anyio.to_thread.run_sync(_count_samples, p))
 
         try:
             with single_error():
@@ -533,8 +535,27 @@ def _check_sample_type(sample_type: Any) -> None:
                              f"{getattr(sample_type, '__name__', type(sample_type).__name__)}")
 
 
+def _is_store(value: Any) -> bool:
+    """An S3DataStore, checked without importing aioboto3 when there is none (a store
+    handed in means s3_store is imported already)."""
+    import sys
+
+    module = sys.modules.get(f"{__package__}.s3_store")
+    return module is not None and isinstance(value, module.S3DataStore)
+
+
+def _count_samples(path: str) -> int:
+    from .dataset import count_samples
+
+    return count_samples(path)
+
+
 def _check_entry_args(ds: Any, name: Any, metadata: Any) -> None:
     """add_entry's and insert_dataset's arguments, before anything is read or stored."""
+    # numpy and webdataset come with .dataset: only the insert path, which has a Dataset
+    # in hand already, pays for them (start-up, #10)
+    from .dataset import Dataset
+
     if not isinstance(getattr(ds, "_core", ds), Dataset):
         raise FieldTypeError("ds", f"must be a Dataset, got {type(ds).__name__}")
     check_text("name", name, nonempty=True)

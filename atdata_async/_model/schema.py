@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._errors import ConfigurationError
-from .sample import _unwrap_optional, field_type_record, field_types
 
 SCHEMA_REF_PREFIX = "atdata://local/schema/"
 _LEGACY_PREFIXES = ("atdata://local/sampleSchema/", "local://schemas/")
@@ -52,6 +51,10 @@ def now_iso() -> str:
 
 def schema_record(sample_type: type, version: str, description: str | None) -> dict[str, Any]:
     """The JSON record atdata stores under ``LocalSchema:{Class}@{version}``."""
+    # Here, not at the top: .sample imports numpy, which reading refs and records (the
+    # promote path) must not pay for (start-up, #10).
+    from .sample import _unwrap_optional, field_type_record, field_types
+
     fields = []
     for name, tp in field_types(sample_type).items():
         inner, optional = _unwrap_optional(tp)
