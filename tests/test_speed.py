@@ -128,7 +128,8 @@ async def test_a_shard_with_a_recorded_sha256_streams_across_endpoints(
     the PUT signed with the recorded digest; the source must still be that version."""
     import hashlib
 
-    from atdata_async import SourceChangedError, _store
+    from atdata_async import SourceChangedError
+    from atdata_async._backends import s3_store as _store
     from tests.conftest import make_bucket, make_credentials
 
     src_bucket, dst_bucket = make_bucket(moto_server.url), make_bucket(second_moto_server.url)
