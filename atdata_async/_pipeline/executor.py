@@ -11,6 +11,12 @@ destination key, the stores' bucket/endpoint/settings, and the *name* of where t
 worker finds credentials (``CredentialSource``: an env-var prefix or a file path,
 resolved on the worker). The scheduler stores and logs tasks; it never sees a key.
 
+Fencing: each ShardTask carries the epoch the coordinator's lease drew. The worker
+checks it in the journal before it starts, with every journal write (atomically), and
+before it aborts or completes a multipart upload: a task left over from a dead or
+earlier run (still queued, or still copying when a rerun took over) is refused and stops
+without touching the upload the rerun continues.
+
 A worker killed mid-copy: the scheduler gives its task to another worker, which reads
 the shard's state from the journal the dead one wrote (finished parts are kept when
 ListParts confirms them). Uploads whose id never reached the journal are aborted by the
@@ -21,6 +27,7 @@ the journal stays, and a rerun (local or on a new cluster) resumes from it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -38,7 +45,16 @@ import anyio
 from .._backends.s3_store import S3DataStore
 from .._errors import AtdataError, ConfigurationError, ExecutorError, StorageError
 from .._model.progress import ProgressTracker
-from .journal import OpenUpload, PromotionJournal, ShardResume, fingerprint, journal_key
+from .journal import (
+    OpenUpload,
+    PromotionJournal,
+    ShardResume,
+    epoch_key,
+    fingerprint,
+    holds_epoch,
+    journal_key,
+    stale_run,
+)
 
 if TYPE_CHECKING:
     from .._backends.redis_index import LocalIndex
@@ -100,7 +116,7 @@ class StoreSpec:
             values["AWS_ENDPOINT"] = self.endpoint
         if self.region:
             values["AWS_REGION"] = self.region
-        return S3DataStore(values, bucket=self.bucket, **dict(self.settings))
+        return FencedStore(values, bucket=self.bucket, **dict(self.settings))
 
 
 @dataclass(frozen=True)
@@ -155,9 +171,54 @@ class ShardTask:
     compute_checksums: bool
     verify: bool = True
     upload: OpenUpload | None = None  # what the coordinator's listing said to continue
+    epoch: int | None = None  # the coordinator's lease's: the task's fencing token
 
 
 # -- the worker side ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Fence:
+    """The run a worker's current task belongs to: its journal and epoch."""
+
+    index: LocalIndex
+    promotion: str
+    epoch: int
+
+    async def holds(self) -> bool:
+        return await holds_epoch(self.index, self.promotion, self.epoch)
+
+
+current_fence: contextvars.ContextVar[Fence | None] = contextvars.ContextVar(
+    "atdata_async_fence", default=None)
+
+
+class FencedStore(S3DataStore):
+    """A worker's store: completes or aborts a multipart upload only while the task's
+    run still holds the promotion's epoch (a store shared by a worker's tasks; the
+    task's fence is in ``current_fence``)."""
+
+    async def complete_multipart(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
+        fence = current_fence.get()
+        if fence is not None and not await fence.holds():
+            raise stale_run(fence.promotion, fence.epoch, f"completing the upload of {key}")
+        return await super().complete_multipart(key, upload_id, etags)
+
+    async def abort_multipart(self, key: str, upload_id: str) -> None:
+        fence = current_fence.get()
+        if fence is not None:
+            with anyio.CancelScope(shield=True):
+                try:
+                    ours = await fence.holds()
+                except AtdataError as exc:
+                    log.warning("not aborting upload %s of %s: cannot check the epoch: %s",
+                                upload_id, key, exc)
+                    return
+            if not ours:
+                log.info("not aborting upload %s of %s: epoch %d is stale (a newer run "
+                         "owns it)", upload_id, key, fence.epoch)
+                return
+        await super().abort_multipart(key, upload_id)
 
 
 @dataclass
@@ -203,7 +264,12 @@ async def _journaled_state(index: LocalIndex, task: ShardTask
     on): (copied etag, sha256, size) and the open upload with its finished parts."""
     key, i, fp = journal_key(task.promotion), task.index, fingerprint(task.shard)
     with index._errors("read promotion journal"):
-        s_raw, u_raw = await index.redis.hmget(key, [f"s:{i}", f"u:{i}"])
+        async with index.redis.pipeline(transaction=False) as pipe:
+            pipe.get(epoch_key(task.promotion))
+            pipe.hmget(key, [f"s:{i}", f"u:{i}"])
+            epoch, (s_raw, u_raw) = await pipe.execute()
+    if task.epoch is not None and (epoch is None or epoch.decode() != str(task.epoch)):
+        raise stale_run(task.promotion, task.epoch, f"shard {i}'s copy")
     copied = None
     if s_raw is not None:
         doc = json.loads(s_raw)
@@ -237,10 +303,20 @@ async def settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
 
 
 async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
+    index = _index(task.redis.resolve())
+    fence = Fence(index, task.promotion, task.epoch) if task.epoch is not None else None
+    reset = current_fence.set(fence)
+    try:
+        return await _settle_fenced(task, index)
+    finally:
+        current_fence.reset(reset)
+
+
+async def _settle_fenced(task: ShardTask, index: LocalIndex) -> tuple[ShardPlan, str]:
     from .._backends.http_reader import HttpShardReader
+    from .._backends.tasks import single_error
     from .promote import _settle_shard
 
-    index = _index(task.redis.resolve())
     dest = _store(task.dest)
     source = _store(task.source) if task.source is not None else None
     plan = task.shard
@@ -251,23 +327,25 @@ async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
 
         if (int(head["ContentLength"]), etag_of(head)) == (copied[2], copied[0]):
             return replace(plan, size=copied[2], sha256=copied[1] or plan.sha256), copied[0]
-    journal = PromotionJournal(index, task.promotion)
+    journal = PromotionJournal(index, task.promotion, task.epoch)
     resume = ShardResume(upload=upload)
     shard_log = journal.shard(task.index, plan, resume)
     tracker = ProgressTracker(None, 1, plan.size or 0)
     try:
-        async with anyio.create_task_group() as tg:
-            flusher = anyio.CancelScope()
+        with single_error():
+            async with anyio.create_task_group() as tg:
+                flusher = anyio.CancelScope()
 
-            async def flush() -> None:
-                with flusher:
-                    await journal.run_flusher(lease=False)
+                async def flush() -> None:
+                    with flusher:
+                        await journal.run_flusher(lease=False)
 
-            tg.start_soon(flush)
-            async with HttpShardReader() as http:
-                settled = await _settle_shard(plan, source, http, dest, task.compute_checksums,
-                                              tracker, shard_log, resume, task.verify)
-            flusher.cancel()
+                tg.start_soon(flush)
+                async with HttpShardReader() as http:
+                    settled = await _settle_shard(plan, source, http, dest,
+                                                  task.compute_checksums, tracker, shard_log,
+                                                  resume, task.verify)
+                flusher.cancel()
     finally:
         await journal.flush()
     return settled, shard_log.etag
@@ -335,14 +413,19 @@ class ShardRunner:
         self.dest_store = dest_store
         self.run_token = secrets.token_hex(4)
         self.submitted = 0
+        self.journal: PromotionJournal | None = None  # the coordinator's (lease, epoch)
 
     def task(self, i: int, shard: ShardPlan, resume: ShardResume) -> ShardTask:
+        epoch = self.journal.epoch if self.journal is not None else None
         return ShardTask(self.promotion, i, shard, self.dest, self.source, self.redis,
-                         self.compute_checksums, self.verify, resume.upload)
+                         self.compute_checksums, self.verify, resume.upload, epoch)
 
-    async def settle(self, i: int, shard: ShardPlan, resume: ShardResume
-                     ) -> tuple[ShardPlan, str]:
-        """Submit shard i's copy and wait for it; cluster failures are ExecutorError."""
+    async def settle(self, i: int, shard: ShardPlan, resume: ShardResume,
+                     journal: PromotionJournal | None = None) -> tuple[ShardPlan, str]:
+        """Submit shard i's copy (fenced by ``journal``'s epoch) and wait for it;
+        cluster failures are ExecutorError."""
+        if journal is not None:
+            self.journal = journal
         task = self.task(i, shard, resume)
         client = self.executor.client
         key = f"atdata-shard-{self.promotion[:12]}-{i}-{self.run_token}"
@@ -374,6 +457,10 @@ class ShardRunner:
         ours = set(keys)
         if not ours:
             return []
+        journal = self.journal
+        if journal is not None and journal.epoch is not None and not await holds_epoch(
+                journal.index, self.promotion, journal.epoch):
+            raise stale_run(self.promotion, journal.epoch, "sweeping stray uploads")
         uploads = await self.dest_store.list_multipart_uploads(dest_prefix(list(ours)))
         stray = [(u["Key"], u["UploadId"]) for u in uploads if u["Key"] in ours]
         for key, upload_id in stray:

@@ -5,6 +5,8 @@ index's Redis so that a rerun (after a failure, a kill, or on another machine) r
 | atdata_async:journals            | set    | promotion keys that have a journal        |
 | atdata_async:journal:{pkey}      | hash   | plan, status, and per-shard state below   |
 | atdata_async:journal:{pkey}:lease| string | host:pid:token of the run holding it (TTL)|
+| atdata_async:epoch:{pkey}        | string | the epoch of the run holding it (fencing)  |
+| atdata_async:epochs              | string | the counter epochs are drawn from          |
 
 Hash fields: ``plan`` (JSON: destination and every shard's source, key, size, checksums),
 ``status`` (running | published), ``s:{i}`` shard i copied and verified (fp, etag,
@@ -21,6 +23,12 @@ Design for fan-out (issue 13): the plan is data, separate from its execution; ea
 shard's copy is one idempotent unit (a deterministic destination key, its resume state
 in ``ShardResume``) that reports through a ``ShardLog``, which any process reaching this
 Redis could write.
+
+Fencing: taking the lease draws a new epoch (a global counter, never reused), and every
+write to the journal, the final compaction, and each abort or completion of a multipart
+upload by a worker first checks that the journal's epoch is still the writer's (journal
+writes atomically, in one Lua script). A worker task left over from a dead or earlier
+run is refused and stops without touching the upload the rerun continues.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("atdata_async.journal")
 JOURNALS = "atdata_async:journals"
+EPOCHS = "atdata_async:epochs"
+EPOCH_PREFIX = "atdata_async:epoch:"
 JOURNAL_PREFIX = "atdata_async:journal:"
 LEASE_SECONDS = 30
 LEASE_REFRESH = 10.0
@@ -54,6 +64,70 @@ BATCH_DELAY = 0.02  # seconds a write waits for company before its pipeline goes
 
 def journal_key(promotion: str) -> str:
     return JOURNAL_PREFIX + promotion
+
+
+def epoch_key(promotion: str) -> str:
+    return EPOCH_PREFIX + promotion  # outside the journal's prefix: scans of it see hashes
+
+
+# KEYS: lease, epoch, counter; ARGV: holder, ttl, expected holder ('' = none). The new
+# epoch, or 0 when the lease is not (or no longer) the expected one.
+_TAKE_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if (ARGV[3] == '' and not cur) or cur == ARGV[3] then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+  local e = redis.call('INCR', KEYS[3])
+  redis.call('SET', KEYS[2], e)
+  return e
+end
+return 0
+"""
+# KEYS: lease, epoch; ARGV: holder, ttl, epoch. 1 if still ours (lease renewed).
+_KEEP_LEASE = """
+local cur = redis.call('GET', KEYS[1])
+if redis.call('GET', KEYS[2]) ~= ARGV[3] or (cur and cur ~= ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
+return 1
+"""
+# KEYS: lease, epoch; ARGV: holder, epoch. Drops the lease only if it is ours.
+_DROP_LEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('DEL', KEYS[1])
+end
+return 1
+"""
+# KEYS: hash, epoch; ARGV: epoch, then (op, field, value) triples, op 's' set, 'd' delete.
+_FENCED_WRITE = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+for i = 2, #ARGV, 3 do
+  if ARGV[i] == 'd' then redis.call('HDEL', KEYS[1], ARGV[i + 1])
+  else redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2]) end
+end
+return 1
+"""
+# KEYS: hash, epoch; ARGV: epoch, uri, done. Compacts to plan + status + uri + done.
+_FENCED_PUBLISH = """
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+for _, f in ipairs(redis.call('HKEYS', KEYS[1])) do
+  if f ~= 'plan' and f ~= 'status' then redis.call('HDEL', KEYS[1], f) end
+end
+redis.call('HSET', KEYS[1], 'status', 'published', 'uri', ARGV[2], 'done', ARGV[3])
+return 1
+"""
+
+
+async def holds_epoch(index: LocalIndex, promotion: str, epoch: int) -> bool:
+    """Whether ``epoch`` is still the journal's (no newer run took the promotion over)."""
+    with index._errors("check the promotion's epoch"):
+        got = await index.redis.get(epoch_key(promotion))
+    return got is not None and got.decode() == str(epoch)
+
+
+def stale_run(promotion: str, epoch: int, what: str) -> PromotionBusyError:
+    return PromotionBusyError(
+        f"promotion {promotion[:12]}: {what} refused: this run (epoch {epoch}) is no longer "
+        "the promotion's (a newer run took it over, or its journal was dropped); it stops "
+        "without touching the uploads")
 
 
 def fingerprint(shard: ShardPlan) -> str:
@@ -182,11 +256,13 @@ def parse_states(raw: Mapping[str, str], shards: Sequence[ShardPlan]) -> list[Sh
 class PromotionJournal:
     """One promotion's journal: open it (takes the lease), note progress, publish."""
 
-    def __init__(self, index: LocalIndex, promotion: str) -> None:
+    def __init__(self, index: LocalIndex, promotion: str, epoch: int | None = None) -> None:
         self.index = index
         self.promotion = promotion
         self.key = journal_key(promotion)
         self.lease_key = self.key + ":lease"
+        self.epoch_key = epoch_key(promotion)
+        self.epoch = epoch  # set by open() (the lease's), or a worker's task's
         self._lease = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(6)}"
         self._pending: list[tuple[str, str | None]] = []  # (field, value or None = delete)
         self._wake = anyio.Event()
@@ -216,16 +292,25 @@ class PromotionJournal:
         return states
 
     async def _take_lease(self) -> None:
+        """Take the lease (from nobody, or from a dead process on this host) and draw a
+        new epoch, atomically: a second taker racing us finds the lease changed."""
         redis = self.index.redis
+        take = redis.register_script(_TAKE_LEASE)
+        keys = [self.lease_key, self.epoch_key, EPOCHS]
+        expected = ""
         with self.index._errors("take the promotion lease"):
-            if await redis.set(self.lease_key, self._lease, nx=True, ex=LEASE_SECONDS):
-                return
-            holder = await redis.get(self.lease_key)
-            if holder is not None and _holder_alive(holder.decode()):
-                raise PromotionBusyError(
-                    f"this promotion is already running ({_describe(holder.decode())}); "
-                    "wait for it, or rerun when it has stopped")
-            await redis.set(self.lease_key, self._lease, ex=LEASE_SECONDS)
+            for _ in range(5):
+                epoch = int(await take(keys=keys, args=[self._lease, LEASE_SECONDS, expected]))
+                if epoch:
+                    self.epoch = epoch
+                    return
+                holder = await redis.get(self.lease_key)
+                if holder is not None and _holder_alive(holder.decode()):
+                    raise PromotionBusyError(
+                        f"this promotion is already running ({_describe(holder.decode())}); "
+                        "wait for it, or rerun when it has stopped")
+                expected = holder.decode() if holder is not None else ""
+        raise PromotionBusyError("this promotion's lease keeps changing hands; rerun later")
 
     def note(self, field_name: str, value: str | None) -> None:
         """Queue a write (None deletes the field); the flusher sends it shortly."""
@@ -236,19 +321,21 @@ class PromotionJournal:
         return ShardLog(self, i, fingerprint(plan), resume.upload)
 
     async def flush(self) -> None:
-        """Send everything queued in one pipeline (shielded: it runs after a failure too)."""
+        """Send everything queued in one script (shielded: it runs after a failure too),
+        applied only while the journal's epoch is this run's: a stale run's batch is
+        dropped and PromotionBusyError raised."""
         if not self._pending:
             return
         batch, self._pending = self._pending, []
+        args: list[Any] = [str(self.epoch)]
+        for f, v in batch:  # in order: a field set then deleted ends deleted
+            args += ["d", f, ""] if v is None else ["s", f, v]
         with anyio.CancelScope(shield=True), self.index._errors("write promotion journal"):
-            async with self.index.redis.pipeline(transaction=False) as pipe:
-                for f, v in batch:  # in order: a field set then deleted ends deleted
-                    if v is None:
-                        pipe.hdel(self.key, f)
-                    else:
-                        pipe.hset(self.key, f, v)
-                await pipe.execute()
+            script = self.index.redis.register_script(_FENCED_WRITE)
+            applied = await script(keys=[self.key, self.epoch_key], args=args)
         self.writes += 1
+        if not applied:
+            raise stale_run(self.promotion, self.epoch or 0, "a journal write")
 
     async def run_flusher(self, lease: bool = True) -> None:
         """Flush batches as they fill and keep the lease alive (``lease=False``: a worker
@@ -262,7 +349,11 @@ class PromotionJournal:
             if not lease:
                 continue
             with self.index._errors("refresh the promotion lease"):
-                await self.index.redis.set(self.lease_key, self._lease, ex=LEASE_SECONDS)
+                keep = self.index.redis.register_script(_KEEP_LEASE)
+                kept = await keep(keys=[self.lease_key, self.epoch_key],
+                                  args=[self._lease, LEASE_SECONDS, str(self.epoch)])
+            if not kept:
+                raise stale_run(self.promotion, self.epoch or 0, "renewing the lease")
 
     async def publish(self, uri: str, settled: Sequence[ShardPlan],
                       etags: Mapping[int, str]) -> None:
@@ -270,14 +361,11 @@ class PromotionJournal:
         done = [[fingerprint(s), etags.get(i, ""), s.sha256, s.size]
                 for i, s in enumerate(settled)]
         with self.index._errors("compact promotion journal"):
-            raw = await self.index.redis.hkeys(self.key)
-            extra = [k.decode() for k in raw if k.decode() not in ("plan", "status")]
-            async with self.index.redis.pipeline(transaction=True) as pipe:
-                if extra:
-                    pipe.hdel(self.key, *extra)
-                pipe.hset(self.key, mapping={"status": "published", "uri": uri,
-                                             "done": json.dumps(done)})
-                await pipe.execute()
+            script = self.index.redis.register_script(_FENCED_PUBLISH)
+            applied = await script(keys=[self.key, self.epoch_key],
+                                   args=[str(self.epoch), uri, json.dumps(done)])
+        if not applied:
+            raise stale_run(self.promotion, self.epoch or 0, "compacting the journal")
 
     async def release(self) -> None:
         """Flush and drop the lease (shielded). A failure is logged, never raised: it
@@ -285,11 +373,15 @@ class PromotionJournal:
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
-                with self.index._errors("release the promotion lease"):
-                    if await self.index.redis.get(self.lease_key) == self._lease.encode():
-                        await self.index.redis.delete(self.lease_key)
-            except LocalIndexError as exc:
+            except (LocalIndexError, PromotionBusyError) as exc:
                 log.warning("could not close the promotion journal: %s", exc)
+            try:
+                with self.index._errors("release the promotion lease"):
+                    drop = self.index.redis.register_script(_DROP_LEASE)
+                    await drop(keys=[self.lease_key, self.epoch_key],
+                               args=[self._lease, str(self.epoch)])
+            except LocalIndexError as exc:
+                log.warning("could not release the promotion lease: %s", exc)
 
 
 class ShardLog:
@@ -317,7 +409,7 @@ class ShardLog:
         self.journal.note(f"u:{self.i}", None)
         for n in self.parts:
             self.journal.note(f"p:{self.i}:{n}", None)
-        self.parts = {}
+        self.upload_id, self.parts = None, {}
 
     def copied(self, etag: str, sha256: str | None, size: int) -> None:
         self.etag = etag
@@ -378,6 +470,7 @@ async def load_journals(index: LocalIndex) -> dict[str, dict[str, str]]:
 async def forget_journal(index: LocalIndex, promotion: str) -> None:
     with index._errors("drop promotion journal"):
         async with index.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(journal_key(promotion), journal_key(promotion) + ":lease")
+            pipe.delete(journal_key(promotion), journal_key(promotion) + ":lease",
+                        epoch_key(promotion))
             pipe.srem(JOURNALS, promotion)
             await pipe.execute()

@@ -39,6 +39,7 @@ from .._errors import (
     AuthError,
     EntryError,
     ExecutorError,
+    ObjectNotFoundError,
     RecordTooLargeError,
     ShardTransferError,
     SourceChangedError,
@@ -84,6 +85,7 @@ INTERNAL_METADATA = ("checksums", "shard_sizes", "num_samples", "etags", "store"
 _PLACEHOLDER_REF = "at://did:plc:placeholder/science.alt.dataset.schema/x"
 MAX_RECORD_BYTES = 1_000_000  # the reference PDS's request body limit (413 above), measured
 _PLC_DID = "did:plc:" + "a" * 24  # the length of every did:plc
+UPLOAD_RESTARTS = 2  # new uploads for a shard whose upload vanished under it (NoSuchUpload)
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,32 @@ async def _settle_shard(
         tracker.add_bytes(settled.size or 0)
         return settled
     assert dest is not None
+    for restart in range(UPLOAD_RESTARTS + 1):
+        try:
+            done = await _copy_shard(plan, source, http, dest, tracker, log)
+            break
+        except ObjectNotFoundError as exc:
+            # the multipart upload vanished under the copy (aborted by cleanup, by a stale
+            # worker, or completed by one): a new upload, not a failed promotion
+            if exc.code != "NoSuchUpload" or restart == UPLOAD_RESTARTS:
+                raise
+            logging.getLogger("atdata_async.promote").warning(
+                "%s: its multipart upload vanished (%s); restarting the shard", plan.source_url,
+                exc)
+            if log is not None:
+                log.closed()
+            if plan.size is not None:
+                tracker.learn_size(plan.size)  # its bytes are sent again
+    settled = await _verify_copy(plan, done, source, dest, compute_checksums)
+    if log is not None:
+        log.copied(done.etag or "", settled.sha256, done.size)
+    return settled
+
+
+async def _copy_shard(plan: ShardPlan, source: S3DataStore | None, http: HttpShardReader,
+                      dest: S3DataStore, tracker: ProgressTracker,
+                      log: ShardLog | None) -> ShardUpload:
+    """One attempt at shard ``plan``'s copy into ``dest`` (streamed, uploaded or copied)."""
     if plan.kind == "file":
         path = local_path(plan.source_url)
         _learn_size(tracker, plan, os.path.getsize(path))
@@ -380,10 +408,7 @@ async def _settle_shard(
                                         plan.sha256, source_etag=plan.etag, log=log)
         except SourceChangedError as exc:
             raise _changed_since_insert(plan, "its ETag no longer matches") from exc
-    settled = await _verify_copy(plan, done, source, dest, compute_checksums)
-    if log is not None:
-        log.copied(done.etag or "", settled.sha256, done.size)
-    return settled
+    return done
 
 
 def _learn_size(tracker: ProgressTracker, plan: ShardPlan, size: int | None) -> None:
@@ -700,7 +725,8 @@ def raise_lost_cluster(exc: ShardTransferError) -> None:
 async def settle_elsewhere(remote: ShardRunner, i: int, shard: ShardPlan, resume: ShardResume,
                            log: ShardLog | None, tracker: ProgressTracker) -> ShardPlan:
     """Shard i copied by the executor's worker (which journals it); progress per shard."""
-    settled, etag = await remote.settle(i, shard, resume)
+    settled, etag = await remote.settle(i, shard, resume,
+                                        log.journal if log is not None else None)
     if log is not None:
         log.etag = etag
     _learn_size(tracker, shard, settled.size)
