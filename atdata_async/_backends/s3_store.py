@@ -1,6 +1,6 @@
 """S3DataStore: the one place S3 is spoken to, and where botocore errors become ours.
 
-One aioboto3 client per store, created lazily on the running event loop and closed with
+One aiobotocore client per store, created lazily on the running event loop and closed with
 the store. Retries are botocore's own ("standard" mode); nothing here loops around them.
 Memory is bounded by ``max_concurrency x max(part_size, multipart_threshold)``: every
 request that holds a buffer first takes a token from one CapacityLimiter for all shards.
@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import aioboto3
 import aiohttp
 import anyio
+import msgspec
+from aiobotocore.session import AioSession
 from botocore.auth import AUTH_TYPE_MAPS, S3SigV4Auth
 from botocore.config import Config
 from botocore.exceptions import (
@@ -38,6 +39,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
     ResponseStreamingError,
 )
+from botocore.loaders import JSONFileLoader, Loader
 
 from .._errors import (
     ConfigurationError,
@@ -275,15 +277,55 @@ class UploadLog(Protocol):
     def closed(self) -> None: ...
 
 
-_shared_session: aioboto3.Session | None = None
+class _MsgspecJSONFileLoader(JSONFileLoader):
+    """botocore's model files decoded by msgspec: its ``json.loads`` with an OrderedDict
+    hook is most of a fresh process's first client (the S3 model and the endpoint
+    rules are ~2 MB of JSON)."""
+
+    def _load_file(self, full_path: str, open_method: Any) -> Any:
+        if not os.path.isfile(full_path):
+            return None
+        with open_method(full_path, "rb") as fp:
+            return msgspec.json.decode(fp.read())
 
 
-def _session() -> aioboto3.Session:
-    """One aioboto3 session per process: its loader caches the S3 service model, so a
-    second store's client costs milliseconds instead of ~0.1 s of JSON parsing."""
+class _ServiceNames:
+    """What botocore's ``list_available_services`` answers, checked one name at a time:
+    botocore lists every service's folder (~400) to learn whether ``s3`` is one."""
+
+    def __init__(self, loader: _Loader, type_name: str) -> None:
+        self._loader, self._type = loader, type_name
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and "/" not in name and any(
+            self._loader.file_loader.exists(os.path.join(base, name, version, self._type))
+            for base in self._loader.search_paths if os.path.isdir(os.path.join(base, name))
+            for version in os.listdir(os.path.join(base, name)))
+
+    def __iter__(self) -> Iterator[str]:  # only for botocore's UnknownServiceError message
+        return iter(Loader.list_available_services(self._loader, self._type))
+
+
+class _Loader(Loader):
+    """botocore's loader, cheaper to start (speed, #10); its cache keeps what it read."""
+
+    FILE_LOADER_CLASS = _MsgspecJSONFileLoader
+
+    def list_available_services(self, type_name: str) -> Any:
+        return _ServiceNames(self, type_name)
+
+
+_shared_session: AioSession | None = None
+
+
+def _session() -> AioSession:
+    """One aiobotocore session per process (not aioboto3's, which costs boto3's import
+    and nothing the store uses): its loader caches the S3 model, so a second store's
+    client costs milliseconds instead of a second read of the model files."""
     global _shared_session
     if _shared_session is None:
-        _shared_session = aioboto3.Session()
+        _shared_session = AioSession()
+        _shared_session.register_component("data_loader", _Loader())
     return _shared_session
 
 
@@ -432,7 +474,7 @@ class S3DataStore:
         )
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
-            _session().client(
+            _session().create_client(
                 "s3",
                 endpoint_url=creds.endpoint,
                 aws_access_key_id=creds.access_key_id,
