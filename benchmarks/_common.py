@@ -1,7 +1,9 @@
-"""Shared benchmark plumbing: synthetic shards, child-process runs, the results table."""
+"""Shared benchmark plumbing: the local services, synthetic shards, child-process runs,
+the results table."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -10,10 +12,75 @@ import subprocess
 import sys
 import tarfile
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MIB = 1024 * 1024
+
+
+def creds(endpoint: str) -> dict[str, str]:
+    """Credentials for a moto endpoint (moto accepts any; these never leave the machine)."""
+    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+            "AWS_SECRET_ACCESS_KEY": "bench-secret"}
+
+
+def boto(endpoint: str) -> Any:
+    """A plain boto3 client, to set up and inspect buckets around the measured code."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="bench", aws_secret_access_key="bench-secret")
+
+
+def new_bucket(endpoint: str) -> str:
+    name = f"bench-{uuid.uuid4().hex[:10]}"
+    boto(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@dataclass
+class Services:
+    """What ``local_services`` started; ``account`` is a fresh account on ``pds``."""
+
+    redis: Any = None
+    motos: list[Any] = field(default_factory=list)
+    pds: Any = None
+    account: dict | None = None
+
+    @property
+    def session(self) -> dict[str, str]:
+        """The account's session, as ``AtmosphereClient.login(session=...)`` takes it."""
+        assert self.account is not None
+        return {k: self.account[k] for k in ("did", "handle", "accessJwt", "refreshJwt")}
+
+
+@contextlib.contextmanager
+def local_services(work: Path, *, redis: bool = True, motos: int = 0, pds: bool = False,
+                   account: bool = True) -> Iterator[Services]:
+    """redis-server, ``motos`` moto_server processes and the reference PDS (with a fresh
+    account unless ``account=False``), each a process of its own on 127.0.0.1 under
+    ``work``; every one started is stopped by its PID, last first, however the block ends
+    (one started before a later one failed to start included)."""
+    from tests import services
+
+    with contextlib.ExitStack() as stack:
+        def started(service: Any) -> Any:
+            stack.callback(service.stop)
+            return service
+
+        out = Services()
+        if redis:
+            out.redis = started(services.start_redis(work / "redis"))
+        out.motos = [started(services.start_moto(in_process=False)) for _ in range(motos)]
+        if pds:
+            out.pds = started(services.start_pds(work / "pds"))
+            if account:
+                out.account = services.create_account(out.pds.url,
+                                                      f"bench{uuid.uuid4().hex[:6]}")
+        yield out
 
 
 def write_tar_shards(directory: Path, shards: int, shard_mib: float) -> list[Path]:

@@ -35,16 +35,12 @@ from atdata_async import Dataset
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient
 from atdata_async.local import LocalDatasetEntry, LocalIndex, S3DataStore
 from atdata_async.promote import promote_many, promote_to_atmosphere
+from benchmarks._common import creds, local_services
 from tests import services
 from tests.faultproxy import Fault, FaultProxy
 from tests.samples import FeatureSample, write_shards
 
 PART = 256 * 1024
-
-
-def creds(endpoint: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 
 
 def make_bucket(endpoint: str, name: str) -> str:
@@ -291,21 +287,15 @@ def main() -> None:
     parser.add_argument("--soak", type=int, default=50)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
-        work = Path(tmp)
-        started = [services.start_redis(work / "redis"), services.start_moto(in_process=False),
-                   services.start_moto(in_process=False), services.start_pds(work / "pds")]
-        redis_svc, moto_a, moto_b, pds_svc = started
-        try:
-            if args.entries:
-                print_compare(anyio.run(compare, redis_svc.url, moto_a.url, pds_svc.url,
-                                        args.entries))
-            if args.soak:
-                print_soak(anyio.run(soak, redis_svc.url, moto_a.url, moto_b.url, pds_svc.url,
-                                     args.soak, args.seed, work / "soak"))
-        finally:
-            for service in reversed(started):
-                service.stop()
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp, \
+            local_services(Path(tmp), motos=2, pds=True, account=False) as started:
+        redis_svc, (moto_a, moto_b), pds_svc = started.redis, started.motos, started.pds
+        if args.entries:
+            print_compare(anyio.run(compare, redis_svc.url, moto_a.url, pds_svc.url,
+                                    args.entries))
+        if args.soak:
+            print_soak(anyio.run(soak, redis_svc.url, moto_a.url, moto_b.url, pds_svc.url,
+                                 args.soak, args.seed, Path(tmp) / "soak"))
 
 
 if __name__ == "__main__":

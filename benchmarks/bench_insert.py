@@ -18,7 +18,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import MIB, measure, print_table, run_child, write_tar_shards
+from benchmarks._common import (
+    MIB,
+    local_services,
+    measure,
+    new_bucket,
+    print_table,
+    run_child,
+    write_tar_shards,
+)
 
 
 def credentials(endpoint: str) -> dict[str, str]:
@@ -79,32 +87,21 @@ def main() -> None:
         print(json.dumps(VARIANTS[a.variant](a)))
         return
 
-    import boto3
-
-    from tests import services
-
     data = Path(__file__).resolve().parent / ".data" / f"insert-{a.shards}x{a.shard_mib}"
     paths = [str(p) for p in write_tar_shards(data, a.shards, a.shard_mib)]
     total = sum(Path(p).stat().st_size for p in paths)
-    with tempfile.TemporaryDirectory() as tmp:
-        redis = services.start_redis(Path(tmp))
-        moto = services.start_moto(in_process=False)
-        try:
-            rows = []
-            for name in VARIANTS:
-                bucket = f"bench-{uuid.uuid4().hex[:8]}"
-                boto3.client("s3", endpoint_url=moto.url, region_name="us-east-1",
-                             aws_access_key_id="x", aws_secret_access_key="y"
-                             ).create_bucket(Bucket=bucket)
-                result = run_child(__file__, [
-                    "--variant", name, "--endpoint", moto.url, "--redis", redis.url,
-                    "--bucket", bucket, "--concurrency", str(a.concurrency),
-                    "--part-mib", str(a.part_mib), "--threshold-mib", str(a.threshold_mib),
-                    "--paths", *paths])
-                rows.append({"name": name, **result})
-        finally:
-            moto.stop()
-            redis.stop()
+    with tempfile.TemporaryDirectory() as tmp, \
+            local_services(Path(tmp), motos=1) as started:
+        redis, (moto,) = started.redis, started.motos
+        rows = []
+        for name in VARIANTS:
+            bucket = new_bucket(moto.url)
+            result = run_child(__file__, [
+                "--variant", name, "--endpoint", moto.url, "--redis", redis.url,
+                "--bucket", bucket, "--concurrency", str(a.concurrency),
+                "--part-mib", str(a.part_mib), "--threshold-mib", str(a.threshold_mib),
+                "--paths", *paths])
+            rows.append({"name": name, **result})
     print_table(f"insert {a.shards} shards x {a.shard_mib} MiB = {total / MIB:.0f} MiB into moto "
                 f"(concurrency {a.concurrency}, part {a.part_mib} MiB, "
                 f"multipart above {a.threshold_mib} MiB)", rows, total,

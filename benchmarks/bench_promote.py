@@ -24,14 +24,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import MIB, measure, run_child
+from benchmarks._common import MIB, boto, creds, local_services, measure, new_bucket, run_child
 
 FEATURE_DIM = 4096  # 16 KiB of float32 per sample: ~1000 samples per 16 MiB shard
-
-
-def creds(endpoint: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 
 
 # -- variants (each runs in its own process; ``a`` carries the run's parameters) ----------
@@ -74,20 +69,13 @@ def variant_sequential(a: argparse.Namespace) -> dict:
     return _promote(a, 1)
 
 
-def _boto(endpoint: str):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="bench", aws_secret_access_key="bench-secret")
-
-
 def variant_reencode(a: argparse.Namespace) -> dict:
     """What atdata does: GET, decode every sample, re-encode with new keys, PUT; one thread."""
     import webdataset as wds
 
     from tests.samples import FeatureSample
 
-    src, dst = _boto(a.src_endpoint), _boto(a.dest_endpoint)
+    src, dst = boto(a.src_endpoint), boto(a.dest_endpoint)
     keys = a.keys
 
     def run() -> dict:
@@ -224,68 +212,47 @@ def run_all(a: argparse.Namespace) -> None:
 
     from atdata_async import Dataset
     from atdata_async.local import LocalIndex, S3DataStore
-    from tests import services
     from tests.samples import FeatureSample
 
     here = Path(__file__).resolve().parent
-    with tempfile.TemporaryDirectory() as tmp:
-        started = []
-        try:
-            redis = services.start_redis(Path(tmp) / "redis")
-            started.append(redis)
-            src = services.start_moto(in_process=False)
-            started.append(src)
-            other = services.start_moto(in_process=False)
-            started.append(other)
-            pds = services.start_pds(Path(tmp) / "pds")
-            started.append(pds)
-            account = services.create_account(pds.url, "bench")
-            session = json.dumps({"did": account["did"], "handle": account["handle"],
-                                  "accessJwt": account["accessJwt"],
-                                  "refreshJwt": account["refreshJwt"]})
-            results = []
-            for case in a.cases.split(","):
-                shards, mib = case.split("x")
-                paths = write_feature_shards(here / ".data" / f"promote-{case}", int(shards),
-                                             float(mib))
-                total = sum(p.stat().st_size for p in paths)
-                bucket = new_bucket(src.url)
-                entry_name = f"case-{case}"
+    with tempfile.TemporaryDirectory() as tmp, \
+            local_services(Path(tmp), motos=2, pds=True) as started:
+        redis, (src, other), pds = started.redis, started.motos, started.pds
+        session = json.dumps(started.session)
+        results = []
+        for case in a.cases.split(","):
+            shards, mib = case.split("x")
+            paths = write_feature_shards(here / ".data" / f"promote-{case}", int(shards),
+                                         float(mib))
+            total = sum(p.stat().st_size for p in paths)
+            bucket = new_bucket(src.url)
+            entry_name = f"case-{case}"
 
-                async def insert(bucket=bucket, paths=paths, entry_name=entry_name):
-                    store = S3DataStore(creds(src.url), bucket=bucket)
-                    async with store, LocalIndex(redis.url, data_store=store) as index:
-                        await index.publish_schema(FeatureSample, version="1.0.0")
-                        entry = await index.insert_dataset(
-                            Dataset[FeatureSample]([str(p) for p in paths]), name=entry_name)
-                        return [u.split("/", 3)[3] for u in entry.data_urls]
+            async def insert(bucket=bucket, paths=paths, entry_name=entry_name):
+                store = S3DataStore(creds(src.url), bucket=bucket)
+                async with store, LocalIndex(redis.url, data_store=store) as index:
+                    await index.publish_schema(FeatureSample, version="1.0.0")
+                    entry = await index.insert_dataset(
+                        Dataset[FeatureSample]([str(p) for p in paths]), name=entry_name)
+                    return [u.split("/", 3)[3] for u in entry.data_urls]
 
-                keys = anyio.run(insert)
-                for scenario in a.scenarios:
-                    title, variants = SCENARIOS[scenario]
-                    rows = []
-                    for variant in variants:
-                        dest_endpoint = {"a": "", "b": src.url, "c": other.url}[scenario]
-                        dest_bucket = new_bucket(dest_endpoint) if dest_endpoint else ""
-                        args = ["--variant", variant, "--src-endpoint", src.url,
-                                "--src-bucket", bucket, "--dest-endpoint", dest_endpoint,
-                                "--dest-bucket", dest_bucket, "--redis", redis.url,
-                                "--pds", pds.url, "--session", session, "--entry", entry_name,
-                                "--concurrency", str(a.concurrency),
-                                "--keys", *keys, "--paths", *map(str, paths)]
-                        rows.append({"variant": variant, **run_child(__file__, args)})
-                    results.append({"case": case, "scenario": f"({scenario}) {title}",
-                                    "total": total, "rows": rows})
-                    print_case(results[-1], a.concurrency)
-        finally:
-            for service in reversed(started):
-                service.stop()
-
-
-def new_bucket(endpoint: str) -> str:
-    name = f"bench-{uuid.uuid4().hex[:10]}"
-    _boto(endpoint).create_bucket(Bucket=name)
-    return name
+            keys = anyio.run(insert)
+            for scenario in a.scenarios:
+                title, variants = SCENARIOS[scenario]
+                rows = []
+                for variant in variants:
+                    dest_endpoint = {"a": "", "b": src.url, "c": other.url}[scenario]
+                    dest_bucket = new_bucket(dest_endpoint) if dest_endpoint else ""
+                    args = ["--variant", variant, "--src-endpoint", src.url,
+                            "--src-bucket", bucket, "--dest-endpoint", dest_endpoint,
+                            "--dest-bucket", dest_bucket, "--redis", redis.url,
+                            "--pds", pds.url, "--session", session, "--entry", entry_name,
+                            "--concurrency", str(a.concurrency),
+                            "--keys", *keys, "--paths", *map(str, paths)]
+                    rows.append({"variant": variant, **run_child(__file__, args)})
+                results.append({"case": case, "scenario": f"({scenario}) {title}",
+                                "total": total, "rows": rows})
+                print_case(results[-1], a.concurrency)
 
 
 def print_case(result: dict, concurrency: int) -> None:

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import anyio
 
 from atdata_async.atmosphere import AtmosphereClient, next_tid
-from tests import services
+from benchmarks._common import local_services
 
 COLLECTION = "com.example.bench.record"
 
@@ -56,13 +56,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=400)
     parser.add_argument("--batch", type=int, default=200)
     a = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        pds = services.start_pds(Path(tmp))
-        try:
-            account = services.create_account(pds.url, "bench")
-            rows = anyio.run(measure, pds.url, account, a.records, a.batch)
-        finally:
-            pds.stop()
+    with tempfile.TemporaryDirectory() as tmp, \
+            local_services(Path(tmp), redis=False, pds=True) as started:
+        rows = anyio.run(measure, started.pds.url, started.account, a.records, a.batch)
     print(f"\n{a.records} records on the reference PDS")
     print(f"{'way':<18} {'wall s':>7} {'per call ms (median)':>21} {'p95 ms':>7} {'records/s':>10}")
     for r in rows:

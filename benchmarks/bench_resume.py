@@ -22,20 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import boto, creds, local_services, new_bucket
+
 PART = 256 * 1024
 os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", str(PART))  # read by the moto servers
 os.environ.setdefault("MOTO_S3_DEFAULT_KEY_BUFFER_SIZE", str(16 * 1024 * 1024))
-
-
-def creds(endpoint: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT": endpoint, "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench-secret"}
 
 
 def store(endpoint: str, bucket: str, concurrency: int = 8) -> Any:
@@ -45,19 +41,6 @@ def store(endpoint: str, bucket: str, concurrency: int = 8) -> Any:
                        multipart_threshold=2 * PART, min_part_size=PART,
                        copy_multipart_threshold=4 * PART, copy_part_size=PART,
                        max_concurrency=concurrency)
-
-
-def boto(endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                        aws_access_key_id="bench", aws_secret_access_key="bench-secret")
-
-
-def new_bucket(endpoint: str) -> str:
-    name = f"bench-{uuid.uuid4().hex[:10]}"
-    boto(endpoint).create_bucket(Bucket=name)
-    return name
 
 
 def write_shards(directory: Path, shards: int, small_kib: int, big_every: int,
@@ -323,38 +306,24 @@ def main() -> None:
     if a.child:
         child(json.loads(a.child))
         return
-    from tests import services
-
-    with tempfile.TemporaryDirectory() as tmp:
-        started = []
-        try:
-            redis = services.start_redis(Path(tmp) / "redis")
-            started.append(redis)
-            src = services.start_moto(in_process=False)
-            started.append(src)
-            dst = services.start_moto(in_process=False)
-            started.append(dst)
-            pds = services.start_pds(Path(tmp) / "pds")
-            started.append(pds)
-            account = services.create_account(pds.url, f"bench{uuid.uuid4().hex[:6]}")
-            paths = write_shards(Path(tmp) / "shards", a.shards, a.small_kib, a.big_every,
-                                 a.big_kib)
-            ctx = {"redis": redis.url, "src": src.url, "dst": dst.url, "pds": pds.url,
-                   "handle": account["handle"], "password": account["password"],
-                   "src_bucket": new_bucket(src.url), "dst_bucket": new_bucket(dst.url),
-                   "entry": "bench-resume"}
-            result = run_case(ctx, paths)
-            print_table(result)
-            cost = schema_create_cost(ctx)
-            print("\nschema record after every shard (issue 9 item 3): the createRecord that "
-                  "used to overlap the copies")
-            print(f"  createRecord median / max (ms)                   "
-                  f"{cost['median_ms']:.1f} / {cost['max_ms']:.1f}")
-            print(f"  as a share of the rerun's wall                   "
-                  f"{cost['median_ms'] / 1000 / result['rerun_wall']:.2%}")
-        finally:
-            for service in reversed(started):
-                service.stop()
+    with tempfile.TemporaryDirectory() as tmp, \
+            local_services(Path(tmp), motos=2, pds=True) as started:
+        (src, dst), account = started.motos, started.account
+        paths = write_shards(Path(tmp) / "shards", a.shards, a.small_kib, a.big_every,
+                             a.big_kib)
+        ctx = {"redis": started.redis.url, "src": src.url, "dst": dst.url,
+               "pds": started.pds.url, "handle": account["handle"],
+               "password": account["password"], "src_bucket": new_bucket(src.url),
+               "dst_bucket": new_bucket(dst.url), "entry": "bench-resume"}
+        result = run_case(ctx, paths)
+        print_table(result)
+        cost = schema_create_cost(ctx)
+        print("\nschema record after every shard (issue 9 item 3): the createRecord that "
+              "used to overlap the copies")
+        print(f"  createRecord median / max (ms)                   "
+              f"{cost['median_ms']:.1f} / {cost['max_ms']:.1f}")
+        print(f"  as a share of the rerun's wall                   "
+              f"{cost['median_ms'] / 1000 / result['rerun_wall']:.2%}")
 
 
 if __name__ == "__main__":

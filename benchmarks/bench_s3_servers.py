@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import MIB, peak_rss_mib
+from benchmarks._common import MIB, local_services, peak_rss_mib
 
 HERE = Path(__file__).resolve().parent
 TIME = "/usr/bin/time"
@@ -356,8 +356,6 @@ def write_env(path: Path, creds: dict[str, str]) -> str:
 
 
 def run(a: argparse.Namespace) -> list[dict]:
-    from tests import services
-
     ensure_time()
     every = {v for case in a.cases.split(",") for same in (True, False)
              for v in variants_for(case, same, a)}
@@ -366,67 +364,56 @@ def run(a: argparse.Namespace) -> list[dict]:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp_name:
         tmp = Path(tmp_name)
-        started = []
-        try:
-            with Servers(a.server, tmp) as servers:
-                redis = services.start_redis(tmp / "redis")
-                started.append(redis)
-                pds = services.start_pds(tmp / "pds")
-                started.append(pds)
-                account = services.create_account(pds.url, "bench")
-                session = {"did": account["did"], "handle": account["handle"],
-                           "accessJwt": account["accessJwt"],
-                           "refreshJwt": account["refreshJwt"]}
-                config_dir = tmp / "config"
-                base_env = {**os.environ, "ATDATA_REDIS_URL": redis.url,
-                            "ATDATA_PDS_URL": pds.url, "ATDATA_HANDLE": account["handle"],
-                            "ATDATA_CONFIG_DIR": str(config_dir)}
-                base_env.pop("ATDATA_PASSWORD", None)
-                cli = str(Path(sys.executable).with_name("atdata-async"))
-                login = subprocess.run([cli, "login"], capture_output=True, text=True,
-                                       env={**base_env, "ATDATA_PASSWORD":
-                                            account["password"]})
-                if login.returncode != 0:
-                    raise RuntimeError(f"atdata-async login failed: {login.stderr}")
-                env_files = [write_env(tmp / f"s3-{i}.env", servers.creds(i)) for i in (0, 1)]
-                for case in a.cases.split(","):
-                    shards, mib = case.split("x")
-                    src_bucket = f"src-{uuid.uuid4().hex[:8]}"
-                    t0 = time.perf_counter()
-                    seeded = seed_case(servers, int(shards), float(mib), src_bucket)
-                    entry = f"case-{case}"
-                    index_entry(redis.url, entry, seeded)
-                    print(f"# seeded {case}: {seeded['total'] / MIB:.0f} MiB in "
-                          f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
-                    for scenario in a.scenarios.split(","):
-                        same = scenario == "same"
-                        dst_i = 0 if same else 1
-                        for variant in variants_for(case, same, a):
-                            dst_bucket = f"dst-{uuid.uuid4().hex[:8]}"
-                            servers.boto(dst_i).create_bucket(Bucket=dst_bucket)
-                            p = {"src": servers.creds(0), "dst": servers.creds(dst_i),
-                                 "src_bucket": src_bucket, "dst_bucket": dst_bucket,
-                                 "keys": seeded["keys"], "same": same,
-                                 "concurrency": 1 if variant == "ours, sequential"
-                                 else a.concurrency,
-                                 "redis": redis.url, "pds": pds.url, "session": session,
-                                 "entry": entry, "store": store_options(a)}
-                            req0, cpu0 = servers.requests(), servers.cpu()
-                            row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env,
-                                              env_files, dst_i, tmp)
-                            req1, cpu1 = servers.requests(), servers.cpu()
-                            row["requests"] = (req1 - req0) if req0 is not None else \
-                                row.get("our_requests")
-                            row["server_cpu"] = (cpu1 - cpu0) if cpu0 is not None else None
-                            row.update(case=case, scenario=scenario, variant=variant,
-                                       total=seeded["total"])
-                            results.append(row)
-                            print_row(row)
-                            empty_bucket(servers.boto(dst_i), dst_bucket)
-                    empty_bucket(servers.boto(0), src_bucket)
-        finally:
-            for service in reversed(started):
-                service.stop()
+        with Servers(a.server, tmp) as servers, local_services(tmp, pds=True) as started:
+            redis, pds, account = started.redis, started.pds, started.account
+            session = started.session
+            config_dir = tmp / "config"
+            base_env = {**os.environ, "ATDATA_REDIS_URL": redis.url,
+                        "ATDATA_PDS_URL": pds.url, "ATDATA_HANDLE": account["handle"],
+                        "ATDATA_CONFIG_DIR": str(config_dir)}
+            base_env.pop("ATDATA_PASSWORD", None)
+            cli = str(Path(sys.executable).with_name("atdata-async"))
+            login = subprocess.run([cli, "login"], capture_output=True, text=True,
+                                   env={**base_env, "ATDATA_PASSWORD":
+                                        account["password"]})
+            if login.returncode != 0:
+                raise RuntimeError(f"atdata-async login failed: {login.stderr}")
+            env_files = [write_env(tmp / f"s3-{i}.env", servers.creds(i)) for i in (0, 1)]
+            for case in a.cases.split(","):
+                shards, mib = case.split("x")
+                src_bucket = f"src-{uuid.uuid4().hex[:8]}"
+                t0 = time.perf_counter()
+                seeded = seed_case(servers, int(shards), float(mib), src_bucket)
+                entry = f"case-{case}"
+                index_entry(redis.url, entry, seeded)
+                print(f"# seeded {case}: {seeded['total'] / MIB:.0f} MiB in "
+                      f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
+                for scenario in a.scenarios.split(","):
+                    same = scenario == "same"
+                    dst_i = 0 if same else 1
+                    for variant in variants_for(case, same, a):
+                        dst_bucket = f"dst-{uuid.uuid4().hex[:8]}"
+                        servers.boto(dst_i).create_bucket(Bucket=dst_bucket)
+                        p = {"src": servers.creds(0), "dst": servers.creds(dst_i),
+                             "src_bucket": src_bucket, "dst_bucket": dst_bucket,
+                             "keys": seeded["keys"], "same": same,
+                             "concurrency": 1 if variant == "ours, sequential"
+                             else a.concurrency,
+                             "redis": redis.url, "pds": pds.url, "session": session,
+                             "entry": entry, "store": store_options(a)}
+                        req0, cpu0 = servers.requests(), servers.cpu()
+                        row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env,
+                                          env_files, dst_i, tmp)
+                        req1, cpu1 = servers.requests(), servers.cpu()
+                        row["requests"] = (req1 - req0) if req0 is not None else \
+                            row.get("our_requests")
+                        row["server_cpu"] = (cpu1 - cpu0) if cpu0 is not None else None
+                        row.update(case=case, scenario=scenario, variant=variant,
+                                   total=seeded["total"])
+                        results.append(row)
+                        print_row(row)
+                        empty_bucket(servers.boto(dst_i), dst_bucket)
+                empty_bucket(servers.boto(0), src_bucket)
     return results
 
 
