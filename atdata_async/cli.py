@@ -842,7 +842,7 @@ async def cleanup(args: argparse.Namespace, index: LocalIndex,
 def print_cleanup(r: dict[str, Any]) -> None:
     verb = "removed" if r["removed"] else "would remove"
     for j in r["journals"]:
-        print(f"promotion {j['name']} ({j['shards']} shards): {j['state']}")
+        print(f"{j.get('kind', 'promotion')} {j['name']} ({j['shards']} shards): {j['state']}")
     print(f"{verb} {len(r['uploads'])} open multipart upload(s)")
     for u in r["uploads"][:20]:
         print(f"  {u['key']}  (upload {u['upload_id'][:12]}..., {u['initiated']})")

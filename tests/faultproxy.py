@@ -8,6 +8,8 @@ Put it in front of moto S3 or the PDS and tell it what to break:
     proxy.add(Fault("lose", path=r"createRecord"))      # forwarded, its answer replaced by 502
     proxy.add(Fault("reset", path=r"applyWrites"))      # the connection dropped, no answer
     proxy.add(Fault("headers", path=r"applyWrites", headers={"ratelimit-remaining": "0"}))
+    proxy.add(Fault("body", method="POST", path=r"uploadId=",
+                    replace=(rb"<ETag>[^<]*</ETag>", b"<ETag></ETag>")))  # an answer rewritten
 
 Each fault fires ``times`` times (None: always), after letting ``skip`` matches pass.
 Requests are forwarded one per upstream connection (``Connection: close``), so a fault
@@ -28,13 +30,14 @@ from urllib.parse import urlsplit
 
 @dataclass
 class Fault:
-    kind: str  # status | lose | cut | reset | headers | delay
+    kind: str  # status | lose | cut | reset | headers | delay | body
     method: str | None = None
     path: str = ""
     status: int = 502
     after: int = 0  # cut: body bytes sent before the cut
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0  # delay
+    replace: tuple[bytes, bytes] | None = None  # body: (regex, replacement) on the answer
     times: int | None = 1
     skip: int = 0
     on_fire: Callable[[], None] | None = None  # run in the proxy's thread as it fires
@@ -191,6 +194,10 @@ class FaultProxy:
         response_head, response_body = raw[:head_end], raw[head_end:]
         if kind == "headers" and fault is not None:
             response_head = _override_headers(response_head, fault.headers)
+        if kind == "body" and fault is not None and fault.replace is not None:
+            response_body = re.sub(fault.replace[0], fault.replace[1], response_body)
+            response_head = _override_headers(response_head,
+                                              {"Content-Length": str(len(response_body))})
         if kind == "cut" and fault is not None:
             writer.write(response_head + response_body[:fault.after])
             await writer.drain()

@@ -9,13 +9,17 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import anyio
 import pytest
 
 from atdata_async import Dataset, ShardTransferError, StorageError
+from atdata_async._pipeline.cleanup import cleanup_promotions
+from atdata_async._pipeline.insert import INSERT_KEY_PREFIX, insert_keys, insert_run_id
 from atdata_async._pipeline.journal import (
+    JOURNALS,
     OpenUpload,
     ShardState,
     decide_resume,
@@ -28,7 +32,8 @@ from atdata_async.atmosphere import DATASET_COLLECTION, SCHEMA_COLLECTION, Atmos
 from atdata_async.local import LocalIndex, S3DataStore
 from atdata_async.promote import promote_to_atmosphere
 from tests.conftest import TEST_PART, make_bucket, make_credentials
-from tests.samples import FeatureSample
+from tests.faultproxy import Fault, FaultProxy
+from tests.samples import FeatureSample, write_shards
 from tests.test_promote import client, insert, read_s3, store_for  # noqa: F401  (fixture)
 
 pytestmark = pytest.mark.anyio
@@ -348,3 +353,157 @@ def test_bench_resume_smoke(redis_url, moto_server, second_moto_server, pds, pds
         result["missing_bytes"] + 8 * bench_resume.PART)
     assert (result["open_uploads_after"], result["missing_after"],
             result["dataset_records"]) == (0, 0, 1)
+
+
+# -- inserts -----------------------------------------------------------------------------
+
+
+def shard_files(tmp_path: Path, name: str, shards: int, per_shard: int) -> list[str]:
+    directory = tmp_path / name
+    directory.mkdir()
+    return [str(p) for p in write_shards(directory, shards, per_shard)]
+
+
+def run_id_of(store: S3DataStore, stem: str, name: str, ref: str, paths: list[str]) -> str:
+    files = [(os.path.realpath(p), os.path.getsize(p), os.stat(p).st_mtime_ns) for p in paths]
+    return insert_run_id(store, stem, name, ref, files)
+
+
+def check_landed(endpoint: str, entry, paths: list[str]) -> None:
+    """Every shard byte for byte, with the sha256 and ETag the entry records."""
+    assert len(entry.data_urls) == len(paths)
+    for url, path in zip(entry.data_urls, paths, strict=True):
+        body = read_s3(endpoint, url)
+        assert body == Path(path).read_bytes()
+        assert entry.checksums[url] == hashlib.sha256(body).hexdigest()
+        assert entry.shard_sizes[url] == len(body)
+        assert entry.etags[url]  # known even when CompleteMultipartUpload said nothing
+
+
+EMPTY_ETAG = Fault("body", method="POST", path=r"uploadId=", times=None,
+                   replace=(rb"<ETag>[^<]*</ETag>", b"<ETag></ETag>"))
+
+
+@pytest.mark.parametrize("etags", ["answered", "empty"])
+async def test_a_failed_insert_reruns_only_the_missing_shards(
+        redis_url, moto_server, bucket, tmp_path, monkeypatch, etags):
+    """Shard 3 of 4 fails mid-upload: nothing is indexed, no upload stays open, and the
+    rerun sends only shard 3. "empty": every CompleteMultipartUpload answers an empty
+    ETag (some radosgw versions do): the rerun must still skip the finished shards."""
+    paths = shard_files(tmp_path, "half", 4, 1500)
+    sizes = [os.path.getsize(p) for p in paths]
+    proxy = FaultProxy(moto_server.url).start()
+    if etags == "empty":
+        proxy.add(replace(EMPTY_ETAG, fired=0))
+    store = store_for(make_credentials(proxy.url), bucket, max_concurrency=1)
+    try:
+        async with store, LocalIndex(redis_url, data_store=store) as index:
+            ds = Dataset[FeatureSample](paths)
+            first = Sent(monkeypatch, fail_on="-000003.tar")
+            with pytest.raises(ShardTransferError):
+                await index.insert_dataset(ds, name="half", prefix="half")
+            assert await index.list_entries() == []
+            assert await store.list_multipart_uploads() == []
+            assert len(await store.list_objects("half/")) == 3 and first.bytes > sum(sizes[:3])
+            monkeypatch.undo()
+            again = Sent(monkeypatch)
+            entry = await index.insert_dataset(ds, name="half", prefix="half")
+            assert again.bytes == sizes[3]  # only the shard that had not landed
+            assert all(k.endswith("--000003.tar") for k in again.keys)
+            assert await store.list_multipart_uploads() == []
+            assert [e.cid for e in await index.list_entries()] == [entry.cid]
+            assert set(await store.list_objects("half/")) == {
+                u.removeprefix(f"s3://{bucket}/") for u in entry.data_urls}
+            assert await index.redis.smembers(JOURNALS) == set()  # dropped once indexed
+            # a third run finds the entry: no request, no upload, still one entry
+            requests = store.request_count
+            assert await index.insert_dataset(ds, name="half", prefix="half") == entry
+            assert store.request_count == requests and again.bytes == sizes[3]
+            assert len(await index.list_entries()) == 1
+        check_landed(moto_server.url, entry, paths)
+        if etags == "empty":
+            assert proxy.faults[0].fired >= 4  # every multipart shard's answer was emptied
+    finally:
+        proxy.stop()
+
+
+@pytest.mark.pds
+async def test_sigkill_mid_insert_then_rerun_sends_only_what_is_missing(
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,  # noqa: F811
+        monkeypatch):
+    paths = shard_files(tmp_path, "killins", 4, 1500)
+    sizes = [os.path.getsize(p) for p in paths]
+    parts0 = -(-sizes[0] // TEST_PART)
+    ref = "atdata://local/schema/FeatureSample@1.0.0"
+    run = run_id_of(index.data_store, "ins", "killins", ref, paths)
+    keys = insert_keys("ins", run, len(paths))
+    key = journal_key(INSERT_KEY_PREFIX + run)
+    env = cli_env(redis_url, pds, pds_account, STALL_AFTER=parts0 + 3)
+    args = ["insert", *paths, "--name", "killins", "--schema-ref", ref,
+            "--to", f"s3://{bucket}/ins", "--concurrency", "1",
+            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+
+    def copied_one_and_three_parts(f: set[str]) -> bool:
+        return "s:0" in f and len([x for x in f if x.startswith("p:1:")]) == 3
+
+    fields = await kill_mid_copy(args, env, index.redis, key, copied_one_and_three_parts)
+    store = index.data_store
+    assert [u["Key"] for u in await store.list_multipart_uploads("ins/")] == [keys[1]]
+    assert set(await store.list_objects("ins/")) == {keys[0]}
+    assert await index.list_entries() == []
+    # cleanup sees the killed insert: resumable, so its shard and upload are kept ...
+    report = await cleanup_promotions(index, store, client, prefix="ins")
+    assert [(j["kind"], j["state"], j["name"]) for j in report.journals] == [
+        ("insert", "resumable", "killins")]
+    assert (report.uploads, report.objects, report.kept) == ([], [], 1)
+    # ... and garbage once given up (a dry run: nothing removed)
+    report = await cleanup_promotions(index, store, client, prefix="ins", forget=True)
+    assert [u["key"] for u in report.uploads] == [keys[1]]
+    assert [o["key"] for o in report.objects] == [keys[0]] and not report.removed
+
+    kept_parts = len([x for x in fields if x.startswith("p:1:")])
+    missing = sum(sizes) - sizes[0] - kept_parts * TEST_PART
+    sent = Sent(monkeypatch)
+    before = store.request_count
+    entry = await index.insert_dataset(Dataset[FeatureSample](paths), name="killins",
+                                       prefix="ins")
+    rerun_requests = store.request_count - before
+    assert sent.bytes == missing  # exactly the missing part: 0% re-sent
+    # 2 listings + 1 ListParts + shard 1's missing parts + complete, then 2 x (create +
+    # parts + complete) for shards 2 and 3
+    assert rerun_requests <= 3 + (parts0 - kept_parts + 1) + sum(
+        2 + -(-s // TEST_PART) for s in sizes[2:])
+    assert entry.data_urls == [store.url(k) for k in keys]  # the keys the killed run used
+    assert await store.list_multipart_uploads() == []
+    assert [e.cid for e in await index.list_entries()] == [entry.cid]
+    assert set(await store.list_objects("ins/")) == set(keys)
+    assert await index.redis.exists(key) == 0
+    check_landed(s3_credentials["AWS_ENDPOINT"], entry, paths)
+    report = await cleanup_promotions(index, store, client, prefix="ins")
+    assert (report.journals, report.uploads, report.objects, report.kept) == ([], [], [], 4)
+
+
+@pytest.mark.pds
+async def test_a_promotion_resumes_when_complete_multipart_upload_has_no_etag(
+        index, client, tmp_path, second_moto_server, monkeypatch):  # noqa: F811
+    entry = await insert(index, tmp_path, "noetag", shards=3, per_shard=1500)
+    dest_bucket = make_bucket(second_moto_server.url)
+    proxy = FaultProxy(second_moto_server.url).start()
+    emptied = proxy.add(replace(EMPTY_ETAG, fired=0))
+    try:
+        # parts of another size than insert's: the copies' ETags are not the sources'
+        async with store_for(make_credentials(proxy.url), dest_bucket,
+                             part_size=3 * TEST_PART) as dest:
+            uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+            assert emptied.fired == 3  # each shard is a multipart upload, each answer empty
+            copies = await dest.list_objects("")
+            assert len(copies) == 3
+            assert not {e for _, e in copies.values()} & set(entry.etags.values())
+            sent = Sent(monkeypatch)
+            requests = dest.request_count
+            assert await promote_to_atmosphere(entry, index, client, data_store=dest) == uri
+            assert dest.request_count - requests == 1  # one listing: every shard is there
+            assert sent.bytes == 0
+        assert len(await records(client)) == 1
+    finally:
+        proxy.stop()

@@ -307,22 +307,35 @@ def test_a_dataset_loop_left_early_is_finalized_cleanly(tmp_path, loop):
     assert out.stderr == ""
 
 
-async def test_a_failed_insert_leaves_the_bucket_as_it_was(s3_credentials, bucket, tmp_path,
-                                                          redis_url, raw_s3, monkeypatch):
+async def test_a_failed_insert_indexes_nothing_and_its_rerun_completes_it(
+        s3_credentials, bucket, tmp_path, redis_url, raw_s3, monkeypatch):
     paths = write_shards(tmp_path, 4, 60)
     original = S3DataStore.upload_file
+    landed: list[str] = []
+    others = anyio.Event()
 
-    async def third_fails(self, path, key, tracker=None):
+    async def third_fails(self, path, key, tracker=None, **kw):
         if str(path).endswith("000002.tar"):
-            await anyio.sleep(0.3)  # the others have landed by then
+            await others.wait()  # the others have landed by then
             raise StorageError("injected: connection reset")
-        return await original(self, path, key, tracker)
+        done = await original(self, path, key, tracker, **kw)
+        landed.append(key)
+        if len(landed) == 3:
+            others.set()
+        return done
 
     monkeypatch.setattr(S3DataStore, "upload_file", third_fails)
     store = small_store(s3_credentials, bucket)
+    ds = Dataset[FeatureSample]([str(p) for p in paths])
     async with store, LocalIndex(redis_url, data_store=store) as index:
         with pytest.raises(ShardTransferError):
-            await index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]),
-                                       name="half", prefix="half")
+            await index.insert_dataset(ds, name="half", prefix="half")
         assert await index.list_entries() == []
-    assert raw_s3.list_objects_v2(Bucket=bucket, Prefix="half/").get("KeyCount") == 0
+        assert raw_s3.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+        listed = raw_s3.list_objects_v2(Bucket=bucket, Prefix="half/").get("KeyCount")
+        assert listed == 3  # kept for the rerun (its keys are the insert's own)
+        monkeypatch.undo()
+        entry = await index.insert_dataset(ds, name="half", prefix="half")
+        assert [e.cid for e in await index.list_entries()] == [entry.cid]
+    listed = raw_s3.list_objects_v2(Bucket=bucket, Prefix="half/")["Contents"]
+    assert {f"s3://{bucket}/{o['Key']}" for o in listed} == set(entry.data_urls)

@@ -15,12 +15,10 @@ import contextlib
 import json
 import logging
 import os
-import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -54,7 +52,6 @@ from .._model.validate import (
     check_url,
     redact_userinfo,
 )
-from .tasks import single_error
 
 if TYPE_CHECKING:
     from .dataset import Dataset
@@ -344,13 +341,16 @@ class LocalIndex:
         progress: ProgressCallback | None = None,
         schema_ref: str | None = None,
     ) -> LocalDatasetEntry:
-        """Upload local shards to the data store byte for byte, then index them; all or
-        nothing (a failure deletes the shards this call uploaded).
+        """Upload local shards to the data store byte for byte, then index them.
 
-        Shards are named ``{prefix}/data--{uuid4}--{i:06d}.tar``; each shard's sha256
-        and size land in ``metadata["checksums"]`` / ``["shard_sizes"]``. Without a data
-        store the dataset is indexed where it is. ``schema_ref`` names a stored schema
-        (default: the latest local version of the sample type's, published if none).
+        Shards are named ``{prefix}/data--{uuid}--{i:06d}.tar``, the uuid derived from the
+        insert itself (destination, prefix, name, schema, each file's path, size and
+        mtime), so a rerun after a failure or a kill continues: shards already uploaded
+        are skipped, open multipart uploads continued; an insert already indexed is not
+        uploaded again. Each shard's sha256 and size land in ``metadata["checksums"]`` /
+        ``["shard_sizes"]``. A failed insert indexes nothing. Without a data store the
+        dataset is indexed where it is. ``schema_ref`` names a stored schema (default:
+        the latest local version of the sample type's, published if none).
         """
         if not name:
             raise ConfigurationError("a dataset needs a non-empty name")
@@ -369,36 +369,13 @@ class LocalIndex:
         for path in paths:
             if not os.path.isfile(path):
                 raise ObjectNotFoundError(f"{path}: no such file to insert", code="ENOENT")
-        run = uuid.uuid4()
-        stem = (prefix or name).strip("/")
-        keys = [f"{stem}/data--{run}--{i:06d}.tar" for i in range(len(paths))]
-        counts: list[int] = []
+        # The upload is a pipeline (journaled, resumable): the one call from a backend
+        # into _pipeline/, made here at call time because the seed puts insert on the index.
+        from .._pipeline.insert import insert_shards
 
-        async def count() -> None:
-            for p in paths:
-                counts.append(await anyio.to_thread.run_sync(_count_samples, p))
-
-        try:
-            with single_error():
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(count)
-                    uploads = await self.data_store.upload_files(
-                        list(zip(paths, keys, strict=True)), progress)
-            meta = dict(metadata or {})
-            meta["checksums"] = {u.url: u.sha256 for u in uploads}
-            meta["shard_sizes"] = {u.url: u.size for u in uploads}
-            meta["etags"] = {u.url: u.etag for u in uploads if u.etag}
-            meta["num_samples"] = sum(counts)
-            meta[STORE_KEY] = {"endpoint": self.data_store.endpoint,
-                               "region": self.data_store.region}
-            entry = LocalDatasetEntry(name, ref, [u.url for u in uploads], meta)
-            await self._store_entry(entry)
-        except BaseException:
-            # The keys are this run's own (a fresh uuid): what landed is removed, so a
-            # failed or cancelled insert (or index write) leaves the bucket as it was.
-            await self.data_store.discard(keys)
-            raise
-        return entry
+        return await insert_shards(self, self.data_store, paths, name=name,
+                                   stem=(prefix or name).strip("/"), schema_ref=ref,
+                                   metadata=metadata, progress=progress)
 
     async def _schema_ref_of(self, ds: Dataset[Any]) -> str:
         sample_type = ds.sample_type
@@ -542,12 +519,6 @@ def _is_store(value: Any) -> bool:
 
     module = sys.modules.get(f"{__package__}.s3_store")
     return module is not None and isinstance(value, module.S3DataStore)
-
-
-def _count_samples(path: str) -> int:
-    from .dataset import count_samples
-
-    return count_samples(path)
 
 
 def _check_entry_args(ds: Any, name: Any, metadata: Any) -> None:

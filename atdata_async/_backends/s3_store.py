@@ -899,13 +899,19 @@ class S3DataStore:
             self.buffers().release_on_behalf_of(token)
 
     async def complete_multipart(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
+        """The completed object's ETag. Some radosgw versions answer with an empty one:
+        then a HEAD reads it (a journal that recorded "" could never match a listing,
+        and every rerun would send the shard again)."""
         s3 = await self.client()
         parts = [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
         with self.errors("CompleteMultipartUpload", self.url(key)):
             response = await s3.complete_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
             )
-        return etag_of(response)
+        etag = etag_of(response)
+        if not etag:
+            etag = etag_of(await self.head(self.url(key)))
+        return etag
 
     @contextlib.asynccontextmanager
     async def multipart_upload(self, key: str) -> AsyncIterator[str]:

@@ -1,4 +1,5 @@
-"""Cleanup: find, and on request remove, what failed or killed promotions left in a store.
+"""Cleanup: find, and on request remove, what failed or killed promotions and inserts left
+in a store.
 
 Garbage is an open multipart upload, or an object under the prefix, that nothing refers
 to: no published dataset record of the account, no entry of the local index, and no
@@ -31,7 +32,7 @@ class CleanupReport:
 
     uploads: list[dict[str, Any]] = field(default_factory=list)   # key, upload_id, initiated
     objects: list[dict[str, Any]] = field(default_factory=list)   # key, size
-    journals: list[dict[str, Any]] = field(default_factory=list)  # promotion, name, state
+    journals: list[dict[str, Any]] = field(default_factory=list)  # promotion, kind, name, state
     kept: int = 0  # objects under the prefix that something refers to
     removed: bool = False
 
@@ -50,7 +51,8 @@ async def cleanup_promotions(
     forget: bool = False,
 ) -> CleanupReport:
     """List (and with ``remove=True`` delete) uploads and objects under ``prefix`` that no
-    published record, local entry or live journal refers to. ``forget=True`` gives up
+    published record, local entry or live journal (of a promotion or an insert: an
+    insert's shards go under its own prefix, so pass that) refers to. ``forget=True`` gives up
     the journals of promotions that are not running (they can no longer be resumed)."""
     if not client.is_authenticated:
         raise AuthError("cleanup", None, "NotLoggedIn",
@@ -76,7 +78,8 @@ async def cleanup_promotions(
             protected |= keys
         elif state == "resumable":
             dropped.append(pkey)
-        report.journals.append({"promotion": pkey[:16], "name": plan.get("name"),
+        report.journals.append({"promotion": pkey[:16], "kind": plan.get("kind", "promotion"),
+                                "name": plan.get("name"),
                                 "state": state if live or state == "published" else "forgotten",
                                 "shards": len(keys)})
     async for rec in client.list_records(DATASET_COLLECTION):
