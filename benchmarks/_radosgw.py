@@ -207,10 +207,53 @@ rgw thread pool size = 64
         raise RuntimeError(f"{what} not ready after {timeout:.0f}s; see {self.dir / 'log'}")
 
 
-if __name__ == "__main__":  # a quick manual check: start, print, stop
-    import sys
+class AttachedCluster:
+    """A cluster another process started (``--info``): counters and PIDs, never stopped."""
+
+    def __init__(self, info: dict) -> None:
+        self.dir = Path(info["dir"])
+        self.endpoints = info["endpoints"]
+        self._pids = info["pids"]
+
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+
+def main() -> None:
+    """Start a cluster for repeated benchmark runs (``bench_s3_servers.py --attach``):
+    its endpoints, keys and PIDs go to ``--info``; it runs until SIGTERM/SIGINT or
+    ``--seconds``, then every process is stopped by its PID."""
+    import argparse
+    import json
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="rados-") as tmp, RadosCluster(Path(tmp)) as c:
-        print(c.endpoints, c.access_key, file=sys.stderr)
-        time.sleep(float(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--info", default=None, help="write the cluster's details here")
+    parser.add_argument("--seconds", type=float, default=0)
+    parser.add_argument("--gateways", type=int, default=2)
+    parser.add_argument("--osd-gib", type=int, default=64)
+    a = parser.parse_args()
+    stop = {"now": False}
+
+    def leave(*_: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, leave)
+    signal.signal(signal.SIGINT, leave)
+    with tempfile.TemporaryDirectory(prefix="rados-") as tmp, \
+            RadosCluster(Path(tmp), gateways=a.gateways, osd_gib=a.osd_gib) as cluster:
+        info = {"endpoints": cluster.endpoints, "access_key": cluster.access_key,
+                "secret_key": cluster.secret_key, "pids": cluster.pids(),
+                "dir": str(cluster.dir), "pid": os.getpid()}
+        if a.info:
+            path = Path(a.info)
+            path.write_text(json.dumps(info))
+            path.chmod(0o600)
+        print(json.dumps({k: v for k, v in info.items() if k != "secret_key"}), flush=True)
+        deadline = time.monotonic() + a.seconds if a.seconds else float("inf")
+        while not stop["now"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

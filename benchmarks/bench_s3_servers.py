@@ -84,12 +84,20 @@ class Servers:
     """Two S3 endpoints over one set of buckets' credentials, plus their request and CPU
     counters (radosgw only)."""
 
-    def __init__(self, kind: str, tmp: Path) -> None:
-        self.kind, self.tmp = kind, tmp
+    def __init__(self, kind: str, tmp: Path, attach: str | None = None) -> None:
+        self.kind, self.tmp, self.attach = kind, tmp, attach
         self.started: list = []
         self.cluster = None
 
     def __enter__(self) -> Servers:
+        if self.attach is not None:  # a cluster started by `_radosgw.py --info FILE`
+            info = json.loads(Path(self.attach).read_text())
+            from benchmarks._radosgw import AttachedCluster
+
+            self.cluster = AttachedCluster(info)
+            self.endpoints = info["endpoints"]
+            self.key, self.secret = info["access_key"], info["secret_key"]
+            return self
         if self.kind == "radosgw":
             from benchmarks._radosgw import RadosCluster
 
@@ -109,7 +117,7 @@ class Servers:
     def __exit__(self, *exc: object) -> None:
         for s in reversed(self.started):
             s.stop()
-        if self.cluster is not None:
+        if self.cluster is not None and self.attach is None:
             self.cluster.__exit__(*exc)
 
     def creds(self, i: int) -> dict[str, str]:
@@ -290,16 +298,29 @@ def child_ours_warm(p: dict) -> dict:
             await source.client()
             await dest.client()
             await index.get_schema(entry.schema_ref)
+            profiler = None
+            if p.get("profile"):
+                import cProfile
+
+                profiler = cProfile.Profile()
             before = resource.getrusage(resource.RUSAGE_SELF)
             start = time.perf_counter()
+            if profiler is not None:
+                profiler.enable()
             await promote_to_atmosphere(entry, index, client, data_store=dest,
                                         max_concurrency=p["concurrency"],
                                         name=f"bench-{uuid.uuid4().hex[:6]}")
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(p["profile"])
             wall = time.perf_counter() - start
             after = resource.getrusage(resource.RUSAGE_SELF)
             cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
             requests = source.request_count + (dest.request_count if dest is not source else 0)
-            return {"call_wall": wall, "call_cpu": cpu, "our_requests": requests}
+            paces = [st.pace for st in (source, dest) if st.pace is not None]
+            return {"call_wall": wall, "call_cpu": cpu, "our_requests": requests,
+                    "throttles": sum(pc.throttles for pc in paces),
+                    "final_limit": min((pc.limit for pc in paces), default=None)}
 
     result = anyio.run(main)
     result["process_peak_rss_mib"] = peak_rss_mib()
@@ -364,7 +385,8 @@ def run(a: argparse.Namespace) -> list[dict]:
     results: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="bench-s3-") as tmp_name:
         tmp = Path(tmp_name)
-        with Servers(a.server, tmp) as servers, local_services(tmp, pds=True) as started:
+        with Servers(a.server, tmp, a.attach) as servers, \
+                local_services(tmp, pds=True) as started:
             redis, pds, account = started.redis, started.pds, started.account
             session = started.session
             config_dir = tmp / "config"
@@ -391,30 +413,114 @@ def run(a: argparse.Namespace) -> list[dict]:
                 for scenario in a.scenarios.split(","):
                     same = scenario == "same"
                     dst_i = 0 if same else 1
-                    for variant in variants_for(case, same, a):
-                        dst_bucket = f"dst-{uuid.uuid4().hex[:8]}"
-                        servers.boto(dst_i).create_bucket(Bucket=dst_bucket)
-                        p = {"src": servers.creds(0), "dst": servers.creds(dst_i),
-                             "src_bucket": src_bucket, "dst_bucket": dst_bucket,
-                             "keys": seeded["keys"], "same": same,
-                             "concurrency": 1 if variant == "ours, sequential"
-                             else a.concurrency,
-                             "redis": redis.url, "pds": pds.url, "session": session,
-                             "entry": entry, "store": store_options(a)}
-                        req0, cpu0 = servers.requests(), servers.cpu()
-                        row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env,
-                                          env_files, dst_i, tmp)
-                        req1, cpu1 = servers.requests(), servers.cpu()
-                        row["requests"] = (req1 - req0) if req0 is not None else \
-                            row.get("our_requests")
-                        row["server_cpu"] = (cpu1 - cpu0) if cpu0 is not None else None
-                        row.update(case=case, scenario=scenario, variant=variant,
-                                   total=seeded["total"])
+                    names = variants_for(case, same, a)
+                    runs: dict[str, list[dict]] = {n: [] for n in names}
+                    # rounds of every variant, so that a noisy minute hits them all
+                    for rep in range(a.repeat):
+                        for variant in names:
+                            row = one_run(variant, servers, redis, pds, session, seeded,
+                                          entry, src_bucket, same, dst_i, a, s5cmd, rclone,
+                                          cli, base_env, env_files, tmp)
+                            row.update(case=case, scenario=scenario, variant=variant,
+                                       total=seeded["total"], run=rep + 1)
+                            runs[variant].append(row)
+                            if a.repeat > 1:
+                                print_row(row, f" (run {rep + 1})")
+                    for variant in names:
+                        row = median_row(runs[variant])
                         results.append(row)
-                        print_row(row)
-                        empty_bucket(servers.boto(dst_i), dst_bucket)
+                        print_row(row, f" median of {a.repeat}" if a.repeat > 1 else "")
+                    if a.profile and "ours, warm" in names:
+                        profile_run(servers, redis, pds, session, seeded, entry, src_bucket,
+                                    same, dst_i, a, s5cmd, rclone, cli, base_env, env_files,
+                                    tmp, case, scenario)
                 empty_bucket(servers.boto(0), src_bucket)
     return results
+
+
+def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: dict,
+            entry: str, src_bucket: str, same: bool, dst_i: int, a: argparse.Namespace,
+            s5cmd: str, rclone: str, cli: str, base_env: dict, env_files: list[str],
+            tmp: Path, profile: str | None = None) -> dict:
+    """One variant once, into a fresh destination bucket (emptied afterwards)."""
+    dst_bucket = f"dst-{uuid.uuid4().hex[:8]}"
+    servers.boto(dst_i).create_bucket(Bucket=dst_bucket)
+    p = {"src": servers.creds(0), "dst": servers.creds(dst_i),
+         "src_bucket": src_bucket, "dst_bucket": dst_bucket,
+         "keys": seeded["keys"], "same": same,
+         "concurrency": 1 if variant == "ours, sequential" else a.concurrency,
+         "redis": redis.url, "pds": pds.url, "session": session,
+         "entry": entry, "store": store_options(a), "profile": profile}
+    try:
+        req0, cpu0 = servers.requests(), servers.cpu()
+        row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env, env_files, dst_i, tmp)
+        req1, cpu1 = servers.requests(), servers.cpu()
+    finally:
+        empty_bucket(servers.boto(dst_i), dst_bucket)
+    row["requests"] = (req1 - req0) if req0 is not None else row.get("our_requests")
+    row["server_cpu"] = (cpu1 - cpu0) if cpu0 is not None else None
+    row["load"] = os.getloadavg()[0]
+    return row
+
+
+def median_row(rows: list[dict]) -> dict:
+    """The run with the median time (the call's for a warm process), and every run's."""
+    def key(r: dict) -> float:
+        return r.get("call_wall") or r["wall"]
+
+    ordered = sorted(rows, key=key)
+    row = dict(ordered[(len(ordered) - 1) // 2])
+    row["runs"] = [round(key(r), 3) for r in rows]
+    return row
+
+
+def profile_run(servers: Servers, redis, pds, session: dict, seeded: dict, entry: str,
+                src_bucket: str, same: bool, dst_i: int, a: argparse.Namespace, s5cmd: str,
+                rclone: str, cli: str, base_env: dict, env_files: list[str], tmp: Path,
+                case: str, scenario: str) -> None:
+    """One more warm run under cProfile (not timed): where the call's CPU goes."""
+    out = Path(a.profile) / f"{case}-{scenario}.pstats"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    row = one_run("ours, warm", servers, redis, pds, session, seeded, entry, src_bucket,
+                  same, dst_i, a, s5cmd, rclone, cli, base_env, env_files, tmp, str(out))
+    print(f"# profile {case} {scenario} (cProfile on, call {row['call_wall']:.2f} s, "
+          f"{row['call_cpu']:.2f} s CPU): {out}", file=sys.stderr)
+    print(profile_summary(out, seeded["total"]), file=sys.stderr)
+
+
+def profile_summary(path: Path, total: int, top: int = 25) -> str:
+    """CPU of the profiled call by package (own time), and the top functions."""
+    import pstats
+
+    stats = pstats.Stats(str(path))
+    by_package: dict[str, float] = {}
+    rows = []
+    for (filename, line, func), (_, calls, own, cumulative, _) in stats.stats.items():
+        package = _package_of(filename)
+        by_package[package] = by_package.get(package, 0.0) + own
+        rows.append((own, calls, cumulative, f"{package}:{Path(filename).name}:{line}({func})"))
+    spent = sum(by_package.values()) or 1.0
+    gib = total / (1024 * MIB)
+    lines = [f"own CPU by package (s per GiB; {spent / gib:.2f} s/GiB in all, under cProfile):"]
+    for package, own in sorted(by_package.items(), key=lambda kv: -kv[1]):
+        if own / spent >= 0.01:
+            lines.append(f"  {package:<22} {own / gib:6.2f} s/GiB  {100 * own / spent:5.1f}%")
+    lines.append("top functions by own time:")
+    for own, calls, cumulative, name in sorted(rows, reverse=True)[:top]:
+        lines.append(f"  {own:7.3f}s own {cumulative:7.3f}s cum {calls:>8} calls  {name}")
+    return "\n".join(lines)
+
+
+def _package_of(filename: str) -> str:
+    if filename.startswith("~") or filename.startswith("<"):
+        return "builtins (C)"
+    parts = Path(filename).parts
+    if "site-packages" in parts:
+        return parts[parts.index("site-packages") + 1].removesuffix(".py")
+    if "atdata_async" in parts:
+        i = parts.index("atdata_async")
+        return "/".join(parts[i:i + 2]).removesuffix(".py")
+    return "stdlib:" + Path(filename).stem
 
 
 def store_options(a: argparse.Namespace) -> dict:
@@ -488,15 +594,17 @@ HEADER = (f"{'case':<8} {'endpoint':<6} {'variant':<18} {'wall s':>7} {'call s':
           f"{'server CPU':>10}")
 
 
-def print_row(r: dict) -> None:
+def print_row(r: dict, note: str = "") -> None:
     call = r.get("call_wall")
     mibs = r["total"] / MIB / (call or r["wall"])
     server = f"{r['server_cpu']:.2f}" if r.get("server_cpu") is not None else "-"
     call_cpu = f"{r['call_cpu']:.2f}" if call else "-"
+    throttled = f" throttled x{r['throttles']}" if r.get("throttles") else ""
     print(f"{r['case']:<8} {r['scenario']:<6} {r['variant']:<18} {r['wall']:>7.2f} "
           f"{(f'{call:.2f}' if call else '-'):>7} {mibs:>7.0f} {r['cpu']:>6.2f} "
           f"{call_cpu:>8} "
-          f"{r['peak_rss_mib']:>7.0f}M {r.get('requests') or '-':>8} {server:>10}")
+          f"{r['peak_rss_mib']:>7.0f}M {r.get('requests') or '-':>8} {server:>10}"
+          f"{throttled}{note}")
     sys.stdout.flush()
 
 
@@ -515,6 +623,12 @@ def main() -> None:
                         help="our multipart-copy threshold (default: the store's, 1 GiB)")
     parser.add_argument("--copy-part-mib", type=float, default=None)
     parser.add_argument("--json-out", default=None, help="also write the rows here")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of every variant; the table shows each one's median")
+    parser.add_argument("--profile", default=None, metavar="DIR",
+                        help="one more warm run per case under cProfile, stats saved here")
+    parser.add_argument("--attach", default=None, metavar="INFO",
+                        help="use the running cluster `_radosgw.py --info INFO` started")
     parser.add_argument("--child", default=None)
     parser.add_argument("--params", default=None)
     a = parser.parse_args()

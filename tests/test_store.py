@@ -24,7 +24,7 @@ from atdata_async import (
 )
 from atdata_async.local import LocalIndex, ObjectNotFoundError, S3DataStore
 from tests import services
-from tests.conftest import TEST_PART, make_credentials
+from tests.conftest import TEST_PART, make_bucket, make_credentials
 from tests.samples import FeatureSample, write_shards
 
 pytestmark = pytest.mark.anyio
@@ -339,3 +339,113 @@ async def test_a_failed_insert_indexes_nothing_and_its_rerun_completes_it(
         assert [e.cid for e in await index.list_entries()] == [entry.cid]
     listed = raw_s3.list_objects_v2(Bucket=bucket, Prefix="half/")["Contents"]
     assert {f"s3://{bucket}/{o['Key']}" for o in listed} == set(entry.data_urls)
+
+
+# -- a big shard across endpoints: parts streamed, not buffered ----------------------------
+
+
+async def test_a_big_shard_streams_its_parts_across_endpoints(
+        s3_credentials, bucket, second_moto_server, monkeypatch):
+    """Above the multipart threshold, with a recorded sha256 and ETag: ranged GETs go
+    straight into UploadPart (no part buffer filled, nothing hashed but each part's md5,
+    checked against its ETag), every range conditional on the recorded version."""
+    from tests.faultproxy import Fault, FaultProxy
+
+    data = bytes(range(256)) * 4500  # ~1.1 MiB: 5 parts of 256 KiB
+    digest = hashlib.sha256(data).hexdigest()
+    dest_bucket = make_bucket(second_moto_server.url)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a streamed copy must not buffer or sha256-hash a part")
+
+    with FaultProxy(s3_credentials["AWS_ENDPOINT"]) as proxy:
+        source = small_store(make_credentials(proxy.url), bucket)
+        dest = small_store(make_credentials(second_moto_server.url), dest_bucket)
+        async with source, dest:
+            etag = await source.put_bytes("in/big.tar", data, digest)
+            url = source.url("in/big.tar")
+            monkeypatch.setattr(S3DataStore, "get_bytes", refuse)
+            monkeypatch.setattr("atdata_async._backends.s3_store._hash_into", refuse)
+            # two source bodies cut mid-range: those parts are sent again
+            proxy.add(Fault("cut", method="GET", path=r"big\.tar", after=100_000, times=2))
+            done = await dest.copy_from(source, url, "out/big.tar", len(data),
+                                        known_sha256=digest, source_etag=etag)
+            assert (done.size, done.sha256) == (len(data), digest)
+            assert sum(1 for *_, kind in proxy.seen if kind == "cut") == 2
+            assert proxy.count("GET", r"big\.tar") == 5 + 2
+            assert dest.buffers().borrowed_tokens == 0
+            monkeypatch.undo()
+            assert await dest.get_bytes(done.url) == data
+            assert await dest.list_multipart_uploads() == []
+            # the source overwritten: refused, and the upload aborted
+            await source.put_bytes("in/big.tar", data[::-1])
+            with pytest.raises(SourceChangedError):
+                await dest.copy_from(source, url, "out/again.tar", len(data),
+                                     known_sha256=digest, source_etag=etag)
+            assert await dest.list_multipart_uploads() == []
+
+
+async def test_a_streamed_part_that_lands_as_other_bytes_is_refused(
+        s3_credentials, bucket, second_moto_server, monkeypatch):
+    """The part's ETag is the md5 of what S3 stored: a mismatch fails the copy."""
+    from atdata_async._backends import s3_store
+
+    data = bytes(range(256)) * 3000
+    dest_bucket = make_bucket(second_moto_server.url)
+    original = s3_store._StreamedBody._chunks
+
+    async def flip_one_byte(self):
+        first = True
+        async for chunk in original(self):
+            if first and self.start == TEST_PART:
+                self.md5.update(b"?")  # what we think we sent differs from what landed
+            first = False
+            yield chunk
+
+    monkeypatch.setattr(s3_store._StreamedBody, "_chunks", flip_one_byte)
+    async with small_store(s3_credentials, bucket) as source, \
+            small_store(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        etag = await source.put_bytes("in/x.tar", data)
+        with pytest.raises(StorageError, match=r"UploadPart 2 .*other bytes than were sent"):
+            await dest.copy_from(source, source.url("in/x.tar"), "out/x.tar", len(data),
+                                 known_sha256=hashlib.sha256(data).hexdigest(),
+                                 source_etag=etag)
+        assert await dest.list_multipart_uploads() == []
+
+
+async def test_endpoints_are_resolved_once_per_bucket_not_per_key(s3_credentials, bucket,
+                                                                  monkeypatch):
+    """The endpoint cache leaves out only parameters S3's ruleset never reads: if botocore
+    ever starts reading them, this fails and the cache must go."""
+    import gzip
+
+    import botocore
+    from botocore.endpoint_provider import EndpointProvider
+
+    from atdata_async._backends.s3_store import _UNREAD_ENDPOINT_PARAMS
+
+    rules = Path(botocore.__file__).parent / "data/s3/2006-03-01/endpoint-rule-set-1.json.gz"
+    ruleset = json.loads(gzip.decompress(rules.read_bytes()))
+    text = json.dumps(ruleset["rules"])
+    for name in _UNREAD_ENDPOINT_PARAMS:
+        assert name in ruleset["parameters"] and json.dumps({"ref": name}) not in text
+    resolve, calls = EndpointProvider.resolve_endpoint, []
+
+    def counting(self, **params):
+        calls.append(params)
+        return resolve(self, **params)
+
+    monkeypatch.setattr(EndpointProvider, "resolve_endpoint", counting)
+    other = make_bucket(s3_credentials["AWS_ENDPOINT"])
+    async with small_store(s3_credentials, bucket, max_concurrency=3) as store, \
+            small_store(s3_credentials, other, max_concurrency=3) as second:
+        for key in ("a", "b/c", "d"):
+            await store.put_bytes(key, b"x")
+            await second.put_bytes(key, b"y")
+        assert await store.get_bytes(store.url("b/c")) == b"x"
+        assert await second.get_bytes(second.url("b/c")) == b"y"  # its own bucket's URL
+        s3 = await store.client()
+        agent = s3._user_agent_creator.to_string()
+        assert agent == s3._user_agent_creator.to_string() and "Botocore" in agent
+    # resolved per bucket (and what else the rules read), not per key: 8 requests
+    assert {c["Bucket"] for c in calls} == {bucket, other} and len(calls) <= 4

@@ -4,6 +4,9 @@ One aiobotocore client per store, created lazily on the running event loop and c
 the store. Retries are botocore's own ("standard" mode); nothing here loops around them.
 Memory is bounded by ``max_concurrency x max(part_size, multipart_threshold)``: every
 request that holds a buffer first takes a token from one CapacityLimiter for all shards.
+Copies of shards whose sha256 was recorded at insert hold no buffer at all: across
+endpoints their bytes stream from the source's GET into the PutObject or UploadPart, so
+their memory is a few socket buffers per request, whatever the shard's size.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import hashlib
 import io
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
@@ -86,6 +90,51 @@ def _choose_known_sha256_signer(signature_version: Any = None, **_: Any) -> str 
     return None
 
 
+# Endpoint-rule parameters that S3's ruleset never reads (botocore passes them, so its own
+# cache of resolved endpoints misses on every new key); tests/test_store.py checks the
+# ruleset still does not refer to them.
+_UNREAD_ENDPOINT_PARAMS = frozenset({"Key", "Prefix", "CopySource"})
+
+
+def _lighten_requests(client: Any) -> None:
+    """Per-request work botocore repeats for nothing, cut (a third of its CPU per small
+    object, profiled on radosgw): the endpoint rules are evaluated for every object key
+    (~2 ms), and the User-Agent is rebuilt twice per request. Both are cached per client
+    by what they actually depend on. Private attributes, so each part is optional."""
+    provider = getattr(getattr(client, "_ruleset_resolver", None), "_provider", None)
+    if provider is not None and callable(getattr(provider, "resolve_endpoint", None)):
+        resolve = provider.resolve_endpoint
+        endpoints: dict[tuple[Any, ...], Any] = {}
+
+        def resolve_endpoint(**params: Any) -> Any:
+            key = tuple(sorted((k, v) for k, v in params.items()
+                               if k not in _UNREAD_ENDPOINT_PARAMS))
+            found = endpoints.get(key)
+            if found is None:
+                found = resolve(**params)
+                if len(endpoints) < 256:
+                    endpoints[key] = found
+            return found
+
+        provider.resolve_endpoint = resolve_endpoint
+    creator = getattr(client, "_user_agent_creator", None)
+    if creator is not None and callable(getattr(creator, "to_string", None)):
+        from botocore.context import get_context
+
+        build = creator.to_string
+        agents: dict[tuple[str, ...], str] = {}
+
+        def to_string() -> str:
+            context = get_context()
+            key = tuple(sorted(getattr(context, "features", ()) or ()))
+            agent = agents.get(key)
+            if agent is None:
+                agent = agents[key] = build()
+            return agent
+
+        creator.to_string = to_string
+
+
 class _BufferReader(io.RawIOBase):
     """A read-only file over a buffer, without copying it. botocore wraps a bytes body in
     a BytesIO, which aiohttp copies whole (getbuffer unshares it); a plain file object is
@@ -117,16 +166,24 @@ class _BufferReader(io.RawIOBase):
 
 
 class _StreamedBody:
-    """A PutObject body that is another store's GetObject body, passed through chunk by
-    chunk as the socket hands it over: nothing is buffered, hashed or joined here.
+    """A PutObject or UploadPart body that is another store's GetObject body (the whole
+    object, or the range ``[start, start + size)``), passed through chunk by chunk as the
+    socket hands it over: nothing is buffered or joined here, so memory is a few socket
+    buffers whatever the size.
 
     aiohttp iterates it once per send, so every send (a botocore retry included) starts
     a fresh GET of the same version (If-Match); ``seek(0)`` is what botocore calls to
     rewind before a retry, and needs to do nothing. A failure of the GET side is kept in
-    ``error``, to be raised instead of whatever the PUT side saw of it."""
+    ``error``, to be raised instead of whatever the PUT side saw of it. With ``md5``,
+    the bytes of the last send are md5-hashed on the way (a part's ETag is their md5:
+    what S3 received can then be checked without a second read)."""
 
-    def __init__(self, source: S3DataStore, url: str, size: int, etag: str | None) -> None:
+    def __init__(self, source: S3DataStore, url: str, size: int, etag: str | None,
+                 start: int | None = None, md5: bool = False) -> None:
         self.source, self.url, self.size, self.etag = source, url, size, etag
+        self.start = start
+        self.want_md5 = md5
+        self.md5: Any = None
         self.error: BaseException | None = None
 
     def __len__(self) -> int:
@@ -149,6 +206,10 @@ class _StreamedBody:
     async def _chunks(self) -> AsyncIterator[bytes]:
         loc = parse_s3_url(self.url)
         extra = {"IfMatch": _quoted(self.etag)} if self.etag else {}
+        if self.start is not None:
+            extra["Range"] = f"bytes={self.start}-{self.start + self.size - 1}"
+        md5 = self.md5 = hashlib.md5(usedforsecurity=False) if self.want_md5 else None
+        self.error = None
         sent = 0
         try:
             s3 = await self.source.client()
@@ -160,15 +221,46 @@ class _StreamedBody:
                         sent += len(chunk)
                         if sent > self.size:
                             break
+                        if md5 is not None:
+                            md5.update(chunk)
                         yield chunk
                 finally:
                     raw.release()
             if sent != self.size:
-                raise StorageError(f"GetObject {self.url}: got {sent} bytes, expected "
-                                   f"{self.size} (the object changed while read?)")
+                raise _ShortBody(f"GetObject {self.url}: got {sent} bytes, expected "
+                                 f"{self.size} (the object changed while read?)")
         except Exception as exc:
             self.error = exc
             raise
+
+    def cut(self) -> bool:
+        """Whether the last send failed because the source's body was cut short (worth
+        sending again: the next send reads the range afresh)."""
+        error = self.error
+        while error is not None:
+            if isinstance(error, (*_BODY_CUT, _ShortBody)):
+                return True
+            error = error.__cause__
+        return False
+
+    def check(self, etag: str, target: str) -> None:
+        """The ETag S3 gave the part against the md5 of what was sent (when the ETag is
+        an md5 at all: it is not under SSE-KMS, for one)."""
+        etag = etag.strip('"')
+        if self.md5 is not None and _MD5_HEX.fullmatch(etag) and \
+                etag != self.md5.hexdigest():
+            raise StorageError(f"{target}: S3 stored other bytes than were sent (ETag "
+                               f"{etag}, md5 of the body {self.md5.hexdigest()})")
+
+
+class _ShortBody(StorageError):
+    """A streamed source body that ended before its announced size."""
+
+
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+# Sent as the payload hash of a streamed part: its sha256 cannot be known before it is
+# sent (only the whole shard's is recorded); the part's md5 is checked against its ETag.
+_UNSIGNED = "UNSIGNED-PAYLOAD"
 
 
 def _hash_into(hasher: Any, data: bytes) -> str:
@@ -484,6 +576,7 @@ class S3DataStore:
                 config=config,
             )
         )
+        _lighten_requests(client)
         client.meta.events.register("before-send.s3", _count_request)
         client.meta.events.register("needs-retry.s3", _watch_answer)
         for operation in ("PutObject", "UploadPart"):
@@ -873,23 +966,40 @@ class S3DataStore:
         key: str,
         upload_id: str,
         number: int,
-        data: bytes,
-        digest: str,
+        data: bytes | _StreamedBody,
+        digest: str | None,
         token: object,
         etags: dict[int, str],
         tracker: ProgressTracker | None,
         log: UploadLog | None = None,
     ) -> None:
+        """UploadPart of a buffer (signed with its sha256 ``digest``) or of a streamed
+        source range (unsigned payload, its md5 checked against the part's ETag; a part
+        whose source body was cut is sent again, up to ``max_attempts`` times)."""
         try:
             s3 = await self.client()
-            reset = _body_sha256.set(digest)
-            with self.errors(f"UploadPart {number}", self.url(key)):
+            streamed = isinstance(data, _StreamedBody)
+            target = f"UploadPart {number}"
+            for attempt in range(1, self.max_attempts + 1):
+                reset = _body_sha256.set(digest if digest is not None else _UNSIGNED)
                 try:
-                    response = await s3.upload_part(
-                        Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number,
-                        Body=_BufferReader(data))
+                    with self.errors(target, self.url(key)):
+                        response = await s3.upload_part(
+                            Bucket=self.bucket, Key=key, UploadId=upload_id,
+                            PartNumber=number, ContentLength=len(data),
+                            Body=data if streamed else _BufferReader(data))
+                    break
+                except Exception:
+                    if not streamed or data.error is None:
+                        raise
+                    if not data.cut() or attempt == self.max_attempts:
+                        raise data.error from None  # the GET failed: say that, not the PUT
+                    log.info("%s of %s: the source body was cut (%s); sending it again",
+                             target, self.url(key), type(data.error).__name__)
                 finally:
                     _body_sha256.reset(reset)
+            if streamed:
+                data.check(response["ETag"], f"{target} {self.url(key)}")
             etags[number] = response["ETag"]
             if log is not None:
                 log.part(number, response["ETag"])
@@ -1019,6 +1129,9 @@ class S3DataStore:
         if known_sha256 is not None and 0 < size <= self.multipart_threshold:
             return await self.stream_copy(source, src_url, key, size, known_sha256,
                                           source_etag, tracker)
+        if known_sha256 is not None and source_etag and size > 0:
+            return await self.stream_parts_copy(source, src_url, key, size, known_sha256,
+                                                source_etag, tracker, log)
 
         position = 0
 
@@ -1052,20 +1165,59 @@ class S3DataStore:
         reset = _body_sha256.set(sha256_hex)
         try:
             async with self.buffers():
-                with self.errors("PutObject", url):
+                for attempt in range(1, self.max_attempts + 1):
                     try:
-                        response = await s3.put_object(
-                            Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
-                            ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                        with self.errors("PutObject", url):
+                            response = await s3.put_object(
+                                Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
+                                ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                        break
                     except Exception:
-                        if body.error is not None:  # the GET failed: say that, not the PUT
-                            raise body.error from None
-                        raise
+                        if body.error is None:
+                            raise
+                        if not body.cut() or attempt == self.max_attempts:
+                            raise body.error from None  # the GET failed: say that
+                        log.info("PutObject %s: the source body was cut (%s); sending it "
+                                 "again", url, type(body.error).__name__)
         finally:
             _body_sha256.reset(reset)
         if tracker:
             tracker.add_bytes(size)
         return ShardUpload(url, size, sha256_hex, etag_of(response), verified=True)
+
+    async def stream_parts_copy(
+        self, source: S3DataStore, src_url: str, key: str, size: int, sha256_hex: str,
+        source_etag: str, tracker: ProgressTracker | None = None,
+        log: UploadLog | None = None,
+    ) -> ShardUpload:
+        """A multipart upload whose parts are ranged GETs of the source streamed straight
+        into UploadPart: each part in flight holds a buffer token but only socket-sized
+        chunks, so memory does not grow with the part or the shard.
+
+        Every range is read from the version recorded at insert (If-Match
+        ``source_etag``), whose sha256 is ``sha256_hex``; each part's md5 is checked
+        against the ETag S3 gives it, so nothing is hashed twice or read back. A journaled
+        upload (``log``) is continued like a buffered one."""
+        url = self.url(key)
+        parts = plan_parts(size, self.part_size, self.min_part_size)
+        etags: dict[int, str] = {}
+        async with self.resumable_upload(key, parts, log) as (upload_id, kept):
+            etags.update(kept)
+            if tracker:
+                tracker.add_bytes(sum(p.size for p in parts if p.number in kept))
+            with single_error():
+                async with anyio.create_task_group() as tg:
+                    for part in parts:
+                        if part.number in kept:
+                            continue
+                        token = object()
+                        await self.buffers().acquire_on_behalf_of(token)
+                        body = _StreamedBody(source, src_url, part.size, source_etag,
+                                             start=part.start, md5=True)
+                        tg.start_soon(self._send_part, key, upload_id, part.number, body,
+                                      None, token, etags, tracker, log)
+            etag = await self.complete_multipart(key, upload_id, etags)
+        return ShardUpload(url, size, sha256_hex, etag)
 
     async def server_side_copy(
         self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None,
