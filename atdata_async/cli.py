@@ -453,8 +453,17 @@ class Outcome:
 # -- main --------------------------------------------------------------------------------
 
 
+def skip_httpx_cli() -> None:
+    """httpx imports its own command line tool with the package (click and pygments when
+    they are installed: 0.03-0.06 s, encode/httpx#3547); this process never runs it, so
+    ``httpx.main`` is left as httpx's stub (start-up, #10)."""
+    if "httpx" not in sys.modules:
+        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+
+
 def main(argv: list[str] | None = None) -> int:
     Interrupt.install()
+    skip_httpx_cli()
     args: argparse.Namespace | None = None
     outcome = Outcome()
     try:
@@ -575,19 +584,31 @@ async def session_command(args: argparse.Namespace) -> Result:
 
 async def login(args: argparse.Namespace, client: AtmosphereClient | None, *, required: bool,
                 saved: bool = True) -> None:
-    """Resume the session ``atdata-async login`` saved (refreshed tokens are saved
-    again), else log in with ATDATA_PASSWORD for this command only."""
-    password = os.environ.get("ATDATA_PASSWORD")
-    if saved and client is not None:
-        from ._backends import session_store as sessions
+    """Resume the session ``atdata-async login`` saved, with no request to the PDS (its
+    access token is refreshed when it is about to lapse, and saved again), else log in
+    with ATDATA_PASSWORD for this command only. A saved session whose refresh token
+    has lapsed is replaced by a password login when there is a password."""
+    from ._backends import session_store as sessions
 
-        session = sessions.load(args.pds_url, args.handle)
-        if session is not None:
+    password = os.environ.get("ATDATA_PASSWORD")
+    lapsed = None
+    if saved and client is not None:
+        session = sessions.load(args.pds_url, args.handle or None)
+        if session is not None and not sessions.lapsed(session):
             await client.login(session=session)
             client.on_session_change = lambda s: sessions.save(args.pds_url, s)
             return
-    if args.handle and password and client is not None:
-        await client.login(args.handle, password)
+        lapsed = session
+    handle = args.handle or (lapsed or {}).get("handle")
+    if handle and password and client is not None:
+        session = await client.login(handle, password)
+        if lapsed is not None:  # the user chose a saved session: keep the new one
+            sessions.save(args.pds_url, session)
+            client.on_session_change = lambda s: sessions.save(args.pds_url, s)
+    elif required and lapsed is not None:
+        raise AuthError("login", None, "ExpiredToken",
+                        f"the saved session for {args.pds_url} has lapsed: run "
+                        "`atdata-async login` again (or set ATDATA_PASSWORD)")
     elif required:
         missing = " and ".join(name for name, value in (("ATDATA_HANDLE (or --handle)",
                                                          args.handle),

@@ -402,16 +402,78 @@ def imported_after(code: str) -> set[str]:
 
 def test_the_promote_and_ls_paths_import_no_sample_decoding(tmp_path):
     """Speed (#10): numpy and webdataset are for decoding samples; a promotion reads refs,
-    records and URLs only. `ls` needs Redis only, not the S3 client either."""
+    records and URLs only, and never runs httpx's own CLI (whose import pulls click and
+    pygments in). `ls` needs Redis only, not the S3 client either."""
     decoding = {"numpy", "webdataset"}
     s3 = {"aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp"}
-    promote_path = ("import atdata_async.cli as cli, atdata_async._pipeline.promote, "
-                    "atdata_async._pipeline.batch\n"
+    promote_path = ("import atdata_async.cli as cli\n"
+                    "cli.skip_httpx_cli()  # as main() does first\n"
+                    "import atdata_async._pipeline.promote, atdata_async._pipeline.batch\n"
                     "args = cli.build_parser().parse_args(['promote', 'x', '--dry-run'])\n"
                     "cli.check_promote_args(args)\n"
                     "from atdata_async._model.schema import parse_schema_ref\n"
                     "parse_schema_ref('atdata://local/schema/A@1.0.0')")
-    assert not imported_after(promote_path) & decoding
+    promoting = imported_after(promote_path)
+    assert not promoting & decoding
+    assert "httpx" in promoting and not promoting & {"click", "pygments", "rich"}  # its CLI
     ls_path = ("import atdata_async.cli, atdata_async._backends.redis_index as r\n"
                "r.LocalIndex('redis://127.0.0.1:1/0')")
     assert not imported_after(ls_path) & (decoding | s3)
+
+
+def forged_jwt(exp: float) -> str:
+    """An unsigned token that says only when it expires: what the client reads to decide
+    on a refresh (the PDS would refuse it, so it must never be sent)."""
+    import base64
+
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none'})}.{part({'exp': int(exp)})}.c2ln"
+
+
+def test_a_saved_session_spares_the_login_and_is_refreshed_only_when_it_must_be(
+        redis_url, pds_account, pds_proxy, tmp_path):
+    """Speed (#10): after `login`, commands make no createSession (the password in the
+    environment notwithstanding); a lapsing access token is refreshed once and saved; a
+    session that can no longer be refreshed is replaced by a password login, or refused
+    without one."""
+    import time
+
+    config = tmp_path / "config"
+    env = {**os.environ, "ATDATA_REDIS_URL": redis_url, "ATDATA_PDS_URL": pds_proxy.url,
+           "ATDATA_HANDLE": pds_account["handle"], "ATDATA_PASSWORD": pds_account["password"],
+           "ATDATA_CONFIG_DIR": str(config)}
+    saved = config / "sessions.json"
+
+    def session() -> dict:
+        return json.loads(saved.read_text())[pds_proxy.url]
+
+    def edit(**fields: str) -> None:
+        saved.write_text(json.dumps({pds_proxy.url: {**session(), **fields}}))
+
+    def remote(env: dict) -> subprocess.CompletedProcess:
+        pds_proxy.seen.clear()
+        return cli(env, "--json", "schemas", "--remote")
+
+    def calls(name: str = "") -> int:
+        return pds_proxy.count(path=f"/xrpc/com.atproto.server.{name}")
+
+    assert cli(env, "login").returncode == 0 and calls("createSession") == 1
+    out = remote(env)
+    assert out.returncode == 0, out.stderr
+    assert calls() == 0 and pds_proxy.count(path="listRecords") == 1  # no login, no check
+    edit(accessJwt=forged_jwt(time.time() - 5))
+    out = remote(env)
+    assert out.returncode == 0, out.stderr
+    assert calls() == calls("refreshSession") == 1
+    assert session()["accessJwt"] != forged_jwt(time.time() - 5)  # the new tokens, saved
+    no_password = {k: v for k, v in env.items() if k != "ATDATA_PASSWORD"}
+    edit(accessJwt=forged_jwt(time.time() - 5), refreshJwt=forged_jwt(time.time() - 5))
+    out = remote(no_password)
+    assert out.returncode == 4 and "atdata-async login" in out.stderr and calls() == 0
+    out = remote({**env, "ATDATA_HANDLE": ""})  # the saved session names the account
+    assert out.returncode == 0, out.stderr
+    assert calls() == calls("createSession") == 1
+    assert session()["refreshJwt"] != forged_jwt(time.time() - 5)
+    assert pds_account["password"] not in saved.read_text()

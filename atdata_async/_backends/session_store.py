@@ -53,6 +53,22 @@ def load(pds_url: str, handle: str | None = None) -> dict[str, Any] | None:
     return session
 
 
+def lapsed(session: dict[str, Any], margin: float = 60.0) -> bool:
+    """True when neither token outlives the next ``margin`` seconds (their ``exp``
+    claims, unverified): the access token would need a refresh its refresh token can
+    no longer buy, so resuming the session would only fail at the first call."""
+    import time
+
+    from .xrpc import jwt_expiry  # imported already by whoever resumes a session
+
+    def ends_soon(name: str) -> bool:
+        token = session.get(name)
+        expiry = jwt_expiry(token) if isinstance(token, str) else None
+        return expiry is not None and expiry - time.time() < margin  # unreadable: usable
+
+    return ends_soon("accessJwt") and ends_soon("refreshJwt")
+
+
 def save(pds_url: str, session: dict[str, Any]) -> None:
     """Store (replace) this PDS's session, owner-only."""
     data = _read_all()

@@ -65,8 +65,18 @@ def remember_secret(secret: str | None, shown_as: str = MASK) -> None:
         for form in (secret.encode("unicode_escape").decode(), _json_escaped(secret)):
             if form != secret and len(form) >= 6:
                 _known.setdefault(form, shown_as)
-        ordered = sorted(_known, key=len, reverse=True)
-        _known_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        _known_pattern = None  # compiled again by the next redact(): a session's tokens
+        # are remembered at every start, and most runs never redact anything (#10)
+
+
+def _known_secrets() -> re.Pattern[str] | None:
+    """One alternation of every remembered secret, longest first (compiled on demand)."""
+    global _known_pattern
+    with _known_lock:
+        if _known_pattern is None and _known:
+            ordered = sorted(_known, key=len, reverse=True)
+            _known_pattern = re.compile("|".join(re.escape(s) for s in ordered))
+        return _known_pattern
 
 
 def _json_escaped(text: str) -> str:
@@ -79,7 +89,7 @@ def redact(text: str) -> str:
     """``text`` with credentials masked: remembered secrets, then known shapes."""
     if not isinstance(text, str) or not text:
         return text
-    pattern = _known_pattern
+    pattern = _known_secrets()
     if pattern is not None:
         text = pattern.sub(lambda m: _known.get(m.group(0), MASK), text)
     for regex, replacement in _PATTERNS:
