@@ -523,6 +523,56 @@ def _package_of(filename: str) -> str:
     return "stdlib:" + Path(filename).stem
 
 
+def pace_demo(a: argparse.Namespace) -> None:
+    """The adaptive pace against a throttling server: endpoint 0 behind tests/faultproxy.py,
+    which answers 503 SlowDown to any PUT beyond ``--throttle-inflight`` in flight.
+    N x 1 MiB streamed uploads at concurrency 8, adaptive on and off, alternated."""
+    import anyio
+
+    from atdata_async.local import S3DataStore
+    from tests.faultproxy import SLOW_DOWN, Fault, FaultProxy
+
+    shards, mib = (int(x) for x in a.pace_demo.split("x"))
+    data = os.urandom(mib * MIB)
+    with tempfile.TemporaryDirectory(prefix="bench-pace-") as tmp, \
+            Servers(a.server, Path(tmp), a.attach) as servers:
+        for rep in range(a.repeat):
+            for adaptive in (True, False):
+                bucket = f"pace-{uuid.uuid4().hex[:8]}"
+                servers.boto(0).create_bucket(Bucket=bucket)
+                with FaultProxy(servers.endpoints[0]) as proxy:
+                    fault = proxy.add(Fault("status", method="PUT", status=503,
+                                            payload=SLOW_DOWN, times=None,
+                                            inflight=a.throttle_inflight))
+                    creds = {**servers.creds(0), "AWS_ENDPOINT": proxy.url}
+
+                    async def main(creds: dict, bucket: str, adaptive: bool) -> dict:
+                        store = S3DataStore(creds, bucket=bucket, max_concurrency=8,
+                                            adaptive=adaptive, max_attempts=10)
+                        limits = []
+                        async with store:
+                            async def put(i: int) -> None:
+                                async with store.buffers():
+                                    limits.append(store.buffers().total_tokens)
+                                    await store.put_bytes(f"k/{i}", data)
+
+                            start = time.perf_counter()
+                            async with anyio.create_task_group() as tg:
+                                for i in range(shards):
+                                    tg.start_soon(put, i)
+                            wall = time.perf_counter() - start
+                        return {"wall": wall, "requests": store.request_count,
+                                "min": min(limits), "last": limits[-1]}
+
+                    r = anyio.run(main, creds, bucket, adaptive)
+                print(f"pace {'on ' if adaptive else 'off'} run {rep + 1}: {shards} x {mib} MiB "
+                      f"in {r['wall']:.2f} s ({shards * mib / r['wall']:.0f} MiB/s), "
+                      f"{fault.fired} SlowDown answers, {r['requests']} requests, "
+                      f"concurrency min {r['min']} / at the end {r['last']}")
+                sys.stdout.flush()
+                empty_bucket(servers.boto(0), bucket)
+
+
 def store_options(a: argparse.Namespace) -> dict:
     options = {}
     if a.copy_threshold_mib:
@@ -627,6 +677,9 @@ def main() -> None:
                         help="rounds of every variant; the table shows each one's median")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="one more warm run per case under cProfile, stats saved here")
+    parser.add_argument("--pace-demo", default=None, metavar="SHARDSxMIB",
+                        help="only the adaptive pace against a throttling proxy")
+    parser.add_argument("--throttle-inflight", type=int, default=4)
     parser.add_argument("--attach", default=None, metavar="INFO",
                         help="use the running cluster `_radosgw.py --info INFO` started")
     parser.add_argument("--child", default=None)
@@ -634,6 +687,9 @@ def main() -> None:
     a = parser.parse_args()
     if a.child:
         print(json.dumps(CHILDREN[a.child](json.loads(Path(a.params).read_text()))))
+        return
+    if a.pace_demo:
+        pace_demo(a)
         return
     if a.cases is None:
         a.cases = "32x32,1024x1" if a.quick else "32x32,1024x1,1x2048"

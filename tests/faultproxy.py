@@ -10,6 +10,8 @@ Put it in front of moto S3 or the PDS and tell it what to break:
     proxy.add(Fault("headers", path=r"applyWrites", headers={"ratelimit-remaining": "0"}))
     proxy.add(Fault("body", method="POST", path=r"uploadId=",
                     replace=(rb"<ETag>[^<]*</ETag>", b"<ETag></ETag>")))  # an answer rewritten
+    proxy.add(Fault("status", method="PUT", status=503, payload=SLOW_DOWN, times=None,
+                    inflight=4))  # S3 throttling: SlowDown beyond 4 requests in flight
 
 Each fault fires ``times`` times (None: always), after letting ``skip`` matches pass.
 Requests are forwarded one per upstream connection (``Connection: close``), so a fault
@@ -38,16 +40,20 @@ class Fault:
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0  # delay
     replace: tuple[bytes, bytes] | None = None  # body: (regex, replacement) on the answer
+    payload: bytes | None = None  # status: the answer's body (default: a JSON error)
+    inflight: int | None = None  # fire only while more requests than this are in flight
     times: int | None = 1
     skip: int = 0
     on_fire: Callable[[], None] | None = None  # run in the proxy's thread as it fires
     # (after the upstream answered, for the kinds that forward)
     fired: int = 0
 
-    def matches(self, method: str, path: str) -> bool:
+    def matches(self, method: str, path: str, inflight: int = 0) -> bool:
         if self.method is not None and method != self.method:
             return False
         if not re.search(self.path, path):
+            return False
+        if self.inflight is not None and inflight <= self.inflight:
             return False
         if self.skip > 0:
             self.skip -= 1
@@ -66,6 +72,7 @@ class FaultProxy:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
+        self._inflight = 0  # requests read and not yet answered
         self.port = 0
 
     @property
@@ -126,7 +133,8 @@ class FaultProxy:
 
     def _pick(self, method: str, path: str) -> Fault | None:
         with self._lock:
-            fault = next((f for f in self.faults if f.matches(method, path)), None)
+            fault = next((f for f in self.faults if f.matches(method, path, self._inflight)),
+                         None)
             if fault is not None:
                 fault.fired += 1
             self.seen.append((method, path, fault.kind if fault else None))
@@ -158,6 +166,17 @@ class FaultProxy:
         if "chunked" in lower.get("transfer-encoding", "").lower():
             raise RuntimeError("faultproxy does not forward chunked request bodies")
         body = await reader.readexactly(int(lower.get("content-length", "0") or 0))
+        with self._lock:
+            self._inflight += 1
+        try:
+            return await self._answer(request_line, method, path, headers, body, writer)
+        finally:
+            with self._lock:
+                self._inflight -= 1
+
+    async def _answer(self, request_line: bytes, method: str, path: str,
+                      headers: list[tuple[str, str]], body: bytes,
+                      writer: asyncio.StreamWriter) -> bool:
         fault = self._pick(method, path)
         kind = fault.kind if fault else None
         if kind == "delay":
@@ -166,6 +185,7 @@ class FaultProxy:
             fault.on_fire()
         if kind == "status":
             writer.write(_response(fault.status,  # type: ignore[union-attr]
+                                   fault.payload or  # type: ignore[union-attr]
                                    b'{"error":"InjectedFault","message":"injected"}',
                                    fault.headers))  # type: ignore[union-attr]
             await writer.drain()
@@ -206,6 +226,10 @@ class FaultProxy:
         writer.write(response_head + response_body)
         await writer.drain()
         return False  # upstream was asked to close: so do we
+
+
+SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+             b"<Message>Please reduce your request rate.</Message></Error>")
 
 
 def _response(status: int, body: bytes, headers: dict[str, str] | None = None) -> bytes:

@@ -449,3 +449,44 @@ async def test_endpoints_are_resolved_once_per_bucket_not_per_key(s3_credentials
         assert agent == s3._user_agent_creator.to_string() and "Botocore" in agent
     # resolved per bucket (and what else the rules read), not per key: 8 requests
     assert {c["Bucket"] for c in calls} == {bucket, other} and len(calls) <= 4
+
+
+async def test_the_pace_backs_off_under_slowdown_and_climbs_back(moto_server, bucket):
+    """A server that answers 503 SlowDown beyond 3 requests in flight: the store's
+    concurrency halves until the throttling stops, every upload still lands (botocore
+    retried them), and once the server stops throttling it climbs back to the ceiling."""
+    from atdata_async._model.pace import Pace
+    from tests.faultproxy import SLOW_DOWN, Fault, FaultProxy
+
+    with FaultProxy(moto_server.url) as proxy:
+        throttle = proxy.add(Fault("status", method="PUT", status=503, payload=SLOW_DOWN,
+                                   times=None, inflight=3))
+        async with S3DataStore(make_credentials(proxy.url), bucket=bucket, max_concurrency=8,
+                               max_attempts=10) as store:
+            # short windows: the test is about the direction of the changes, not their speed
+            store.pace = Pace(8, window=0.05, cooldown=0.1)
+            tokens = store.buffers()
+            seen = []
+
+            async def put(i: int) -> None:
+                async with tokens:
+                    seen.append(tokens.total_tokens)
+                    await store.put_bytes(f"pace/{i}", b"x" * 65536)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(48):
+                    tg.start_soon(put, i)
+            assert throttle.fired > 0 and store.pace.throttles > 0
+            assert min(seen) <= 4  # backed off (halved at most once per cooldown)
+            throttled = throttle.fired
+            proxy.clear()  # the server recovers
+            done = 48
+            with anyio.fail_after(120):  # a guard, not a timing: it must climb back at all
+                while tokens.total_tokens < 8:
+                    async with anyio.create_task_group() as tg:
+                        for i in range(done, done + 16):
+                            tg.start_soon(put, i)
+                    done += 16
+            assert store.pace.limit == 8 and tokens.total_tokens == 8
+            listed = await store.list_objects("pace/")
+    assert len(listed) == done and throttle.fired == throttled
