@@ -94,6 +94,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more seconds, got {text}")
+    return value
+
+
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.I)
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": MIB, "g": 1024 * MIB}
 
@@ -278,6 +288,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
     promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
                          help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
+    promote.add_argument("--max-record-bytes", type=positive_int, metavar="BYTES",
+                         help="the PDS's request size limit a dataset record must fit "
+                              "(default 1000000, the reference PDS's)")
+    promote.add_argument("--max-rate-limit-wait", type=seconds, metavar="SECONDS",
+                         help="wait out a spent PDS write budget that resets within this "
+                              "long (default 3600), else fail")
     # scale-out (#13): the shard copies on a Dask cluster; this process keeps the PDS writes
     promote.add_argument("--scheduler", metavar="tcp://HOST:8786",
                          default=os.environ.get("ATDATA_SCHEDULER"),
@@ -798,12 +814,16 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         kwargs: dict[str, Any] = dict(data_store=dest, name=args.name,
                                       description=args.description, tags=args.tags,
                                       license=args.license, copy_prefix=prefix)
+        for option in ("max_record_bytes", "max_rate_limit_wait"):
+            if getattr(args, option) is not None:
+                kwargs[option] = getattr(args, option)
         if args.scheduler and not args.dry_run:
             cluster = await connect_scheduler(args)
             kwargs["executor"] = cluster[1]
         if is_batch(args):
             return await promote_batch(args, entries, index, client, outcome, kwargs)
         if args.dry_run:
+            kwargs.pop("max_rate_limit_wait", None)  # a preview writes nothing
             plan = await preview_promotion(entry, index, client, **kwargs)
             plan["checks"] = await dry_run_checks(args, entry, index, client, dest)
             return plan, print_plan

@@ -3,6 +3,8 @@ its real rate limiter on), with faults from tests/faultproxy.py."""
 
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import time
 
@@ -11,10 +13,12 @@ import pytest
 from atdata_async import (
     EntryError,
     RateLimitedError,
+    RecordTooLargeError,
     SchemaNotFoundError,
     ShardTransferError,
 )
 from atdata_async._pipeline import batch as batch_module
+from atdata_async._pipeline import promote as promote_module
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereClient, AtmosphereIndex
 from atdata_async.local import LocalDatasetEntry, LocalIndex
 from atdata_async.promote import promote_many, promote_to_atmosphere
@@ -343,3 +347,96 @@ async def test_bench_batch_smoke(redis_url, moto_server, second_moto_server, pds
     bench.print_compare(rows)
     bench.print_soak(result)
     assert "records/s" in capsys.readouterr().out
+
+
+# -- the two calls take the same options ---------------------------------------------------
+
+
+def keyword_options(fn) -> dict[str, object]:
+    params = inspect.signature(fn).parameters.values()
+    return {p.name: p.default for p in params if p.kind is p.KEYWORD_ONLY}
+
+
+# Each option of promote_many and the flag of `atdata-async promote NAME...` that sets it
+# (None: no flag, on purpose). A new option fails the test until it is listed here.
+CLI_FLAGS = {"data_store": "--copy-to", "copy_prefix": "--copy-to",
+             "description": "--description", "tags": "--tag", "license": "--license",
+             "compute_checksums": None, "max_concurrency": "--concurrency",
+             "progress": "--progress", "verify": "--no-verify", "executor": "--scheduler",
+             "source_store": "--source-credentials", "max_record_bytes": "--max-record-bytes",
+             "max_rate_limit_wait": "--max-rate-limit-wait"}
+
+
+def test_promote_many_and_promote_to_atmosphere_take_the_same_options():
+    """Same names, defaults and order (but ``name``: a batch keeps each entry's), in the
+    async core, the sync facade and the CLI: they cannot drift apart again."""
+    from atdata_async import cli
+    from atdata_async.sync import promote as sync_promote
+
+    one, many = keyword_options(promote_to_atmosphere), keyword_options(promote_many)
+    assert one.pop("name") is None
+    assert list(one.items()) == list(many.items())
+    assert keyword_options(sync_promote.promote_many) == many
+    assert keyword_options(sync_promote.promote_to_atmosphere) == keyword_options(
+        promote_to_atmosphere)
+    assert set(CLI_FLAGS) == set(many)
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    flags = {s for a in commands.choices["promote"]._actions for s in a.option_strings}
+    flags |= {s for a in parser._actions for s in a.option_strings}  # global: --progress
+    assert {f for f in CLI_FLAGS.values() if f} <= flags
+
+
+async def test_promote_many_reads_through_source_store(index, client, tmp_path, redis_url,
+                                                      monkeypatch):
+    """Shards in place, an index without a store and no AWS credentials around: only
+    ``source_store=`` can prove their checksums (as for promote_to_atmosphere)."""
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE",
+                "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    batch = await entries(index, tmp_path, 2)
+    async with LocalIndex(redis_url) as bare:
+        refused = await promote_many(batch, bare, client)
+        assert all(isinstance(o.error, EntryError) for o in refused), refused
+        assert "source_store" in str(refused[0].error)
+        assert await dataset_records(client) == []
+        outcomes = await promote_many(batch, bare, client, source_store=index.data_store)
+    assert all(o.ok for o in outcomes), outcomes
+    assert len(await dataset_records(client)) == 2
+
+
+async def test_promote_many_refuses_a_record_over_max_record_bytes(index, client, tmp_path):
+    batch = await entries(index, tmp_path, 2)
+    with pytest.raises(RecordTooLargeError):
+        await promote_to_atmosphere(batch[0], index, client, max_record_bytes=300)
+    outcomes = await promote_many(batch, index, client, max_record_bytes=300)
+    assert all(isinstance(o.error, RecordTooLargeError) for o in outcomes), outcomes
+    assert await dataset_records(client) == [] and await schema_records(client) == []
+    assert all(o.ok for o in await promote_many(batch, index, client))
+
+
+async def test_promote_to_atmosphere_waits_out_a_spent_write_budget(
+        index, proxied, pds_proxy, client, tmp_path, monkeypatch):
+    waits = []
+
+    async def no_sleep(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(promote_module, "_wait", no_sleep)
+    proxied.max_rate_limit_wait = 0  # the client gives up at once: the promotion waits
+    entry = await insert(index, tmp_path, "paced", shards=1, per_shard=4)
+    reset = str(int(time.time()) + 120)
+    spent = {"ratelimit-limit": "5000", "ratelimit-remaining": "0", "ratelimit-reset": reset,
+             "retry-after": "120"}
+    pds_proxy.add(Fault("status", method="POST", path="putRecord", status=429,
+                        headers=spent))
+    with pytest.raises(RateLimitedError):  # resets later than the caller will wait
+        await promote_to_atmosphere(entry, index, proxied, max_rate_limit_wait=60)
+    assert waits == [] and await dataset_records(client) == []
+    pds_proxy.add(Fault("status", method="POST", path="putRecord", status=429,
+                        headers=spent))
+    uri = await promote_to_atmosphere(entry, index, proxied)
+    assert len(waits) == 1 and 100 < waits[0] <= 122
+    assert [r["uri"] for r in await dataset_records(client)] == [uri]

@@ -48,6 +48,7 @@ from .._model.validate import check_handles, check_number, check_promotion_args
 from .executor import DaskExecutor
 from .journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
 from .promote import (
+    MAX_RECORD_BYTES,
     PromotionPlan,
     ShardPlan,
     _open_journal,
@@ -113,11 +114,15 @@ async def promote_many(
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
-    max_rate_limit_wait: float = 3600.0,
     executor: DaskExecutor | None = None,
+    source_store: S3DataStore | None = None,
+    max_record_bytes: int = MAX_RECORD_BYTES,
+    max_rate_limit_wait: float = 3600.0,
 ) -> list[PromotionOutcome]:
     """Publish every entry (each under its own name); one outcome per entry, in order.
-    With ``executor`` (a DaskExecutor) the shard copies run on a cluster.
+    The options are promote_to_atmosphere's but ``name`` (tests/test_batch.py keeps the
+    two lists equal). With ``executor`` (a DaskExecutor) the shard copies run on a
+    cluster; ``s3://`` shards are read through ``source_store``, else the index's store.
 
     Idempotent: an entry already published by an earlier run (same account, entry, name
     and destination) is reported ``existing`` and not written again. Record writes wait
@@ -133,6 +138,7 @@ async def promote_many(
                              f"{type(entries).__name__}")
     check_handles(local_index=local_index, client=client, data_store=data_store,
                   progress=progress)
+    check_handles(local_index=local_index, client=client, data_store=source_store)
     if entries:  # the shared handles; each entry is checked with its own outcome below
         check_handles(entry=entries[0], local_index=local_index, client=client,
                       data_store=data_store, progress=progress)
@@ -146,8 +152,9 @@ async def promote_many(
             check_handles(entry=entry, local_index=local_index, client=client)
             plan = plan_promotion(entry, copy_to=data_store, description=description,
                                   tags=tags, license=license, copy_prefix=copy_prefix,
-                                  location=source_location(entry, local_index, None),
-                                  repo=client.did)
+                                  location=source_location(entry, local_index,
+                                                           source_store),
+                                  repo=client.did, max_record_bytes=max_record_bytes)
         except Exception as exc:
             outcomes[i] = PromotionOutcome(entry.name, error=exc)
             continue
@@ -176,7 +183,7 @@ async def promote_many(
                 schemas[ref] = await local_index.get_schema(ref)
             except Exception as exc:
                 schemas[ref] = exc
-    source = local_index.data_store
+    source = source_store or local_index.data_store
     listed = await _list_in_place(source, [s for job in todo for s in job.plan.shards])
     shards = [s for job in todo for s in job.plan.shards]
     tracker = ProgressTracker(progress, len(shards), sum(s.size or 0 for s in shards))
@@ -184,7 +191,8 @@ async def promote_many(
     # Entries in flight at once (their shards share ``limiter``): bounds the journals and
     # Redis connections a batch of thousands holds.
     entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency))
-    writer = _Writer(client, max_rate_limit_wait)
+    writer = _Writer(client, max_rate_limit_wait,
+                     min(MAX_WRITE_BYTES, max_record_bytes * 9 // 10))
     ready: dict[int, _Settled] = {}
     send, receive = anyio.create_memory_object_stream[tuple[_Job, dict[str, Any]]](
         max_buffer_size=len(todo) or 1)
@@ -197,7 +205,7 @@ async def promote_many(
             async with entry_slots:
                 ready[job.index] = await _settle_entry(
                     job, local_schema, local_index, client, data_store, compute_checksums,
-                    limiter, tracker, http, listed, verify, executor)
+                    limiter, tracker, http, listed, verify, executor, source_store)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -324,15 +332,15 @@ async def _settle_entry(
     data_store: S3DataStore | None, compute_checksums: bool, limiter: anyio.CapacityLimiter,
     tracker: ProgressTracker, http: HttpShardReader,
     listed: dict[str, tuple[int, str]] | None = None, verify: bool = True,
-    executor: DaskExecutor | None = None,
+    executor: DaskExecutor | None = None, source_store: S3DataStore | None = None,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
     plan = job.plan
-    location = source_location(job.entry, local_index, None)
+    location = source_location(job.entry, local_index, source_store)
     owned = contextlib.AsyncExitStack()
-    source = await resolve_source(job.entry, local_index, data_store, None, plan, location,
-                                  verify, owned)
+    source = await resolve_source(job.entry, local_index, data_store, source_store, plan,
+                                  location, verify, owned)
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
     logs: list[ShardLog | None] = [None] * len(plan.shards)
@@ -436,9 +444,11 @@ async def _wait(seconds: float) -> None:
 class _Writer:
     """Collects settled records; sends them in applyWrites chunks as they fill."""
 
-    def __init__(self, client: AtmosphereClient, max_wait: float) -> None:
+    def __init__(self, client: AtmosphereClient, max_wait: float,
+                 max_bytes: int = MAX_WRITE_BYTES) -> None:
         self.client = client
         self.max_wait = max_wait
+        self.max_bytes = max_bytes
         self.pending: list[tuple[_Job, dict[str, Any], int]] = []
         self.pending_bytes = 0
         self.calls = 0
@@ -450,7 +460,7 @@ class _Writer:
         size = len(json.dumps(op, separators=(",", ":")).encode()) + 1
         results: list[tuple[_Job, str | BaseException]] = []
         if self.pending and (len(self.pending) >= MAX_WRITES_PER_CALL
-                             or self.pending_bytes + size > MAX_WRITE_BYTES):
+                             or self.pending_bytes + size > self.max_bytes):
             results = await self.flush()
         self.pending.append((job, op, size))
         self.pending_bytes += size

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import posixpath
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from .._errors import (
     EntryError,
     ExecutorError,
     ObjectNotFoundError,
+    RateLimitedError,
     RecordTooLargeError,
     ShardTransferError,
     SourceChangedError,
@@ -67,6 +69,7 @@ from .._model.urls import local_path, parse_s3_url, url_kind
 from .._model.validate import (
     check_entry,
     check_handles,
+    check_number,
     check_promotion_args,
     check_text,
 )
@@ -516,6 +519,7 @@ async def promote_to_atmosphere(
     executor: DaskExecutor | None = None,
     source_store: S3DataStore | None = None,
     max_record_bytes: int = MAX_RECORD_BYTES,
+    max_rate_limit_wait: float = 3600.0,
 ) -> str:
     """Publish ``entry`` (schema record deduplicated) and return the dataset's at-uri.
 
@@ -530,13 +534,17 @@ async def promote_to_atmosphere(
     in the local index; ValueError: an entry or a record that cannot be published (the
     message names the field), or a record over ``max_record_bytes``.
     With ``executor`` (a DaskExecutor) the copies run on a cluster; this process keeps
-    the plan, the journal's lease and every PDS write.
+    the plan, the journal's lease and every PDS write. A spent write budget (429) is
+    waited out when it resets within ``max_rate_limit_wait`` seconds: after a long copy
+    the record waits rather than fails.
     """
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
                          compute_checksums=compute_checksums, verify=verify)
+    check_number("max_rate_limit_wait", max_rate_limit_wait)
     check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store,
                   progress=progress)
+    check_handles(local_index=local_index, client=client, data_store=source_store)
     location = source_location(entry, local_index, source_store)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
                           tags=tags, license=license, copy_prefix=copy_prefix,
@@ -552,7 +560,7 @@ async def promote_to_atmosphere(
                                       location, verify, owned)
         return await _promote(entry, local_index, client, plan, local_schema, source,
                               location, data_store, compute_checksums, max_concurrency,
-                              progress, verify, executor)
+                              progress, verify, executor, max_rate_limit_wait)
     raise AssertionError("unreachable")  # pragma: no cover  (the stack never swallows)
 
 
@@ -622,7 +630,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                    location: StoreLocation | None, data_store: S3DataStore | None,
                    compute_checksums: bool, max_concurrency: int,
                    progress: ProgressCallback | None, verify: bool,
-                   executor: DaskExecutor | None) -> str:
+                   executor: DaskExecutor | None, max_rate_limit_wait: float = 3600.0) -> str:
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
@@ -704,7 +712,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
         # or a second run, replaces that record (putRecord is safe to repeat) instead of
         # adding one.
         rkey = await local_index.record_key_for(pkey, next_tid())
-        written = await client.put_record(DATASET_COLLECTION, rkey, to_json(record))
+        written = await put_waiting(client, rkey, to_json(record), max_rate_limit_wait)
         if journal is not None:
             await journal.flush()
             await journal.publish(str(written["uri"]), settled,
@@ -713,6 +721,27 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
         if journal is not None:
             await journal.release()
     return str(written["uri"])
+
+
+async def _wait(seconds: float) -> None:
+    """Sleep for a spent write budget (a seam the tests replace)."""
+    await anyio.sleep(seconds)
+
+
+async def put_waiting(client: AtmosphereClient, rkey: str, record: dict[str, Any],
+                      max_wait: float) -> dict[str, Any]:
+    """putRecord (safe to repeat), waiting out 429s that reset within ``max_wait`` seconds
+    each (the client alone waits only up to its own, shorter, max_rate_limit_wait)."""
+    for _ in range(8):
+        try:
+            return await client.put_record(DATASET_COLLECTION, rkey, record)
+        except RateLimitedError as exc:
+            wait = (exc.reset_at or time.time() + 1) - time.time() + 1.0
+            if wait > max_wait:
+                raise
+            log.info("putRecord rate limited; waiting %.0fs for the budget's reset", wait)
+            await _wait(max(0.0, wait))
+    return await client.put_record(DATASET_COLLECTION, rkey, record)
 
 
 def raise_lost_cluster(exc: ShardTransferError) -> None:
@@ -776,6 +805,7 @@ async def preview_promotion(
     tags: Sequence[str] | None = None,
     license: str | None = None,
     copy_prefix: str = "promoted",
+    max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> dict[str, Any]:
     """What ``promote_to_atmosphere`` would do, writing nothing: the schema record to reuse
     or publish, the shards to copy (and bytes), and the dataset record to write."""
@@ -785,7 +815,8 @@ async def preview_promotion(
     location = source_location(entry, local_index, None)
     plan = plan_promotion(entry, copy_to=data_store, name=name, description=description,
                           tags=tags, license=license, copy_prefix=copy_prefix,
-                          location=location, repo=client.did)
+                          location=location, repo=client.did,
+                          max_record_bytes=max_record_bytes)
     local_schema = await local_index.get_schema(entry.schema_ref)
     check_local_schema(local_schema, entry.schema_ref)
     existing = await schema_registry(client).lookup(client, local_schema)
