@@ -177,6 +177,16 @@ def second_pds(tmp_path_factory, plc, request):
                         request)
 
 
+@pytest.fixture(scope="session")
+def limited_pds(tmp_path_factory):
+    """A PDS with its real rate limiter on (own PLC), started once for the session:
+    the tests that use it each have accounts of their own, so limits keyed by account
+    (logins per handle, write points per repo) never cross between them."""
+    service = services.start_pds(tmp_path_factory.mktemp("pds-limited"), rate_limits=True)
+    yield service
+    service.stop()
+
+
 _accounts = iter(range(10_000))
 
 

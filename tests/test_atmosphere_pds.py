@@ -36,13 +36,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.pds]
 COLL = "com.example.atdatatest.thing"
 
 
-@pytest.fixture
-async def client(pds, pds_account):
-    async with AtmosphereClient(pds.url) as client:
-        await client.login(pds_account["handle"], pds_account["password"])
-        yield client
-
-
 async def test_login_with_password_and_app_password(pds, pds_account):
     async with AtmosphereClient(pds.url) as client:
         await client.login(pds_account["handle"], pds_account["password"])
@@ -182,13 +175,6 @@ def test_sync_facade_login_leaves_the_client_logged_in(pds, pds_account):
     assert value["sync"] == 1
     assert SyncIndex(client).list_datasets() == []
     client.close()
-
-
-@pytest.fixture(scope="module")
-def limited_pds(tmp_path_factory):
-    service = services.start_pds(tmp_path_factory.mktemp("pds-limited"), rate_limits=True)
-    yield service
-    service.stop()
 
 
 async def test_31st_login_is_rate_limited(limited_pds):

@@ -224,13 +224,6 @@ async def test_headers_saying_the_budget_is_spent_make_the_batch_wait(
 # -- the PDS's own rate limiter ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def limited_pds(tmp_path_factory):
-    service = services.start_pds(tmp_path_factory.mktemp("pds-limited"), rate_limits=True)
-    yield service
-    service.stop()
-
-
 @pytest.fixture
 async def limited_client(limited_pds):
     account = services.create_account(limited_pds.url, f"rl{int(time.time() * 1000) % 10**8}")
