@@ -203,6 +203,19 @@ class _LazyVersion(argparse.Action):
         parser.exit()
 
 
+def store_flags(parser: argparse.ArgumentParser, store: str, parts: str | None = None) -> None:
+    """--credentials of a command's S3 store; with ``parts``, its transfer flags too."""
+    parser.add_argument("--credentials", metavar="FILE.env",
+                        help=f"credentials (.env) of {store} (default: AWS_* in the "
+                             "environment)")
+    if parts is None:
+        parser.set_defaults(concurrency=8)
+        return
+    parser.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
+    parser.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
+                        help=f"{parts}, 5MiB..5GiB (default 16MiB)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="atdata-async", parents=[global_flags(True)],
@@ -232,14 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a schema already in the local index (`atdata-async schemas`)")
     insert.add_argument("--to", metavar="s3://BUCKET[/PREFIX]",
                         help="upload the shards there (default: index them where they are)")
-    insert.add_argument("--credentials", metavar="FILE.env",
-                        help="credentials (.env) of the --to store (default: AWS_* in the "
-                             "environment)")
+    store_flags(insert, "the --to store", parts="multipart part size")
     insert.add_argument("--meta", action="append", type=meta_item, default=[],
                         metavar="KEY=VALUE", help="metadata (repeatable)")
-    insert.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
-    insert.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
-                        help="multipart part size, 5MiB..5GiB (default 16MiB)")
 
     command("ls", "list local dataset entries")
 
@@ -269,9 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
                          help="promote the entries whose names match the glob (one batch)")
     promote.add_argument("--copy-to", metavar="s3://BUCKET[/PREFIX]",
                          help="copy the shards to this S3 location first")
-    promote.add_argument("--credentials", metavar="FILE.env",
-                         help="credentials (.env) of the --copy-to store (default: AWS_* in "
-                              "the environment)")
+    store_flags(promote, "the --copy-to store", parts="multipart part size for copies")
     promote.add_argument("--source-credentials", metavar="FILE.env",
                          default=os.environ.get("ATDATA_SOURCE_CREDENTIALS"),
                          help="credentials (.env) of the store the shards are in now "
@@ -285,9 +291,6 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--no-verify", dest="verify", action="store_false",
                          help="publish even what cannot be verified (no checksum, no "
                               "credentials to read the shards); a warning is printed")
-    promote.add_argument("--concurrency", type=positive_int, default=8, metavar="N")
-    promote.add_argument("--part-size", type=part_size, default=16 * MIB, metavar="SIZE",
-                         help="multipart part size for copies, 5MiB..5GiB (default 16MiB)")
     promote.add_argument("--max-record-bytes", type=positive_int, metavar="BYTES",
                          help="the PDS's request size limit a dataset record must fit "
                               "(default 1000000, the reference PDS's)")
@@ -306,13 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     cleanup = command("cleanup", "list (--yes: remove) what failed or killed promotions left")
     cleanup.add_argument("location", metavar="s3://BUCKET[/PREFIX]",
                          help="where promotions copied to (the --copy-to of promote)")
-    cleanup.add_argument("--credentials", metavar="FILE.env",
-                         help="credentials (.env) of that store (default: AWS_* in the "
-                              "environment)")
+    store_flags(cleanup, "that store")
     cleanup.add_argument("--forget", action="store_true",
                          help="also give up promotions that could be resumed (not running)")
     cleanup.add_argument("--yes", action="store_true", help="remove (default: a dry run)")
-    cleanup.set_defaults(concurrency=8)
 
     # speed (#10): a saved session, so that a command logs in only when it must
     command("login", "log in once (ATDATA_HANDLE/--handle, ATDATA_PASSWORD) and keep the "
@@ -376,23 +376,20 @@ def hint_for(exc: BaseException, args: argparse.Namespace | None = None) -> str 
     return next((hint for kind, hint in HINTS if isinstance(exc, kind)), None)
 
 
+# The stable ``error`` code of an exception (and so its exit code): the first that fits.
+ERROR_CODES: list[tuple[type[BaseException] | tuple[type[BaseException], ...], str]] = [
+    ((UsageError, ConfigurationError), "usage"),
+    (RateLimitedError, "rate_limited"),
+    (AuthError, "auth"),
+    ((ShardTransferError, LocalIndexError, SourceChangedError), "storage"),
+    ((NotFoundError, FileNotFoundError), "not_found"),
+    (StorageError, "storage"),
+    (XrpcError, "pds"),
+]
+
+
 def error_code(exc: BaseException) -> str:
-    """The stable ``error`` code (and so the exit code) of an exception."""
-    if isinstance(exc, UsageError | ConfigurationError):
-        return "usage"
-    if isinstance(exc, RateLimitedError):
-        return "rate_limited"
-    if isinstance(exc, AuthError):
-        return "auth"
-    if isinstance(exc, ShardTransferError | LocalIndexError | SourceChangedError):
-        return "storage"
-    if isinstance(exc, NotFoundError | FileNotFoundError):
-        return "not_found"
-    if isinstance(exc, StorageError):
-        return "storage"
-    if isinstance(exc, XrpcError):
-        return "pds"
-    return "error"
+    return next((code for kinds, code in ERROR_CODES if isinstance(exc, kinds)), "error")
 
 
 def message_of(exc: BaseException) -> str:
@@ -415,10 +412,7 @@ def report(args: argparse.Namespace | None, code: str, message: str,
         print(json.dumps(body), file=sys.stderr)
         return
     print(f"error: {lines[0]}", file=sys.stderr)
-    for line in lines[1:6]:
-        print(f"  {line.strip()}", file=sys.stderr)
-    if len(lines) > 6:
-        print(f"  ... {len(lines) - 6} more", file=sys.stderr)
+    print_some([line.strip() for line in lines[1:]], most=5, file=sys.stderr)
     if hint:
         print(f"hint: {hint}", file=sys.stderr)
 
@@ -885,12 +879,11 @@ def print_cleanup(r: dict[str, Any]) -> None:
     for j in r["journals"]:
         print(f"{j.get('kind', 'promotion')} {j['name']} ({j['shards']} shards): {j['state']}")
     print(f"{verb} {len(r['uploads'])} open multipart upload(s)")
-    for u in r["uploads"][:20]:
-        print(f"  {u['key']}  (upload {u['upload_id'][:12]}..., {u['initiated']})")
+    print_some([f"{u['key']}  (upload {u['upload_id'][:12]}..., {u['initiated']})"
+                for u in r["uploads"]])
     print(f"{verb} {len(r['objects'])} object(s) "
           f"({sum(o['size'] for o in r['objects']) / MIB:.1f} MiB) no record refers to")
-    for o in r["objects"][:20]:
-        print(f"  {o['key']}")
+    print_some([o["key"] for o in r["objects"]])
     print(f"kept {r['kept']} object(s) a record, an entry or a live promotion refers to")
     if not r["removed"] and (r["uploads"] or r["objects"]):
         print("dry run: rerun with --yes to remove them")
@@ -1107,6 +1100,15 @@ def dev(args: argparse.Namespace) -> int:
 # -- output ------------------------------------------------------------------------------
 
 
+def print_some(lines: list[str], most: int = 20, file: Any = None) -> None:
+    """Indented lines, at most ``most`` of them and then how many more there are: a
+    1,000-shard entry keeps the output readable."""
+    for line in lines[:most]:
+        print(f"  {line}", file=file)
+    if len(lines) > most:
+        print(f"  ... {len(lines) - most} more", file=file)
+
+
 def entry_row(entry: Any) -> dict[str, Any]:
     return {"name": entry.name, "cid": entry.cid, "schema": entry.schema_ref,
             "shards": len(entry.data_urls), "bytes": sum(entry.shard_sizes.values()) or None}
@@ -1138,10 +1140,7 @@ def redact(url: str) -> str:
 def print_inserted(r: dict[str, Any]) -> None:
     size = f"{r['bytes'] / MIB:.1f} MiB" if r["bytes"] else "size unknown"
     print(f"inserted {r['name']}: {r['shards']} shards, {size}, schema {r['schema']}")
-    for url in r["data_urls"][:20]:
-        print(f"  {url}")
-    if len(r["data_urls"]) > 20:
-        print(f"  ... {len(r['data_urls']) - 20} more")
+    print_some(r["data_urls"])
 
 
 def print_insert_plan(plan: dict[str, Any]) -> None:
@@ -1193,10 +1192,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     print(f"schema: {schema['action']} {schema['uri']}")
     verb = "copy" if plan["copies"] else "keep"
     print(f"shards: {verb} {len(plan['shards'])} ({plan['bytes'] / MIB:.1f} MiB known)")
-    for s in plan["shards"][:20]:
-        print(f"  {s['source']}" + (f" -> {s['destination']}" if s["destination"] else ""))
-    if len(plan["shards"]) > 20:
-        print(f"  ... {len(plan['shards']) - 20} more")
+    print_some([s["source"] + (f" -> {s['destination']}" if s["destination"] else "")
+                for s in plan["shards"]])
     for check in plan.get("checks", []):
         print(f"checked: {check}")
     print("record to be written:")
