@@ -507,3 +507,17 @@ async def test_a_promotion_resumes_when_complete_multipart_upload_has_no_etag(
         assert len(await records(client)) == 1
     finally:
         proxy.stop()
+
+
+def test_bench_insert_resume_smoke(redis_url, moto_server, tmp_path):
+    from benchmarks import bench_insert_resume, bench_resume
+
+    paths = [str(p) for p in bench_resume.write_shards(tmp_path / "shards", 12, 16, 4, 1024)]
+    ctx = {"redis": redis_url, "s3": moto_server.url, "bucket": make_bucket(moto_server.url),
+           "throttle": 0.2}
+    result = bench_insert_resume.run_case(ctx, paths, repeats=1)
+    bench_insert_resume.print_table(result)
+    assert 0 < result["missing"] < result["bytes"]
+    # at most the uploads in flight when the kill landed are sent twice
+    assert result["missing"] <= result["rerun_bytes"] <= result["missing"] + 8 * TEST_PART
+    assert (result["open_after"], result["objects_after"], result["entries"]) == (0, 12, 1)
