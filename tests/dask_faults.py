@@ -68,3 +68,41 @@ class SlowParts(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         _store.S3DataStore._send_part = self._original
+
+
+class Gate(WorkerPlugin):
+    """Per run (the epoch of the task's fence): after ``after`` upload parts a run's tasks
+    on a worker have started, write ``{folder}/waiting-{epoch}`` and hold every further
+    part until ``{folder}/open-{epoch}`` (or ``open-all``) exists. Lets a test line up a
+    stale task and a rerun's task on the same upload, in the order it wants."""
+
+    name = "atdata-gate"
+
+    def __init__(self, folder: str, after: int) -> None:
+        self.folder, self.after = folder, after
+
+    def setup(self, worker) -> None:
+        from atdata_async._pipeline.executor import current_fence
+
+        self._original = original = _store.S3DataStore._send_part
+        folder, after, started = Path(self.folder), self.after, {}
+
+        async def send_part(store, *args, **kw):
+            fence = current_fence.get()
+            if fence is not None:
+                n = started[fence.epoch] = started.get(fence.epoch, 0) + 1
+                if n > after:
+                    (folder / f"waiting-{fence.epoch}").touch()
+                    try:
+                        while not ((folder / f"open-{fence.epoch}").exists()
+                                   or (folder / "open-all").exists()):
+                            await anyio.sleep(0.02)
+                    except BaseException:  # the part's buffer token: released by the send
+                        store.buffers().release_on_behalf_of(args[5])
+                        raise
+            await original(store, *args, **kw)
+
+        _store.S3DataStore._send_part = send_part
+
+    def teardown(self, worker) -> None:
+        _store.S3DataStore._send_part = self._original

@@ -16,14 +16,15 @@ import anyio
 import pytest
 from distributed import Client, LocalCluster
 
-from atdata_async import ExecutorError
+from atdata_async import ExecutorError, PromotionBusyError
+from atdata_async._backends.s3_store import S3DataStore
 from atdata_async._pipeline.executor import _per_loop
-from atdata_async._pipeline.journal import journal_key
-from atdata_async._pipeline.promote import promotion_key
+from atdata_async._pipeline.journal import PromotionJournal, epoch_key, journal_key
+from atdata_async._pipeline.promote import _open_journal, plan_promotion, promotion_key
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereIndex
 from atdata_async.promote import CredentialSource, DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials
-from tests.dask_faults import SlowParts, StallOnce
+from tests.dask_faults import Gate, SlowParts, StallOnce
 from tests.test_promote import client, index, insert, read_s3, store_for  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
@@ -50,21 +51,6 @@ def cluster():
 async def dask_client(cluster):
     async with Client(cluster.scheduler_address, asynchronous=True) as dc:
         yield dc
-
-
-async def cluster_idle(dc: Client, timeout: float = 60) -> None:
-    """Wait until the scheduler holds no task and no worker is executing one."""
-
-    def busy(dask_scheduler) -> int:
-        return len(dask_scheduler.tasks) + sum(len(ws.processing)
-                                               for ws in dask_scheduler.workers.values())
-
-    with anyio.fail_after(timeout):
-        while await dc.run_on_scheduler(busy):
-            await anyio.sleep(0.1)
-    with anyio.fail_after(timeout):  # a cancelled coroutine may still be cleaning up
-        while any((await dc.run(lambda dask_worker: len(dask_worker.state.executing))).values()):
-            await anyio.sleep(0.1)
 
 
 def _stores_on_worker() -> int:
@@ -110,10 +96,10 @@ def _our_tasks(dask_scheduler) -> list[bytes]:
 
 async def test_worker_killed_mid_copy_resumes_elsewhere_and_no_secret_leaks(
         index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
-    entry = await insert(index, tmp_path, "big", shards=4, per_shard=1500, stem="big")
+    entry = await insert(index, tmp_path, "big", shards=4, per_shard=300, stem="big")
     dest_bucket = make_bucket(second_moto_server.url)
     flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
-    await dask_client.register_plugin(StallOnce(str(flag), 6, str(sent_log)))
+    await dask_client.register_plugin(StallOnce(str(flag), 2, str(sent_log)))
     executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
     seen_tasks: list[bytes] = []
     killed: list[int] = []
@@ -183,7 +169,7 @@ class LoneCluster:
 
 async def test_scheduler_gone_is_an_executor_error_and_a_local_rerun_completes(
         index, client, tmp_path, second_moto_server):  # noqa: F811
-    entry = await insert(index, tmp_path, "lost", shards=3, per_shard=1500, stem="lost")
+    entry = await insert(index, tmp_path, "lost", shards=3, per_shard=300, stem="lost")
     dest_bucket = make_bucket(second_moto_server.url)
     flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
     lone = LoneCluster(tmp_path)
@@ -244,7 +230,7 @@ async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
         second_moto_server, dask_client, cluster, monkeypatch):
     from tests.test_resume import Sent, cli_env, kill_mid_copy, write_env
 
-    entry = await insert(index, tmp_path, "coord", shards=4, per_shard=1500, stem="coord")
+    entry = await insert(index, tmp_path, "coord", shards=4, per_shard=300, stem="coord")
     dest_bucket = make_bucket(second_moto_server.url)
     dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
     key = journal_key(promotion_key(client.did, entry, "coord", dest))
@@ -260,9 +246,8 @@ async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
                                      key, lambda f: any(x.startswith("s:") for x in f))
     finally:
         await dask_client.unregister_worker_plugin(SlowParts.name)
-    # The dead coordinator's tasks run on (or are cancelled, aborting their uploads): the
-    # rerun starts once the cluster is idle, as a rerun after a crash would.
-    await cluster_idle(dask_client)
+    # The dead coordinator's tasks may still run (or, cancelled, abort their uploads):
+    # the rerun starts at once, beside them; their epoch is stale, so they are refused.
     fields = {f.decode() for f in await index.redis.hkeys(key)}
     done = [int(f[2:]) for f in fields if f.startswith("s:")]
     sizes = [entry.shard_sizes[u] for u in entry.data_urls]
@@ -272,6 +257,145 @@ async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
         assert await dest.list_multipart_uploads() == []
     # what the workers finished for the dead coordinator is not sent again
     assert sent.bytes <= sum(sizes) - sum(sizes[i] for i in done)
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+
+
+async def until(check, what: str, timeout: float = 60) -> None:
+    """Poll ``check()`` (sync or async) until it is true; fails after ``timeout``."""
+    with anyio.fail_after(timeout):
+        while True:
+            got = check()
+            if not isinstance(got, bool):
+                got = await got
+            if got:
+                return
+            await anyio.sleep(0.02)
+
+
+async def test_a_stale_task_beside_a_rerun_touches_neither_its_upload_nor_its_journal(
+        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+    """An earlier run's task (epoch 1), held mid-upload, is let go while the rerun (epoch
+    2) continues the same multipart upload: the stale task is refused, and neither aborts
+    nor completes the upload, nor changes one journal field; the rerun then publishes."""
+    entry = await insert(index, tmp_path, "stale", shards=1, per_shard=300, stem="stale")
+    dest_bucket = make_bucket(second_moto_server.url)
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    await dask_client.register_plugin(Gate(str(gate), after=1))
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
+    outcome: list[BaseException | None] = []
+    try:
+        async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            plan = plan_promotion(entry, copy_to=dest, repo=client.did)
+            pkey = promotion_key(client.did, entry, entry.name, dest)
+            key, shard = journal_key(pkey), plan.shards[0]
+            earlier = PromotionJournal(index, pkey)
+            resumes = await _open_journal(earlier, plan, entry, dest)
+            runner = executor.bind(promotion=pkey, local_index=index, dest=dest,
+                                   source=index.data_store, compute_checksums=True)
+
+            async def stale() -> None:
+                try:
+                    await runner.settle(0, shard, resumes[0], earlier)
+                    outcome.append(None)
+                except Exception as exc:
+                    outcome.append(exc)
+
+            async def fields() -> dict[bytes, bytes]:
+                return await index.redis.hgetall(key)
+
+            async def journaled_part() -> bool:
+                got = await fields()
+                return b"u:0" in got and any(f.startswith(b"p:0:") for f in got)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stale)
+                await until(lambda: (gate / f"waiting-{earlier.epoch}").exists(), "stale held")
+                await until(journaled_part, "the stale task's first part journaled")
+                upload_id = json.loads((await fields())[b"u:0"])["id"]
+                await earlier.release()  # its coordinator is gone; its task is not
+                published: list[str] = []
+
+                async def rerun() -> None:
+                    published.append(await promote_to_atmosphere(
+                        entry, index, client, data_store=dest, executor=executor))
+
+                tg.start_soon(rerun)
+                await until(lambda: (gate / f"waiting-{earlier.epoch + 1}").exists(),
+                            "the rerun held mid-upload")
+                assert int(await index.redis.get(epoch_key(pkey))) == earlier.epoch + 1
+
+                async def rerun_part_journaled() -> bool:  # part 1 kept, part 2 its own
+                    return sum(f.startswith(b"p:0:") for f in await fields()) == 2
+
+                await until(rerun_part_journaled, "the rerun's part journaled")
+                before = await fields()
+                assert json.loads(before[b"u:0"])["id"] == upload_id  # the rerun continues it
+                (gate / f"open-{earlier.epoch}").touch()
+                await until(lambda: bool(outcome), "the stale task's end")
+                assert isinstance(outcome[0], PromotionBusyError), outcome
+                assert await fields() == before  # not one journal field written or deleted
+                assert upload_id in [u["UploadId"] for u in await dest.list_multipart_uploads()]
+                assert await dest.list_objects(dest_prefix_of(shard.dest_key)) == {}
+                (gate / f"open-{earlier.epoch + 1}").touch()
+            assert await dest.list_multipart_uploads() == []
+            # a stale task that starts after the rerun is refused before any request
+            with pytest.raises(PromotionBusyError, match="no longer"):
+                await runner.settle(0, shard, resumes[0], earlier)
+            assert (await fields())[b"status"] == b"published"
+    finally:
+        (gate / "open-all").touch()
+        await dask_client.unregister_worker_plugin(Gate.name)
+    got = await AtmosphereIndex(client).get_dataset(published[0])
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+
+
+def dest_prefix_of(key: str) -> str:
+    return key.rsplit("/", 1)[0] + "/"
+
+
+@pytest.mark.parametrize("where", ["UploadPart", "CompleteMultipartUpload"])
+async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, where,  # noqa: F811
+                                                    second_moto_server, monkeypatch):
+    """The upload is aborted under the copy (by cleanup, or a stale worker): the shard
+    restarts with a new upload and the promotion completes. moto answers UploadPart and
+    CompleteMultipartUpload of an aborted upload with a 500 (a KeyError), so after the real
+    abort the answer is what S3 and radosgw send: 404 NoSuchUpload."""
+    from botocore.exceptions import ClientError
+
+    entry = await insert(index, tmp_path, f"gone{where[0]}", shards=2, per_shard=300,
+                         stem="gone")
+    dest_bucket = make_bucket(second_moto_server.url)
+    vanished: list[str] = []
+    send, complete = S3DataStore._send_part, S3DataStore.complete_multipart
+
+    async def vanish(store, key, upload_id) -> None:
+        vanished.append(upload_id)  # before any await: the other shard runs meanwhile
+        await store.abort_multipart(key, upload_id)
+        with store.errors(where, store.url(key)):
+            raise ClientError({"Error": {"Code": "NoSuchUpload", "Message": "gone"},
+                               "ResponseMetadata": {"HTTPStatusCode": 404}}, where)
+
+    async def send_part(store, key, upload_id, number, data, digest, token, *args):
+        if where == "UploadPart" and number == 2 and not vanished:
+            store.buffers().release_on_behalf_of(token)
+            await vanish(store, key, upload_id)
+        await send(store, key, upload_id, number, data, digest, token, *args)
+
+    async def complete_multipart(store, key, upload_id, etags):
+        if where == "CompleteMultipartUpload" and not vanished:
+            await vanish(store, key, upload_id)
+        return await complete(store, key, upload_id, etags)
+
+    monkeypatch.setattr(S3DataStore, "_send_part", send_part)
+    monkeypatch.setattr(S3DataStore, "complete_multipart", complete_multipart)
+    async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+        uri = await promote_to_atmosphere(entry, index, client, data_store=dest)
+        assert await dest.list_multipart_uploads() == []
+    assert len(vanished) == 1
     got = await AtmosphereIndex(client).get_dataset(uri)
     assert_copied(entry, got, second_moto_server.url)
     assert len(await datasets(client)) == 1

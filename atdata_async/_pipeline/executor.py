@@ -293,13 +293,14 @@ async def _journaled_state(index: LocalIndex, task: ShardTask
 async def settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
     """Run on a worker: copy one shard, resumed from the journal; (settled, dest ETag).
 
-    Errors that would not survive the trip back are sent as a StorageError naming them."""
+    A failure goes back as a fresh copy of itself, without its chain of causes (a task
+    group's chain can be cyclic, which Dask cannot serialize); one that would not survive
+    the trip is sent as a StorageError naming it."""
     try:
         return await _settle_remote(task)
     except Exception as exc:
-        if _pickles(exc):
-            raise
-        raise StorageError(f"{type(exc).__name__}: {exc}") from None
+        failure = _portable(exc)
+    raise failure  # outside the handler: no __context__ to carry
 
 
 async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
@@ -351,12 +352,17 @@ async def _settle_fenced(task: ShardTask, index: LocalIndex) -> tuple[ShardPlan,
     return settled, shard_log.etag
 
 
-def _pickles(exc: BaseException) -> bool:
+def _portable(exc: Exception) -> Exception:
+    """``exc`` rebuilt without its traceback and chain (distributed pickles both with
+    tblib, and a task group's chain is cyclic), if that pickles; else a StorageError."""
     try:
-        pickle.loads(pickle.dumps(exc))
+        fresh = type(exc).__new__(type(exc), *exc.args)
+        fresh.args = exc.args
+        fresh.__dict__.update(exc.__dict__)
+        pickle.loads(pickle.dumps(fresh))
     except Exception:
-        return False
-    return True
+        return StorageError(f"{type(exc).__name__}: {exc}")
+    return fresh
 
 
 # -- the coordinator side ----------------------------------------------------------------
@@ -488,3 +494,4 @@ def _translate(exc: BaseException, i: int, where: str) -> ExecutorError:
         why = f"{name}: {exc}"
     return ExecutorError(f"shard {i} could not be run on the Dask cluster at {where}: {why}; "
                          "the journal keeps what finished: rerun the promotion to resume")
+
