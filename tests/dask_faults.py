@@ -1,5 +1,5 @@
 """Fault injection on Dask workers (a WorkerPlugin, pickled by reference: workers import
-it from this package). ``StallOnce``: the first worker to send more than ``after``
+it from this package). ``StallOnce``: the first worker to start more than ``after``
 upload parts writes its pid to ``flag`` and then hangs every part it sends, so the test
 can SIGKILL it mid-copy; a worker started after that (the nanny's restart) runs clean."""
 
@@ -22,10 +22,11 @@ class StallOnce(WorkerPlugin):
 
     def setup(self, worker) -> None:
         self._original = original = _store.S3DataStore._send_part
-        plugin, state = self, {"sent": 0, "stalled": Path(self.flag).exists()}
+        plugin, state = self, {"started": 0, "stalled": Path(self.flag).exists()}
 
         async def send_part(store, key, upload_id, number, data, *args, **kw):
-            if not state["stalled"] and state["sent"] >= plugin.after:
+            state["started"] += 1  # parts start together (streamed): count starts, not ends
+            if not state["stalled"] and state["started"] > plugin.after:
                 try:
                     fd = os.open(plugin.flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
                 except FileExistsError:
@@ -37,7 +38,6 @@ class StallOnce(WorkerPlugin):
             if state["stalled"] == "me":
                 await anyio.sleep(3600)
             await original(store, key, upload_id, number, data, *args, **kw)
-            state["sent"] += 1
             with open(plugin.sent_log, "a") as f:
                 f.write(f"{key} {number}\n")
 
