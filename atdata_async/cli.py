@@ -473,7 +473,6 @@ def skip_httpx_cli() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     Interrupt.install()
-    skip_httpx_cli()
     args: argparse.Namespace | None = None
     outcome = Outcome()
     try:
@@ -495,6 +494,7 @@ def main(argv: list[str] | None = None) -> int:
             return dev(args)
         import anyio
 
+        skip_httpx_cli()  # after parsing: --help and --version import no httpx at all
         status = emit(args, *anyio.run(run, args, outcome))
         return EXIT_CODES[error_code(outcome.failed[0])] if outcome.failed else status
     except KeyboardInterrupt:

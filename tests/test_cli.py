@@ -413,8 +413,9 @@ def test_the_promote_and_ls_paths_import_no_sample_decoding(tmp_path):
     decoding = {"numpy", "webdataset"}
     s3 = {"aioboto3", "aiobotocore", "botocore", "boto3", "aiohttp"}
     promote_path = ("import atdata_async.cli as cli\n"
-                    "cli.skip_httpx_cli()  # as main() does first\n"
+                    "cli.skip_httpx_cli()  # as main() does before it runs a command\n"
                     "import atdata_async._pipeline.promote, atdata_async._pipeline.batch\n"
+                    "import atdata_async.sync.local, atdata_async.sync.promote  # scripts\n"
                     "args = cli.build_parser().parse_args(['promote', 'x', '--dry-run'])\n"
                     "cli.check_promote_args(args)\n"
                     "from atdata_async._model.schema import parse_schema_ref\n"

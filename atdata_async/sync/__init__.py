@@ -3,53 +3,37 @@
     import atdata_async.sync as atdata
     from atdata_async.sync.local import LocalIndex, S3DataStore
 
-Every call runs on one process-wide event loop (see ``atdata_async._portal``).
+Every call runs on one process-wide event loop (see ``atdata_async._portal``). Like the
+core, the names that need numpy (``Dataset``, ``packable``, ``PackableSample``) are
+imported on first use: a script that only promotes does not pay for them.
 """
 
-from collections.abc import Collection, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import atdata_async as _core
-from atdata_async import *  # noqa: F403  (errors, samples and progress are shared)
 
-from .._backends import dataset as _dataset
-from .._backends.streams import blocking_file
-from ._portal import Facade, core_of, get_portal
+if TYPE_CHECKING:
+    from atdata_async import *  # noqa: F403
+
+    from ._dataset import Dataset as Dataset
 
 __all__ = _core.__all__
 
+# errors, samples and progress are the core's own objects (the heavy ones on first use)
+globals().update({name: getattr(_core, name) for name in __all__
+                  if name not in _core._LAZY and name != "Dataset"})
 
-class Dataset(Facade, core=_dataset.Dataset):
-    """``Dataset[T](url)``: iterate samples of type T from tar shards (blocking)."""
 
-    def __class_getitem__(cls, sample_type: Any) -> Any:
-        core = _dataset.Dataset[sample_type]
-        return type(core.__name__, (cls,), {"_core_type": core, "__module__": cls.__module__})
+def __getattr__(name: str) -> Any:
+    if name == "Dataset":
+        from ._dataset import Dataset as value
+    elif name in _core._LAZY:
+        value = getattr(_core, name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
 
-    @classmethod
-    def from_entry(cls, entry: Any, *, store: Any = None, allow_http: bool = False,
-                   allow_redirects_to: Collection[str] = ()) -> Any:
-        """A published dataset's shards, read as untrusted input (see the async twin)."""
-        facade = cls.__new__(cls)
-        object.__setattr__(facade, "_core", cls._core_type.from_entry(
-            entry, store=core_of(store), allow_http=allow_http,
-            allow_redirects_to=allow_redirects_to))
-        return facade
 
-    def items(self) -> Iterator[tuple[str, Any]]:
-        """(``__key__``, sample) pairs in shard order, each shard streamed (decoded in the
-        caller's thread, its bytes read on the portal's loop)."""
-        portal = get_portal()
-        for url in self._core.shard_urls:
-            with portal.wrap_async_context_manager(self._core.open_shard(url)) as read:
-                pairs = _dataset.decode_shard(blocking_file(read, portal.call),
-                                              self._core.sample_type, url)
-                try:
-                    yield from pairs
-                finally:
-                    pairs.close()
-
-    def __iter__(self) -> Iterator[Any]:
-        for _, sample in self.items():
-            yield sample
-
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
