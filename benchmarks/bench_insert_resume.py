@@ -14,7 +14,6 @@ requests it sends. Before this change a rerun used fresh keys: it sent 100%.
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -27,7 +26,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import boto, local_services, new_bucket
-from benchmarks.bench_resume import PART, Counted, store, write_shards
+from benchmarks.bench_resume import (
+    PART,
+    Counted,
+    kill_rerun_args,
+    print_rows,
+    store,
+    write_shards,
+)
 
 NAME = "bench-insert"
 
@@ -182,18 +188,11 @@ def print_table(r: dict[str, Any]) -> None:
          f"{r['clean_wall']:.2f} / {r['plain_wall']:.2f} "
          f"({r['clean_wall'] / r['plain_wall']:.2f}x)"),
     ]
-    for label, value in rows:
-        print(f"  {label:<48} {value}")
+    print_rows(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=512)
-    parser.add_argument("--small-kib", type=int, default=64)
-    parser.add_argument("--big-every", type=int, default=8)
-    parser.add_argument("--big-kib", type=int, default=1024)
-    parser.add_argument("--child")
-    a = parser.parse_args()
+    a = kill_rerun_args(__doc__).parse_args()
     if a.child:
         child(*json.loads(a.child))
         return

@@ -270,6 +270,23 @@ def records_of(ctx: dict[str, Any]) -> int:
     return anyio.run(count)
 
 
+def kill_rerun_args(doc: str) -> argparse.ArgumentParser:
+    """The workload of a kill-and-rerun benchmark (this one, bench_insert_resume): the shard
+    mix that ``write_shards`` makes, and ``--child`` for the run that is killed."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--shards", type=int, default=512)
+    parser.add_argument("--small-kib", type=int, default=64)
+    parser.add_argument("--big-every", type=int, default=8)
+    parser.add_argument("--big-kib", type=int, default=1024)
+    parser.add_argument("--child")
+    return parser
+
+
+def print_rows(rows: list[tuple[str, str]]) -> None:
+    for label, value in rows:
+        print(f"  {label:<48} {value}")
+
+
 def print_table(r: dict[str, Any]) -> None:
     ratio = r["rerun_bytes"] / r["missing_bytes"] if r["missing_bytes"] else float("nan")
     print(f"\nbenchmark (i): {r['shards']} shards, {r['bytes'] / 2**20:.1f} MiB, "
@@ -291,18 +308,11 @@ def print_table(r: dict[str, Any]) -> None:
         ("after: open uploads / missing shards / records",
          f"{r['open_uploads_after']} / {r['missing_after']} / {r['dataset_records']}"),
     ]
-    for label, value in rows:
-        print(f"  {label:<48} {value}")
+    print_rows(rows)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shards", type=int, default=512)
-    parser.add_argument("--small-kib", type=int, default=64)
-    parser.add_argument("--big-every", type=int, default=8)
-    parser.add_argument("--big-kib", type=int, default=1024)
-    parser.add_argument("--child")
-    a = parser.parse_args()
+    a = kill_rerun_args(__doc__).parse_args()
     if a.child:
         child(json.loads(a.child))
         return

@@ -31,6 +31,17 @@ from tests.test_promote import insert, read_s3, schema_records, store_for
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
 
 
+def record_waits(monkeypatch, module) -> list[float]:
+    """``module._wait`` (its rate-limit sleep) records the seconds instead of sleeping."""
+    waits: list[float] = []
+
+    async def no_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(module, "_wait", no_sleep)
+    return waits
+
+
 async def dataset_records(client) -> list[dict]:
     return [r async for r in client.list_records(DATASET_COLLECTION)]
 
@@ -183,12 +194,7 @@ async def test_a_refused_record_fails_alone(index, proxied, pds_proxy, client, t
 
 async def test_a_429_waits_for_its_reset(index, proxied, pds_proxy, client, tmp_path,
                                         monkeypatch):
-    waits = []
-
-    async def no_sleep(seconds):
-        waits.append(seconds)
-
-    monkeypatch.setattr(batch_module, "_wait", no_sleep)
+    waits = record_waits(monkeypatch, batch_module)
     proxied.max_rate_limit_wait = 0  # the client gives up at once: the batch must wait
     batch = await entries(index, tmp_path, 3)
     reset = str(int(time.time()) + 120)
@@ -202,12 +208,7 @@ async def test_a_429_waits_for_its_reset(index, proxied, pds_proxy, client, tmp_
 
 async def test_headers_saying_the_budget_is_spent_make_the_batch_wait(
         index, proxied, pds_proxy, client, tmp_path, monkeypatch):
-    waits = []
-
-    async def no_sleep(seconds):
-        waits.append(seconds)
-
-    monkeypatch.setattr(batch_module, "_wait", no_sleep)
+    waits = record_waits(monkeypatch, batch_module)
     monkeypatch.setattr(batch_module, "MAX_WRITES_PER_CALL", 2)
     batch = await entries(index, tmp_path, 4)
     pds_proxy.add(Fault("headers", method="POST", path="applyWrites", headers={
@@ -412,12 +413,7 @@ async def test_promote_many_refuses_a_record_over_max_record_bytes(index, client
 
 async def test_promote_to_atmosphere_waits_out_a_spent_write_budget(
         index, proxied, pds_proxy, client, tmp_path, monkeypatch):
-    waits = []
-
-    async def no_sleep(seconds):
-        waits.append(seconds)
-
-    monkeypatch.setattr(promote_module, "_wait", no_sleep)
+    waits = record_waits(monkeypatch, promote_module)
     proxied.max_rate_limit_wait = 0  # the client gives up at once: the promotion waits
     entry = await insert(index, tmp_path, "paced", shards=1, per_shard=4)
     reset = str(int(time.time()) + 120)
