@@ -15,7 +15,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from atdata_async import Dataset, ShardTransferError, StorageError
+from atdata_async import Dataset, PromotionBusyError, ShardTransferError, StorageError
 from atdata_async._pipeline.cleanup import cleanup_promotions
 from atdata_async._pipeline.insert import INSERT_KEY_PREFIX, insert_keys, insert_run_id
 from atdata_async._pipeline.journal import (
@@ -521,3 +521,35 @@ def test_bench_insert_resume_smoke(redis_url, moto_server, tmp_path):
     # at most the uploads in flight when the kill landed are sent twice
     assert result["missing"] <= result["rerun_bytes"] <= result["missing"] + 8 * TEST_PART
     assert (result["open_after"], result["objects_after"], result["entries"]) == (0, 12, 1)
+
+
+async def test_the_same_insert_running_elsewhere_is_refused(index, tmp_path, redis_url,
+                                                           s3_credentials, bucket):
+    """Two runs of one insert never upload at once: the second is refused by the journal's
+    lease while the first lives, and continues it once it is dead."""
+    paths = shard_files(tmp_path, "twice", 2, 1500)
+    ref = "atdata://local/schema/FeatureSample@1.0.0"
+    run = run_id_of(index.data_store, "twice", "twice", ref, paths)
+    key = journal_key(INSERT_KEY_PREFIX + run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATDATA_"))}
+    env.update(ATDATA_REDIS_URL=redis_url, TEST_PART=str(TEST_PART), STALL_AFTER="2")
+    args = ["insert", *paths, "--name", "twice", "--schema-ref", ref, "--to",
+            f"s3://{bucket}/twice", "--concurrency", "1",
+            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    ds = Dataset[FeatureSample](paths)
+    try:
+        with anyio.fail_after(90):
+            while not any(f.startswith(b"p:0:") for f in await index.redis.hkeys(key)):
+                assert proc.poll() is None, proc.communicate()
+                await anyio.sleep(0.05)
+        with pytest.raises(PromotionBusyError, match="this insert is already running"):
+            await index.insert_dataset(ds, name="twice", prefix="twice")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+    entry = await index.insert_dataset(ds, name="twice", prefix="twice")
+    assert [e.cid for e in await index.list_entries()] == [entry.cid]
+    assert await index.data_store.list_multipart_uploads() == []
+    check_landed(s3_credentials["AWS_ENDPOINT"], entry, paths)

@@ -29,7 +29,7 @@ import anyio
 from .._backends.dataset import count_samples
 from .._backends.s3_store import S3DataStore, ShardUpload
 from .._backends.tasks import run_per_shard, single_error
-from .._errors import EntryNotFoundError
+from .._errors import EntryNotFoundError, PromotionBusyError
 from .._model.cid import entry_cid
 from .._model.progress import ProgressCallback, ProgressTracker
 from .journal import (
@@ -105,7 +105,10 @@ async def insert_shards(
     journal = PromotionJournal(index, INSERT_KEY_PREFIX + run)
     doc = {**plan_document(shards, entry_cid=cid, name=name, bucket=store.bucket,
                            endpoint=store.endpoint), "kind": "insert"}
-    states = await journal.open(doc, shards)
+    try:
+        states = await journal.open(doc, shards)
+    except PromotionBusyError as exc:  # the same insert, running in a live process
+        raise PromotionBusyError(str(exc).replace("promotion", "insert")) from None
     listing: dict[str, tuple[int, str]] = {}
     resumes = [ShardResume()] * len(shards)
     if journal.existed:  # an earlier run of this insert: what did it leave?
