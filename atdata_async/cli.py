@@ -180,7 +180,7 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message, self.prog)
 
     commands: tuple[str, ...] = ("insert", "ls", "schemas", "show", "promote", "cleanup",
-                                 "dev")
+                                 "login", "logout", "dev")
 
 
 class UsageError(Exception):
