@@ -298,6 +298,7 @@ def child_ours_warm(p: dict) -> dict:
             await source.client()
             await dest.client()
             await index.get_schema(entry.schema_ref)
+            await client.describe_repo()  # the PDS connection open, as in any warm process
             profiler = None
             if p.get("profile"):
                 import cProfile
@@ -625,8 +626,9 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
         params = tmp / "params.json"
         params.write_text(json.dumps(p))
         params.chmod(0o600)
-        return timed([sys.executable, __file__, "--child", child, "--params", str(params)],
-                     dict(os.environ))
+        wrap = a.wrap.split() if a.wrap and variant == "ours, warm" else []
+        return timed([*wrap, sys.executable, __file__, "--child", child, "--params",
+                      str(params)], dict(os.environ))
     if variant == "ours, CLI process":
         args = [cli, "--json", "promote", p["entry"], "--name",
                 f"bench-{uuid.uuid4().hex[:6]}", "--source-credentials", env_files[0],
@@ -677,6 +679,8 @@ def main() -> None:
                         help="rounds of every variant; the table shows each one's median")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="one more warm run per case under cProfile, stats saved here")
+    parser.add_argument("--wrap", default=None, help="a command the warm child runs "
+                        "under, e.g. 'py-spy record --gil -f raw -o out.raw --'")
     parser.add_argument("--pace-demo", default=None, metavar="SHARDSxMIB",
                         help="only the adaptive pace against a throttling proxy")
     parser.add_argument("--throttle-inflight", type=int, default=4)
