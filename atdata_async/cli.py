@@ -306,9 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
                               "PREFIXAWS_ACCESS_KEY_ID/PREFIXAWS_SECRET_ACCESS_KEY "
                               "(default: AWS_*); never sent to the cluster")
 
-    cleanup = command("cleanup", "list (--yes: remove) what failed or killed promotions left")
+    cleanup = command("cleanup", "list (--yes: remove) what failed or killed promotions or "
+                      "inserts left")
     cleanup.add_argument("location", metavar="s3://BUCKET[/PREFIX]",
-                         help="where promotions copied to (the --copy-to of promote)")
+                         help="where promotions copied to (the --copy-to of promote), or an "
+                              "insert's --to")
     store_flags(cleanup, "that store")
     cleanup.add_argument("--forget", action="store_true",
                          help="also give up promotions that could be resumed (not running)")
