@@ -474,6 +474,26 @@ def skip_httpx_cli() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``atdata-async`` (and ``python -m atdata_async.cli``): argv None means sys.argv, the
+    command line of a process that ends with this call."""
+    try:
+        return command_line(argv)
+    finally:
+        if argv is None:
+            exit_lightly()
+
+
+def exit_lightly() -> None:
+    """Python's shutdown collects garbage across everything botocore, aiohttp and redis
+    loaded: 0.1-0.2 s of CPU, a quarter of a fresh `promote`, spent on memory the OS frees
+    anyway. Frozen, those objects are skipped; the command has closed its files, clients
+    and sockets already, and the standard streams are still flushed (start-up, #10)."""
+    import gc
+
+    gc.freeze()
+
+
+def command_line(argv: list[str] | None) -> int:
     Interrupt.install()
     args: argparse.Namespace | None = None
     outcome = Outcome()

@@ -482,3 +482,21 @@ def test_a_saved_session_spares_the_login_and_is_refreshed_only_when_it_must_be(
     assert calls() == calls("createSession") == 1
     assert session()["refreshJwt"] != forged_jwt(time.time() - 5)
     assert pds_account["password"] not in saved.read_text()
+
+
+def test_a_command_line_process_skips_the_garbage_collection_of_its_shutdown():
+    """Speed (#10): the program freezes the GC before Python's shutdown (which would walk
+    every object botocore, aiohttp and redis loaded); a caller passing argv keeps its GC."""
+    code = ("import atexit, gc, sys\n"
+            "from atdata_async import cli\n"
+            "atexit.register(lambda: print('frozen at exit:', gc.get_freeze_count() > 0))\n"
+            "try:\n    cli.main(['--version'])\nexcept SystemExit:\n    pass\n"
+            "print('in-process call froze:', gc.get_freeze_count() > 0)\n"
+            "sys.argv = ['atdata-async', '--version']\n"
+            "cli.main()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[1] == "in-process call froze: False" and lines[-1] == "frozen at exit: True"
+    assert lines[0] == lines[2] and lines[0].startswith("atdata-async ")  # --version, twice
