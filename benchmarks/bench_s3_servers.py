@@ -588,6 +588,9 @@ def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
     names += ["rclone", "bare aioboto3", "ours, warm", "ours, CLI process"]
     if case.startswith("1024x") or a.sequential:
         names.append("ours, sequential")
+    if not same and float(case.split("x")[1]) > 256:
+        # whole bodies in memory: 2 GiB took 5.6 GiB RSS and 114 s (docs/benchmarks.md)
+        names.remove("bare aioboto3")
     if a.variants:
         wanted = a.variants.split(",")
         names = [n for n in names if any(w in n for w in wanted)]
@@ -660,6 +663,60 @@ def print_row(r: dict, note: str = "") -> None:
     sys.stdout.flush()
 
 
+def markdown(rows: list[dict]) -> str:
+    """The median rows as docs/benchmarks.md's table, then the ratios against the targets."""
+    def fmt(x: float | None, digits: int = 2) -> str:
+        return "-" if x is None else f"{x:.{digits}f}"
+
+    lines = ["| case | endpoint | variant | wall s | call s | client CPU s | call CPU s | "
+             "peak RSS | requests | server CPU s | runs (s) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    last = None
+    for r in rows:
+        shards, mib = r["case"].split("x")
+        case = f"{shards} x {mib} MiB"
+        first = (r["case"], r["scenario"]) != last
+        lines.append(
+            f"| {case if first and r['case'] != (last or ('',))[0] else ''} | "
+            f"{r['scenario'] if first else ''} | {r['variant']} | {fmt(r['wall'])} | "
+            f"{fmt(r.get('call_wall'))} | {fmt(r['cpu'])} | {fmt(r.get('call_cpu'))} | "
+            f"{r['peak_rss_mib']:.0f} MiB | {r.get('requests') or '-'} | "
+            f"{fmt(r.get('server_cpu'))} | {', '.join(f'{x:.2f}' for x in r.get('runs', []))} |")
+        last = (r["case"], r["scenario"])
+    lines += ["", "Against the targets (medians):", ""]
+
+    def get(case: str, scenario: str, variant: str) -> dict | None:
+        return next((r for r in rows if (r["case"], r["scenario"], r["variant"])
+                     == (case, scenario, variant)), None)
+
+    for case in dict.fromkeys(r["case"] for r in rows):
+        s5, call = get(case, "same", "s5cmd"), get(case, "same", "ours, warm")
+        cli = get(case, "same", "ours, CLI process")
+        if s5 and call:
+            lines.append(f"- {case} same: call / s5cmd = {call['call_wall']:.2f} / "
+                         f"{s5['wall']:.2f} s = {call['call_wall'] / s5['wall']:.2f}x "
+                         "(target <= 1x)")
+        if s5 and cli:
+            lines.append(f"- {case} same: CLI / s5cmd = {cli['wall']:.2f} / {s5['wall']:.2f} s"
+                         f" = {cli['wall'] / s5['wall']:.2f}x (target <= 2x)")
+        rc, warm = get(case, "cross", "rclone"), get(case, "cross", "ours, warm")
+        if rc and warm:
+            lines.append(
+                f"- {case} cross: throughput vs rclone = {rc['wall']:.2f} / "
+                f"{warm['call_wall']:.2f} s = {rc['wall'] / warm['call_wall']:.2f}x "
+                f"(target >= 1x); peak RSS {warm['peak_rss_mib']:.0f} MiB (target <= 128); "
+                f"CPU call / rclone = {warm['call_cpu'] / rc['cpu']:.2f}x, whole process "
+                f"{warm['cpu'] / rc['cpu']:.2f}x (target <= 2x)")
+        for scenario in ("same", "cross"):
+            seq, warm = get(case, scenario, "ours, sequential"), get(case, scenario,
+                                                                    "ours, warm")
+            if seq and warm:
+                lines.append(f"- {case} {scenario}: sequential / concurrent = "
+                             f"{seq['call_wall']:.2f} / {warm['call_wall']:.2f} s = "
+                             f"{seq['call_wall'] / warm['call_wall']:.2f}x (target >= 3x)")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=["radosgw", "moto"], default="radosgw")
@@ -681,6 +738,8 @@ def main() -> None:
                         help="one more warm run per case under cProfile, stats saved here")
     parser.add_argument("--wrap", default=None, help="a command the warm child runs "
                         "under, e.g. 'py-spy record --gil -f raw -o out.raw --'")
+    parser.add_argument("--markdown", default=None, metavar="JSON",
+                        help="only print the table of rows saved by --json-out")
     parser.add_argument("--pace-demo", default=None, metavar="SHARDSxMIB",
                         help="only the adaptive pace against a throttling proxy")
     parser.add_argument("--throttle-inflight", type=int, default=4)
@@ -692,6 +751,9 @@ def main() -> None:
     if a.child:
         print(json.dumps(CHILDREN[a.child](json.loads(Path(a.params).read_text()))))
         return
+    if a.markdown:
+        print(markdown(json.loads(Path(a.markdown).read_text())))
+        return
     if a.pace_demo:
         pace_demo(a)
         return
@@ -701,6 +763,8 @@ def main() -> None:
     rows = run(a)
     if a.json_out:
         Path(a.json_out).write_text(json.dumps(rows, indent=1))
+    print()
+    print(markdown(rows))
 
 
 if __name__ == "__main__":
