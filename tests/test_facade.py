@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import json
 import os
 import subprocess
 import sys
@@ -154,6 +155,33 @@ def test_facade_objects_pass_through_as_cores_and_hide_secrets(s3_credentials, b
     store.put_bytes("hello", b"world")
     assert store.get_bytes(f"s3://{bucket}/hello") == b"world"
     store.close()
+
+
+def test_a_store_dropped_without_close_is_closed_at_exit(s3_credentials, bucket):
+    """Its S3 client lives on in s3_store's shared clients after the facade object is
+    gone; the portal's exit must still close it (else "Unclosed client session")."""
+    script = textwrap.dedent(f"""
+        import atexit, gc, json
+        import aiohttp
+
+        def count() -> None:  # registered first: runs after the portal's own exit
+            alive = [s for s in gc.get_objects() if isinstance(s, aiohttp.ClientSession)]
+            print(json.dumps([len(alive), sum(not s.closed for s in alive)]))
+
+        atexit.register(count)
+        from atdata_async.sync.local import S3DataStore
+
+        store = S3DataStore({dict(s3_credentials)!r}, bucket={bucket!r})
+        store.put_bytes("dropped", b"x")
+        del store
+        gc.collect()
+    """)
+    out = subprocess.run([sys.executable, "-W", "error", "-c", script], capture_output=True,
+                         text=True, timeout=120, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert out.returncode == 0, out.stderr
+    _alive, unclosed = json.loads(out.stdout.strip().splitlines()[-1])
+    assert unclosed == 0  # was 1: the dropped store's client, never closed
+    assert "Unclosed" not in out.stderr, out.stderr
 
 
 def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():

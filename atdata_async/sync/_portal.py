@@ -12,7 +12,6 @@ import contextlib
 import functools
 import inspect
 import threading
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -23,7 +22,11 @@ R = TypeVar("R")
 
 _lock = threading.Lock()
 _portal: BlockingPortal | None = None
-_closers: weakref.WeakSet[Any] = weakref.WeakSet()
+# Held strongly (by id: a core need not be hashable): a facade object dropped without
+# close() would otherwise leave what its core opened on the loop (an S3 client shared
+# through s3_store) unclosed until the interpreter's end, which warns "Unclosed client
+# session"; close() lets go of it.
+_closers: dict[int, Any] = {}
 CLEANUP_WAIT = 60.0
 """Seconds an interrupted facade call waits for its cancelled task to clean up."""
 
@@ -81,7 +84,7 @@ def call(fn: Callable[..., Awaitable[R]], /, *args: Any, **kwargs: Any) -> R:
 
 def close_at_exit(resource: Any) -> None:
     """Remember an object with ``async aclose()`` to close on the loop at exit."""
-    _closers.add(resource)
+    _closers[id(resource)] = resource
 
 
 def _shutdown() -> None:
@@ -91,7 +94,7 @@ def _shutdown() -> None:
         return
 
     async def close_all() -> None:
-        for resource in list(_closers):
+        for resource in list(_closers.values()):
             with contextlib.suppress(Exception):
                 await resource.aclose()
 
@@ -189,6 +192,7 @@ class Facade:
         """Release the core's connections (blocking ``aclose``)."""
         if hasattr(self._core, "aclose"):
             call(self._core.aclose)
+            _closers.pop(id(self._core), None)
 
     def __enter__(self) -> Any:
         return self
