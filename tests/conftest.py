@@ -4,6 +4,7 @@ reference ATProto PDS, all on 127.0.0.1, all stopped by PID at the end."""
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 
 # moto reads these at import: small parts so multipart paths run on small test data.
@@ -117,6 +118,17 @@ def raw_s3(moto_server):
     """A plain boto3 client to inspect what landed in S3."""
     return boto3.client("s3", endpoint_url=moto_server.url, region_name="us-east-1",
                         aws_access_key_id="x", aws_secret_access_key="y")
+
+
+def _sigterm_is_ctrl_c(signum, frame):
+    raise KeyboardInterrupt
+
+
+def pytest_sessionstart(session):
+    """A session ended by SIGTERM (a job's timeout, a kill) is torn down like Ctrl-C:
+    its fixtures stop the redis-server, moto and PDS processes it started, instead of
+    leaving them running with no parent."""
+    signal.signal(signal.SIGTERM, _sigterm_is_ctrl_c)
 
 
 def pytest_configure(config):
