@@ -1,12 +1,19 @@
 """The Dask engine against the local task group: the copy phase of one promotion.
 
-    .venv/bin/python benchmarks/bench_dask.py [--shards 256] [--kib 256] [--workers 1,2,4]
+    .venv/bin/python benchmarks/bench_dask.py [--shards 256] [--kib 64] [--workers 1,2,4]
+                                              [--repeat 3]
 
-Starts its own redis-server and two in-process moto S3 servers on 127.0.0.1, puts N
-shards in one, and copies them into the other (streamed cross-endpoint, journaled) with
-the promotion's own shard step: once in this process's task group, and once per worker
-count on a LocalCluster of worker processes (DaskExecutor). The PDS writes are the same
-in both and are left out. Every copy is checked byte for byte (sha256) afterwards.
+Starts its own redis-server and two moto S3 servers, each a process of its own on
+127.0.0.1 (so that neither engine shares a GIL with S3), puts N shards in one, and copies
+them into the other (streamed cross-endpoint, journaled) with the promotion's own shard
+step: in this process's task group, and on a Dask cluster (DaskExecutor) whose scheduler
+and workers are processes of their own (``dask scheduler``, ``dask worker --nworkers N``:
+a LocalCluster would run its scheduler on a thread of this process, competing with the
+coordinator for its GIL), paired: per worker count, one warm-up run on the cluster, then
+``--repeat`` rounds of (local, cluster), so that both engines see the same machine.
+Medians; "vs local" is the cluster's median over the local median of the same rounds.
+The PDS writes are the same in both and are left out. Every copy is checked byte for
+byte (sha256) afterwards and no upload may stay open.
 """
 
 from __future__ import annotations
@@ -90,30 +97,106 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
         return {"wall": wall, "ok": ok, "uploads": len(uploads)}
 
 
+def tree_cpu() -> float:
+    """CPU seconds used so far by this process and every descendant (moto, redis, the
+    Dask scheduler and workers): less at the mercy of a shared machine than wall time."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    used: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry.name)] = int(fields[1])
+        used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
+    me, total = os.getpid(), 0.0
+    for pid, cpu in used.items():
+        p = pid
+        while p > 1 and p != me:
+            p = parents.get(p, 0)
+        if p == me:
+            total += cpu
+    return total
+
+
+def timed(run) -> dict:
+    before = tree_cpu()
+    out = run()
+    out["cpu"] = tree_cpu() - before
+    return out
+
+
 def _resume():
     from atdata_async._pipeline.journal import ShardResume
 
     return ShardResume()
 
 
+class Cluster:
+    """``dask scheduler`` and ``dask worker --nworkers n`` as processes of their own,
+    stopped by their PIDs."""
+
+    def __init__(self, work: Path, n: int, threads: int) -> None:
+        import subprocess
+
+        self.file = work / f"scheduler-{n}-{uuid.uuid4().hex[:6]}.json"
+        cli = [sys.executable, "-m"]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        self.scheduler = subprocess.Popen(
+            [*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
+                   "--no-dashboard", "--scheduler-file", str(self.file)], **quiet)
+        self.workers = subprocess.Popen(
+            [*cli, "distributed.cli.dask_worker", "--scheduler-file", str(self.file),
+                   "--nworkers", str(n), "--nthreads", str(threads), "--host", "127.0.0.1",
+                   "--no-dashboard"], **quiet)
+        self.n = n
+
+    def address(self) -> str:
+        import json
+
+        deadline = time.monotonic() + 120
+        while not (self.file.exists() and self.file.read_text()):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the dask scheduler did not start")
+            time.sleep(0.1)
+        return json.loads(self.file.read_text())["address"]
+
+    def stop(self) -> None:
+        for proc in (self.workers, self.scheduler):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(30)
+                except Exception:
+                    proc.kill()
+                    proc.wait()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--shards", type=int, default=256)
-    ap.add_argument("--kib", type=int, default=256, help="shard size")
+    ap.add_argument("--kib", type=int, default=64, help="shard size")
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--repeat", type=int, default=3, help="paired rounds per worker count")
     args = ap.parse_args()
     os.environ.update(SECRET_ENV)  # the workers' own environment (LocalCluster inherits it)
 
+    import statistics
+
     import boto3
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     from atdata_async._pipeline.executor import CredentialSource, DaskExecutor
     from tests import services
 
     work = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     redis = services.start_redis(work)
-    src, dst = services.start_moto(in_process=True), services.start_moto(in_process=True)
+    src = services.start_moto(in_process=False)
+    dst = services.start_moto(in_process=False)
     try:
         raw = boto3.client("s3", endpoint_url=src.url, region_name="us-east-1",
                            aws_access_key_id="x", aws_secret_access_key="y")
@@ -128,33 +211,62 @@ def main() -> None:
             sums[key] = hashlib.sha256(body).hexdigest()
         total = args.shards * args.kib / 1024
 
-        def run(executor) -> dict:
-            return asyncio.run(copy_phase(redis.url, src.url, dst.url, bucket, keys, sums,
-                                          executor, args.concurrency))
+        def local() -> dict:
+            return timed(lambda: asyncio.run(copy_phase(redis.url, src.url, dst.url, bucket,
+                                                        keys, sums, None, args.concurrency)))
 
-        rows = [("local task group", "-", run(None))]
+        local()  # warm: imports, S3 clients, moto's first requests
+        locals_all: list[dict] = []
+        rows = []
         for n in [int(x) for x in args.workers.split(",") if x]:
-            with LocalCluster(n_workers=n, processes=True,
-                              threads_per_worker=max(1, args.concurrency // n),
-                              host="127.0.0.1", dashboard_address="127.0.0.1:0") as cluster:
+            cluster = Cluster(work, n, max(1, args.concurrency // n))
+            try:
+                address = cluster.address()
 
-                async def on_cluster(address=cluster.scheduler_address) -> dict:
+                async def on_cluster(address: str = address, n: int = n) -> dict:
                     async with Client(address, asynchronous=True) as dc:
+                        await dc.wait_for_workers(n)
                         ex = DaskExecutor(dc, credentials=CredentialSource(env_prefix="BENCH_"))
                         return await copy_phase(redis.url, src.url, dst.url, bucket, keys,
                                                 sums, ex, args.concurrency)
 
                 asyncio.run(on_cluster())  # warm: worker imports, S3 clients
-                rows.append((f"dask, {n} worker process(es)", str(n),
-                             asyncio.run(on_cluster())))
-        base = rows[0][2]["wall"]
+                paired_local, paired_dask = [], []
+                for _ in range(args.repeat):
+                    paired_local.append(local())
+                    paired_dask.append(timed(lambda: asyncio.run(on_cluster())))
+            finally:
+                cluster.stop()
+            locals_all += paired_local
+            rows.append((n, paired_local, paired_dask))
+
+        def median(runs: list[dict], what: str = "wall") -> float:
+            return statistics.median(r[what] for r in runs)
+
+        def checked(runs: list[dict]) -> tuple[int, int]:
+            return min(r["ok"] for r in runs), max(r["uploads"] for r in runs)
+
         print(f"{args.shards} shards x {args.kib} KiB ({total:.0f} MiB), cross-endpoint "
-              f"streamed copy, concurrency {args.concurrency}, {os.cpu_count()} cores")
+              f"streamed copy, concurrency {args.concurrency}, {os.cpu_count()} cores, moto "
+              f"in its own processes; median of {args.repeat} paired round(s)")
+        print("wall: median wall time; CPU: median CPU seconds of every process involved "
+              "(this one, moto, redis, scheduler, workers); vs local: over the local median "
+              "of the same rounds")
         print(f"{'engine':<28} {'workers':>7} {'wall s':>8} {'MiB/s':>7} {'vs local':>9} "
-              f"{'identical':>10} {'open uploads':>12}")
-        for name, n, r in rows:
-            print(f"{name:<28} {n:>7} {r['wall']:>8.2f} {total / r['wall']:>7.1f} "
-                  f"{r['wall'] / base:>8.2f}x {r['ok']:>5}/{args.shards:<4} {r['uploads']:>12}")
+              f"{'CPU s':>7} {'vs local':>9} {'runs (s)':>20} {'identical':>10} "
+              f"{'open uploads':>12}")
+
+        def row(name: str, n: str, runs: list[dict], base: list[dict]) -> None:
+            wall, cpu = median(runs), median(runs, "cpu")
+            ok, uploads = checked(runs)
+            each = " ".join(f"{r['wall']:.2f}" for r in runs)
+            print(f"{name:<28} {n:>7} {wall:>8.2f} {total / wall:>7.1f} "
+                  f"{wall / median(base):>8.3f}x {cpu:>7.2f} {cpu / median(base, 'cpu'):>8.3f}x "
+                  f"{each:>20} {ok:>5}/{args.shards:<4} {uploads:>12}")
+
+        row("local task group", "-", locals_all, locals_all)
+        for n, paired_local, paired_dask in rows:
+            row(f"dask, {n} worker process(es)", str(n), paired_dask, paired_local)
     finally:
         src.stop()
         dst.stop()

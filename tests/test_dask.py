@@ -404,7 +404,8 @@ async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, whe
 def test_bench_dask_smoke():
     """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open."""
     done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "2",
-                           "--kib", "16", "--workers", "1", "--concurrency", "2"],
+                           "--kib", "16", "--workers", "1", "--concurrency", "2",
+                           "--repeat", "1"],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]

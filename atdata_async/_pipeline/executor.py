@@ -494,4 +494,3 @@ def _translate(exc: BaseException, i: int, where: str) -> ExecutorError:
         why = f"{name}: {exc}"
     return ExecutorError(f"shard {i} could not be run on the Dask cluster at {where}: {why}; "
                          "the journal keeps what finished: rerun the promotion to resume")
-
