@@ -1,7 +1,7 @@
 """The one process-wide BlockingPortal behind the sync facade.
 
 An anyio event loop runs in a daemon thread; every facade call is ``portal.call`` on it,
-so every async resource (aioboto3 client, redis pool, httpx client) lives on that loop.
+so every async resource (S3 client, redis pool, httpx client) lives on that loop.
 At interpreter exit, resources registered with ``close_at_exit`` are closed on the loop.
 """
 
