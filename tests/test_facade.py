@@ -214,11 +214,17 @@ def test_ctrl_c_in_a_facade_call_cancels_the_task_and_waits_for_its_cleanup():
             time.sleep(0.2)  # let the caller reach its wait for the result
             signal.pthread_kill(main, signal.SIGINT)
 
+    # Python raises KeyboardInterrupt only where SIGINT has its default handler; a run
+    # started in the background of a non-interactive shell inherits SIGINT ignored.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     presser = threading.Thread(target=ctrl_c_once_started)
     presser.start()
-    with pytest.raises(KeyboardInterrupt):
-        _portal.call(long_job)
-    presser.join()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _portal.call(long_job)
+    finally:
+        presser.join()
+        signal.signal(signal.SIGINT, previous)
     assert events == ["started", "cleaned up"]
 
 
