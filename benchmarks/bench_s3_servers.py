@@ -273,8 +273,9 @@ def timed(cmd: list[str], env: dict[str, str]) -> dict:
     _, user, system, max_kib = line.split()
     result = {"wall": wall, "cpu": float(user) + float(system),
               "peak_rss_mib": int(max_kib) / 1024}
-    with contextlib.suppress(ValueError, IndexError):
-        result.update(json.loads(out.stdout.strip().splitlines()[-1]))
+    with contextlib.suppress(ValueError, IndexError):  # the child's last JSON line
+        result.update(json.loads([ln for ln in out.stdout.splitlines()
+                                  if ln.startswith("{")][-1]))
     return result
 
 
