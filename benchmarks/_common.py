@@ -8,6 +8,7 @@ import io
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tarfile
@@ -141,3 +142,28 @@ def print_table(title: str, rows: list[dict], total_bytes: int, baseline: str) -
         growth = r["peak_rss_mib"] - r["start_rss_mib"]
         print(f"{r['name']:<34} {r['wall']:>8.2f} {mibs:>8.1f} {r['peak_rss_mib']:>13.0f} "
               f"{growth:>7.0f} {base['wall'] / r['wall']:>17.2f}x")
+
+
+def kill_when_journaled(argv: list[str], redis_url: str, pattern: str, settled: int,
+                        what: str) -> float:
+    """Run ``argv`` as a child and SIGKILL it once ``settled`` shards are journaled as done
+    under journals matching ``pattern``; the seconds it ran (a crash at a chosen point)."""
+    import redis
+
+    r = redis.Redis.from_url(redis_url)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    start = time.perf_counter()
+    try:
+        while True:
+            keys = [k for k in r.scan_iter(match=pattern, count=100)
+                    if not k.endswith(b":lease")]
+            if sum(1 for k in keys for f in r.hkeys(k) if f.startswith(b"s:")) >= settled:
+                break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the {what} ended before the kill: {proc.communicate()}")
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
+        r.close()
+    return time.perf_counter() - start

@@ -15,8 +15,6 @@ requests it sends. Before this change a rerun used fresh keys: it sent 100%.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import boto, local_services, new_bucket
+from benchmarks._common import boto, kill_when_journaled, local_services, new_bucket
 from benchmarks.bench_resume import (
     PART,
     Counted,
@@ -114,27 +112,10 @@ def in_s3(ctx: dict[str, Any], prefix: str) -> tuple[dict[str, int], int, int]:
 
 
 def kill_halfway(ctx: dict[str, Any], paths: list[str]) -> float:
-    import redis
-
-    r = redis.Redis.from_url(ctx["redis"])
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps([ctx, paths])],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    start = time.perf_counter()
-    try:
-        while True:
-            keys = [k for k in r.scan_iter(match="atdata_async:journal:insert-*", count=100)
-                    if not k.endswith(b":lease")]
-            done = sum(1 for k in keys for f in r.hkeys(k) if f.startswith(b"s:"))
-            if done >= len(paths) // 2:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"the insert ended before the kill: {proc.communicate()}")
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        r.close()
-    return time.perf_counter() - start
+    """Run the insert in a child; SIGKILL it once half the shards are journaled."""
+    return kill_when_journaled([sys.executable, __file__, "--child", json.dumps([ctx, paths])],
+                               ctx["redis"], "atdata_async:journal:insert-*", len(paths) // 2,
+                               "insert")
 
 
 def run_case(ctx: dict[str, Any], paths: list[str], repeats: int = 3) -> dict[str, Any]:

@@ -17,8 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,7 +25,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import boto, creds, local_services, new_bucket
+from benchmarks._common import boto, creds, kill_when_journaled, local_services, new_bucket
 
 PART = 256 * 1024
 os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", str(PART))  # read by the moto servers
@@ -170,27 +168,8 @@ def missing_in_s3(ctx: dict[str, Any], sizes: dict[str, int]) -> dict[str, Any]:
 
 def kill_halfway(ctx: dict[str, Any], shards: int) -> float:
     """Run the promotion in a child; SIGKILL it once half the shards are journaled."""
-    import redis
-
-    r = redis.Redis.from_url(ctx["redis"])
-    proc = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(ctx)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    start = time.perf_counter()
-    try:
-        while True:
-            keys = [k.decode() for k in r.scan_iter(match="atdata_async:journal:*", count=100)
-                    if not k.endswith(b":lease")]
-            copied = sum(1 for k in keys for f in r.hkeys(k) if f.startswith(b"s:"))
-            if copied >= shards // 2:
-                break
-            if proc.poll() is not None:
-                raise RuntimeError(f"the promotion ended before the kill: {proc.communicate()}")
-            time.sleep(0.01)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        r.close()
-    return time.perf_counter() - start
+    return kill_when_journaled([sys.executable, __file__, "--child", json.dumps(ctx)],
+                               ctx["redis"], "atdata_async:journal:*", shards // 2, "promotion")
 
 
 def run_case(ctx: dict[str, Any], paths: list[Path]) -> dict[str, Any]:

@@ -78,14 +78,6 @@ def test_states_of_another_plan_are_ignored():
 # -- against the real servers ------------------------------------------------------------
 
 
-@pytest.fixture
-async def index(redis_url, s3_credentials, bucket):
-    store = store_for(s3_credentials, bucket)
-    async with store, LocalIndex(redis_url, data_store=store) as index:
-        await index.publish_schema(FeatureSample, version="1.0.0")
-        yield index
-
-
 class Sent:
     """Bytes and uploads the destination store was sent (PUT bodies and parts)."""
 
