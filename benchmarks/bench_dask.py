@@ -1,7 +1,7 @@
 """The Dask engine against the local task group: the copy phase of one promotion.
 
     .venv/bin/python benchmarks/bench_dask.py [--shards 256] [--kib 64] [--workers 1,2,4]
-                                              [--repeat 3]
+                                              [--repeat 3] [--before]
 
 Starts its own redis-server and two moto S3 servers, each a process of its own on
 127.0.0.1 (so that neither engine shares a GIL with S3), puts N shards in one, and copies
@@ -12,6 +12,9 @@ a LocalCluster would run its scheduler on a thread of this process, competing wi
 coordinator for its GIL), paired: per worker count, one warm-up run on the cluster, then
 ``--repeat`` rounds of (local, cluster), so that both engines see the same machine.
 Medians; "vs local" is the cluster's median over the local median of the same rounds.
+The coordinator keeps ``DaskExecutor.in_flight(concurrency)`` tasks at the cluster, as a
+promotion does; ``--before`` adds a cluster run per round that keeps only ``concurrency``
+in flight (the engine before issue 13's prefetch), so both are measured side by side.
 The PDS writes are the same in both and are left out. Every copy is checked byte for
 byte (sha256) afterwards and no upload may stay open.
 """
@@ -42,7 +45,8 @@ def creds(url: str) -> dict[str, str]:
 
 
 async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str,
-                     keys: list[str], sums: dict[str, str], executor, concurrency: int) -> dict:
+                     keys: list[str], sums: dict[str, str], executor, concurrency: int,
+                     deep: bool = True) -> dict:
     from atdata_async._backends.redis_index import LocalIndex
     from atdata_async._backends.s3_store import S3DataStore
     from atdata_async._backends.tasks import run_per_shard
@@ -81,8 +85,11 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
                 return await _settle_shard(plan, source, http, dest, True, tracker, logs[i],
                                            _resume())
 
+            limit = concurrency  # the local task group's, and the cluster's before prefetch
+            if remote is not None and deep:
+                limit = remote.in_flight(concurrency)  # as promote.py keeps it
             settled = await run_per_shard([p.source_url for p in plans],
-                                          list(enumerate(plans)), one, concurrency, tracker)
+                                          list(enumerate(plans)), one, limit, tracker)
             if remote is not None:
                 await remote.sweep([p.dest_key for p in plans])
             wall = time.perf_counter() - started
@@ -94,7 +101,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             ok += hashlib.sha256(body).hexdigest() == sums[plan.source_url.rsplit("/", 1)[1]] \
                 == got.sha256
         uploads = await dest.list_multipart_uploads()
-        return {"wall": wall, "ok": ok, "uploads": len(uploads)}
+        return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit}
 
 
 def tree_cpu() -> float:
@@ -182,6 +189,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="paired rounds per worker count")
+    ap.add_argument("--before", action="store_true",
+                    help="also run the cluster with only --concurrency tasks in flight")
     args = ap.parse_args()
     os.environ.update(SECRET_ENV)  # the workers' own environment (LocalCluster inherits it)
 
@@ -223,22 +232,25 @@ def main() -> None:
             try:
                 address = cluster.address()
 
-                async def on_cluster(address: str = address, n: int = n) -> dict:
+                async def on_cluster(address: str = address, n: int = n,
+                                     deep: bool = True) -> dict:
                     async with Client(address, asynchronous=True) as dc:
                         await dc.wait_for_workers(n)
                         ex = DaskExecutor(dc, credentials=CredentialSource(env_prefix="BENCH_"))
                         return await copy_phase(redis.url, src.url, dst.url, bucket, keys,
-                                                sums, ex, args.concurrency)
+                                                sums, ex, args.concurrency, deep)
 
                 asyncio.run(on_cluster())  # warm: worker imports, S3 clients
-                paired_local, paired_dask = [], []
+                paired_local, paired_dask, paired_plain = [], [], []
                 for _ in range(args.repeat):
                     paired_local.append(local())
+                    if args.before:
+                        paired_plain.append(timed(lambda: asyncio.run(on_cluster(deep=False))))
                     paired_dask.append(timed(lambda: asyncio.run(on_cluster())))
             finally:
                 cluster.stop()
             locals_all += paired_local
-            rows.append((n, paired_local, paired_dask))
+            rows.append((n, paired_local, paired_dask, paired_plain))
 
         def median(runs: list[dict], what: str = "wall") -> float:
             return statistics.median(r[what] for r in runs)
@@ -265,8 +277,10 @@ def main() -> None:
                   f"{each:>20} {ok:>5}/{args.shards:<4} {uploads:>12}")
 
         row("local task group", "-", locals_all, locals_all)
-        for n, paired_local, paired_dask in rows:
-            row(f"dask, {n} worker process(es)", str(n), paired_dask, paired_local)
+        for n, paired_local, paired_dask, paired_plain in rows:
+            for runs in (paired_plain, paired_dask):
+                if runs:
+                    row(f"dask, {runs[0]['limit']} in flight", str(n), runs, paired_local)
     finally:
         src.stop()
         dst.stop()

@@ -15,6 +15,7 @@ import sys
 import anyio
 import pytest
 from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
 
 from atdata_async import ExecutorError, PromotionBusyError
 from atdata_async._backends.s3_store import S3DataStore
@@ -82,6 +83,53 @@ async def test_shards_copied_on_worker_processes(index, client, tmp_path,  # noq
     ran = await dask_client.run(_stores_on_worker)
     assert sum(ran.values()) >= 2 and all(os.getpid() != int(a.rsplit(":", 1)[-1])
                                           for a in ran)
+
+
+class InFlight(SchedulerPlugin):
+    """Counts the shard tasks the scheduler holds unfinished (from their arrival until
+    they are in memory, erred or released), and the most it held at once."""
+
+    name = "atdata-in-flight"
+
+    def __init__(self) -> None:
+        self.now: set[str] = set()
+        self.peak = 0
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if not str(key).startswith("atdata-shard-"):
+            return
+        if finish in ("memory", "erred", "released", "forgotten"):
+            self.now.discard(str(key))
+        else:
+            self.now.add(str(key))
+            self.peak = max(self.peak, len(self.now))
+
+
+def _peak_in_flight(dask_scheduler) -> int:
+    return dask_scheduler.plugins[InFlight.name].peak
+
+
+async def test_more_tasks_in_flight_than_max_concurrency_hide_the_round_trip(
+        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+    entry = await insert(index, tmp_path, "deep", shards=8, per_shard=20, stem="deep")
+    dest_bucket = make_bucket(second_moto_server.url)
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
+    # 2 workers x max_concurrency 1 x 2 (prefetch); the local limit stays 1
+    assert executor.in_flight(1) == 4
+    await dask_client.register_plugin(InFlight())
+    try:
+        async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            uri = await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                              executor=executor, max_concurrency=1)
+            assert await dest.list_multipart_uploads() == []
+        peak = await dask_client.run_on_scheduler(_peak_in_flight)
+    finally:
+        await dask_client.unregister_scheduler_plugin(InFlight.name)
+    # with only max_concurrency in flight the scheduler never held more than 1
+    assert 1 < peak <= 4
+    assert_copied(entry, await AtmosphereIndex(client).get_dataset(uri),
+                  second_moto_server.url)
+    assert len(await datasets(client)) == 1
 
 
 def _our_tasks(dask_scheduler) -> list[bytes]:
@@ -405,8 +453,9 @@ def test_bench_dask_smoke():
     """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open."""
     done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "2",
                            "--kib", "16", "--workers", "1", "--concurrency", "2",
-                           "--repeat", "1"],
+                           "--repeat", "1", "--before"],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]
-    assert len(rows) == 2 and all(" 2/2 " in r and r.endswith(" 0") for r in rows), done.stdout
+    assert len(rows) == 3 and all(" 2/2 " in r and r.endswith(" 0") for r in rows), done.stdout
+    assert "dask, 2 in flight" in rows[1] and "dask, 4 in flight" in rows[2], done.stdout

@@ -187,10 +187,16 @@ async def promote_many(
     listed = await _list_in_place(source, [s for job in todo for s in job.plan.shards])
     shards = [s for job in todo for s in job.plan.shards]
     tracker = ProgressTracker(progress, len(shards), sum(s.size or 0 for s in shards))
-    limiter = anyio.CapacityLimiter(max(1, max_concurrency))
+    # On a cluster, more shard tasks in flight than run at once (DaskExecutor.in_flight,
+    # workers counted once here); a shard settled here still takes a local slot.
+    shard_limit = (executor.in_flight(max_concurrency) if executor is not None
+                   else max(1, max_concurrency))
+    limiter = anyio.CapacityLimiter(shard_limit)
+    local_slots = (anyio.CapacityLimiter(max(1, max_concurrency)) if executor is not None
+                   else None)
     # Entries in flight at once (their shards share ``limiter``): bounds the journals and
     # Redis connections a batch of thousands holds.
-    entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency))
+    entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency, shard_limit))
     writer = _Writer(client, max_rate_limit_wait,
                      min(MAX_WRITE_BYTES, max_record_bytes * 9 // 10))
     ready: dict[int, _Settled] = {}
@@ -205,7 +211,8 @@ async def promote_many(
             async with entry_slots:
                 ready[job.index] = await _settle_entry(
                     job, local_schema, local_index, client, data_store, compute_checksums,
-                    limiter, tracker, http, listed, verify, executor, source_store)
+                    limiter, tracker, http, listed, verify, executor, source_store,
+                    local_slots)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -333,6 +340,7 @@ async def _settle_entry(
     tracker: ProgressTracker, http: HttpShardReader,
     listed: dict[str, tuple[int, str]] | None = None, verify: bool = True,
     executor: DaskExecutor | None = None, source_store: S3DataStore | None = None,
+    local_slots: anyio.CapacityLimiter | None = None,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
@@ -367,8 +375,9 @@ async def _settle_entry(
                 return replace(shard, size=seen[0])
             if remote is not None and shard.dest_key is not None and resumes[i].done is None:
                 return await settle_elsewhere(remote, i, shard, resumes[i], logs[i], tracker)
-            return await _settle_shard(shard, source, http, data_store, compute_checksums,
-                                       tracker, logs[i], resumes[i], verify)
+            async with local_slots if local_slots is not None else contextlib.nullcontext():
+                return await _settle_shard(shard, source, http, data_store, compute_checksums,
+                                           tracker, logs[i], resumes[i], verify)
 
         settled: list[ShardPlan] = []
         with single_error():

@@ -375,7 +375,19 @@ class DaskExecutor:
     find S3 credentials through ``credentials`` (and ``source_credentials`` for the
     source store, default the same), and the Redis URL itself when it carries a
     password through ``redis_url_env``. ``retries``: reruns of a task that raised
-    (a worker's death is retried by the scheduler regardless)."""
+    (a worker's death is retried by the scheduler regardless).
+
+    On a cluster, a promotion's ``max_concurrency`` is a depth per worker: the
+    coordinator keeps ``in_flight(max_concurrency)`` = max_concurrency x workers x
+    ``PREFETCH`` shard tasks at the cluster (workers counted once, when a promotion
+    binds), so the next tasks already wait at the scheduler while a result travels
+    back (with only max_concurrency in flight, each slot idled for that round trip).
+    What runs at once on a worker is bounded by its threads (``--nthreads``), its S3
+    requests and buffers by its store's own ``max_concurrency`` (the destination
+    store's setting, carried by the task). Shards settled by the coordinator itself
+    still run at most max_concurrency at once."""
+
+    PREFETCH = 2  # tasks queued per running slot: hides one scheduler round trip
 
     def __init__(self, client: Any, *, credentials: CredentialSource | None = None,
                  source_credentials: CredentialSource | None = None,
@@ -388,6 +400,25 @@ class DaskExecutor:
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.scheduler_address!r})"
+
+    def workers(self) -> int:
+        """The cluster's worker count, asked of the scheduler now (at least 1; 1 when
+        it cannot say: then the limit is the local one, x PREFETCH)."""
+        client = self.client
+        try:
+            # a sync client asks the scheduler (one round trip); an asynchronous one
+            # returns its cached identity, which carries the count
+            info = client.scheduler_info(n_workers=0)
+            count = int(info.get("n_workers") or len(info.get("workers") or ()))
+        except Exception as exc:  # a gone scheduler fails later, at submit, as ExecutorError
+            log.debug("could not count the workers at %s: %s", self.scheduler_address, exc)
+            count = 1
+        return max(1, count)
+
+    def in_flight(self, max_concurrency: int, workers: int | None = None) -> int:
+        """How many shard tasks the coordinator keeps at the cluster (see the class)."""
+        count = self.workers() if workers is None else workers
+        return max(1, max_concurrency) * max(1, count) * self.PREFETCH
 
     @property
     def scheduler_address(self) -> str:
@@ -420,6 +451,13 @@ class ShardRunner:
         self.run_token = secrets.token_hex(4)
         self.submitted = 0
         self.journal: PromotionJournal | None = None  # the coordinator's (lease, epoch)
+        self.workers: int | None = None  # read once, when promote asks right after bind
+
+    def in_flight(self, max_concurrency: int) -> int:
+        """The coordinator's limit of this promotion's shard tasks at the cluster."""
+        if self.workers is None:
+            self.workers = self.executor.workers()
+        return self.executor.in_flight(max_concurrency, self.workers)
 
     def task(self, i: int, shard: ShardPlan, resume: ShardResume) -> ShardTask:
         epoch = self.journal.epoch if self.journal is not None else None

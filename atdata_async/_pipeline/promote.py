@@ -661,17 +661,25 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
     async def settle_shards() -> None:
         nonlocal settled
         indexed = list(enumerate(plan.shards))
+        # on a cluster, more tasks in flight than run at once (ShardRunner.in_flight);
+        # a shard settled here still takes one of max_concurrency local slots
+        local: Any = contextlib.nullcontext()
+        limit = max_concurrency
+        if remote is not None:
+            local, limit = (anyio.CapacityLimiter(max(1, max_concurrency)),
+                            remote.in_flight(max_concurrency))
 
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item
             if remote is not None and shard.dest_key is not None and resumes[i].done is None:
                 return await settle_elsewhere(remote, i, shard, resumes[i], logs[i], tracker)
-            return await _settle_shard(shard, source, http, data_store, compute_checksums,
-                                       tracker, logs[i], resumes[i], verify)
+            async with local:
+                return await _settle_shard(shard, source, http, data_store, compute_checksums,
+                                           tracker, logs[i], resumes[i], verify)
 
         try:
             settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
-                                          max_concurrency, tracker)
+                                          limit, tracker)
         except ShardTransferError as exc:
             raise_lost_cluster(exc)
             raise
