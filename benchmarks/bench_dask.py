@@ -87,7 +87,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
 
             limit = concurrency  # the local task group's, and the cluster's before prefetch
             if remote is not None and deep:
-                limit = remote.in_flight(concurrency)  # as promote.py keeps it
+                limit = await remote.in_flight(concurrency)  # as promote.py keeps it
             settled = await run_per_shard([p.source_url for p in plans],
                                           list(enumerate(plans)), one, limit, tracker)
             if remote is not None:

@@ -115,7 +115,7 @@ async def test_more_tasks_in_flight_than_max_concurrency_hide_the_round_trip(
     dest_bucket = make_bucket(second_moto_server.url)
     executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
     # 2 workers x max_concurrency 1 x 2 (prefetch); the local limit stays 1
-    assert executor.in_flight(1) == 4
+    assert await executor.in_flight(1) == 4
     await dask_client.register_plugin(InFlight())
     try:
         async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:

@@ -189,7 +189,7 @@ async def promote_many(
     tracker = ProgressTracker(progress, len(shards), sum(s.size or 0 for s in shards))
     # On a cluster, more shard tasks in flight than run at once (DaskExecutor.in_flight,
     # workers counted once here); a shard settled here still takes a local slot.
-    shard_limit = (executor.in_flight(max_concurrency) if executor is not None
+    shard_limit = (await executor.in_flight(max_concurrency) if executor is not None
                    else max(1, max_concurrency))
     limiter = anyio.CapacityLimiter(shard_limit)
     local_slots = (anyio.CapacityLimiter(max(1, max_concurrency)) if executor is not None

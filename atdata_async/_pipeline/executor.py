@@ -401,23 +401,27 @@ class DaskExecutor:
     def __repr__(self) -> str:
         return f"DaskExecutor({self.scheduler_address!r})"
 
-    def workers(self) -> int:
+    async def workers(self) -> int:
         """The cluster's worker count, asked of the scheduler now (at least 1; 1 when
         it cannot say: then the limit is the local one, x PREFETCH)."""
         client = self.client
         try:
-            # a sync client asks the scheduler (one round trip); an asynchronous one
-            # returns its cached identity, which carries the count
-            info = client.scheduler_info(n_workers=0)
+            # an asynchronous client returns its cached identity, which carries the count;
+            # a sync one asks the scheduler (one round trip), off the event loop
+            if getattr(client, "asynchronous", False):
+                info = client.scheduler_info(n_workers=0)
+            else:
+                info = await anyio.to_thread.run_sync(
+                    lambda: client.scheduler_info(n_workers=0))
             count = int(info.get("n_workers") or len(info.get("workers") or ()))
         except Exception as exc:  # a gone scheduler fails later, at submit, as ExecutorError
             log.debug("could not count the workers at %s: %s", self.scheduler_address, exc)
             count = 1
         return max(1, count)
 
-    def in_flight(self, max_concurrency: int, workers: int | None = None) -> int:
+    async def in_flight(self, max_concurrency: int, workers: int | None = None) -> int:
         """How many shard tasks the coordinator keeps at the cluster (see the class)."""
-        count = self.workers() if workers is None else workers
+        count = await self.workers() if workers is None else workers
         return max(1, max_concurrency) * max(1, count) * self.PREFETCH
 
     @property
@@ -453,11 +457,11 @@ class ShardRunner:
         self.journal: PromotionJournal | None = None  # the coordinator's (lease, epoch)
         self.workers: int | None = None  # read once, when promote asks right after bind
 
-    def in_flight(self, max_concurrency: int) -> int:
+    async def in_flight(self, max_concurrency: int) -> int:
         """The coordinator's limit of this promotion's shard tasks at the cluster."""
         if self.workers is None:
-            self.workers = self.executor.workers()
-        return self.executor.in_flight(max_concurrency, self.workers)
+            self.workers = await self.executor.workers()
+        return await self.executor.in_flight(max_concurrency, self.workers)
 
     def task(self, i: int, shard: ShardPlan, resume: ShardResume) -> ShardTask:
         epoch = self.journal.epoch if self.journal is not None else None

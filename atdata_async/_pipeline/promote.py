@@ -667,7 +667,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
         limit = max_concurrency
         if remote is not None:
             local, limit = (anyio.CapacityLimiter(max(1, max_concurrency)),
-                            remote.in_flight(max_concurrency))
+                            await remote.in_flight(max_concurrency))
 
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item
