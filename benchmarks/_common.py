@@ -167,3 +167,20 @@ def kill_when_journaled(argv: list[str], redis_url: str, pattern: str, settled: 
         proc.communicate()
         r.close()
     return time.perf_counter() - start
+
+
+def throttle_store(delay: float, methods: tuple[str, ...]) -> None:
+    """Slow each named S3DataStore method by ``delay`` seconds a call, so that a kill
+    lands mid-run on a machine too fast to catch it (the children of the resume benches)."""
+    import anyio
+
+    from atdata_async._backends.s3_store import S3DataStore
+
+    def slowed(method: Any) -> Any:
+        async def run(self: Any, *a: Any, **kw: Any) -> Any:
+            await anyio.sleep(delay)
+            return await method(self, *a, **kw)
+        return run
+
+    for name in methods if delay else ():
+        setattr(S3DataStore, name, slowed(getattr(S3DataStore, name)))

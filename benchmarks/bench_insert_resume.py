@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import boto, kill_when_journaled, local_services, new_bucket
+from benchmarks._common import boto, kill_when_journaled, local_services, new_bucket, throttle_store
 from benchmarks.bench_resume import (
     PART,
     Counted,
@@ -86,16 +86,7 @@ def child(ctx: dict[str, Any], paths: list[str]) -> None:
     enough for the kill to land mid-insert."""
     import anyio
 
-    from atdata_async._backends.s3_store import S3DataStore
-
-    delay = float(ctx.get("throttle", 0))
-    for name in ("put_bytes", "_send_part") if delay else ():
-        def slowed(method: Any) -> Any:
-            async def run(self: Any, *a: Any, **kw: Any) -> Any:
-                await anyio.sleep(delay)
-                return await method(self, *a, **kw)
-            return run
-        setattr(S3DataStore, name, slowed(getattr(S3DataStore, name)))
+    throttle_store(float(ctx.get("throttle", 0)), ("put_bytes", "_send_part"))
     print(json.dumps(anyio.run(insert, ctx, paths)))
 
 

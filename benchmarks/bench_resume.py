@@ -25,7 +25,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import boto, creds, kill_when_journaled, local_services, new_bucket
+from benchmarks._common import (
+    boto,
+    creds,
+    kill_when_journaled,
+    local_services,
+    new_bucket,
+    throttle_store,
+)
 
 PART = 256 * 1024
 os.environ.setdefault("S3_UPLOAD_PART_MIN_SIZE", str(PART))  # read by the moto servers
@@ -124,16 +131,7 @@ def child(ctx: dict[str, Any]) -> None:
     down enough for the kill to land mid-copy."""
     import anyio
 
-    from atdata_async._backends.s3_store import S3DataStore
-
-    delay = float(ctx.get("throttle", 0))
-    for name in ("put_bytes", "_send_part", "stream_copy") if delay else ():
-        def slowed(method: Any) -> Any:
-            async def run(self: Any, *a: Any, **kw: Any) -> Any:
-                await anyio.sleep(delay)
-                return await method(self, *a, **kw)
-            return run
-        setattr(S3DataStore, name, slowed(getattr(S3DataStore, name)))
+    throttle_store(float(ctx.get("throttle", 0)), ("put_bytes", "_send_part", "stream_copy"))
     print(json.dumps(anyio.run(promote, ctx)))
 
 
