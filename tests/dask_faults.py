@@ -82,7 +82,7 @@ class Gate(WorkerPlugin):
         self.folder, self.after = folder, after
 
     def setup(self, worker) -> None:
-        from atdata_async._pipeline.executor import current_fence
+        from atdata_async._pipeline.fence import current_fence
 
         self._original = original = _store.S3DataStore._send_part
         folder, after, started = Path(self.folder), self.after, {}
