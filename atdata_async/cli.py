@@ -279,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--copy-to", metavar="s3://BUCKET[/PREFIX]",
                          help="copy the shards to this S3 location first")
     store_flags(promote, "the --copy-to store", parts="multipart part size for copies")
+    promote.add_argument("--server-copies", type=positive_int, default=32, metavar="N",
+                         help="server-side copies (same endpoint and account) at once; they "
+                              "hold no buffer, so more than --concurrency (default 32)")
     promote.add_argument("--source-credentials", metavar="FILE.env",
                          default=os.environ.get("ATDATA_SOURCE_CREDENTIALS"),
                          help="credentials (.env) of the store the shards are in now "
@@ -698,7 +701,8 @@ def make_store(credentials: str | dict[str, str], bucket: str,
 
     part = getattr(args, "part_size", 16 * MIB)
     return S3DataStore(credentials, bucket=bucket, max_concurrency=args.concurrency,
-                       part_size=part, multipart_threshold=max(2 * part, 32 * MIB))
+                       part_size=part, multipart_threshold=max(2 * part, 32 * MIB),
+                       max_server_copies=getattr(args, "server_copies", 32))
 
 
 async def check_bucket(store: S3DataStore) -> str:
@@ -871,6 +875,7 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
         try:
             uri = await promote_to_atmosphere(entry, index, client,
                                               max_concurrency=args.concurrency, verify=args.verify,
+                                              max_server_copies=args.server_copies,
                                               progress=show, **kwargs)
         except ShardTransferError as exc:
             raise left_behind(exc, dest) from None
@@ -976,6 +981,7 @@ async def promote_batch(args: argparse.Namespace, entries: list[Any], index: Loc
             "\n".join(f"would promote {x['name']} ({x['shards']} shards)" for x in r["entries"])
             + "\ndry run: nothing was written")
     results = await promote_many(entries, index, client, max_concurrency=args.concurrency,
+                                 max_server_copies=args.server_copies,
                                  progress=progress_for(args), verify=args.verify, **kwargs)
     finish_progress(args)
     rows = []

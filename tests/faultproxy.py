@@ -12,6 +12,7 @@ Put it in front of moto S3 or the PDS and tell it what to break:
                     replace=(rb"<ETag>[^<]*</ETag>", b"<ETag></ETag>")))  # an answer rewritten
     proxy.add(Fault("status", method="PUT", status=503, payload=SLOW_DOWN, times=None,
                     inflight=4))  # S3 throttling: SlowDown beyond 4 requests in flight
+    proxy.add(Fault("delay", method="PUT", seconds=0.3, times=None))  # .peak: most at once
 
 Each fault fires ``times`` times (None: always), after letting ``skip`` matches pass.
 Requests are forwarded one per upstream connection (``Connection: close``), so a fault
@@ -47,6 +48,8 @@ class Fault:
     on_fire: Callable[[], None] | None = None  # run in the proxy's thread as it fires
     # (after the upstream answered, for the kinds that forward)
     fired: int = 0
+    active: int = 0  # requests this fault fired on that are not answered yet
+    peak: int = 0  # the most of them at once (a concurrency count, not a timing)
 
     def matches(self, method: str, path: str, inflight: int = 0) -> bool:
         if self.method is not None and method != self.method:
@@ -137,6 +140,8 @@ class FaultProxy:
                          None)
             if fault is not None:
                 fault.fired += 1
+                fault.active += 1
+                fault.peak = max(fault.peak, fault.active)
             self.seen.append((method, path, fault.kind if fault else None))
         return fault
 
@@ -178,6 +183,17 @@ class FaultProxy:
                       headers: list[tuple[str, str]], body: bytes,
                       writer: asyncio.StreamWriter) -> bool:
         fault = self._pick(method, path)
+        try:
+            return await self._answer_with(fault, request_line, method, path, headers, body,
+                                           writer)
+        finally:
+            if fault is not None:
+                with self._lock:
+                    fault.active -= 1
+
+    async def _answer_with(self, fault: Fault | None, request_line: bytes, method: str,
+                           path: str, headers: list[tuple[str, str]], body: bytes,
+                           writer: asyncio.StreamWriter) -> bool:
         kind = fault.kind if fault else None
         if kind == "delay":
             await asyncio.sleep(fault.seconds)  # type: ignore[union-attr]

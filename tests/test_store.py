@@ -490,3 +490,58 @@ async def test_the_pace_backs_off_under_slowdown_and_climbs_back(moto_server, bu
             assert store.pace.limit == 8 and tokens.total_tokens == 8
             listed = await store.list_objects("pace/")
     assert len(listed) == done and throttle.fired == throttled
+
+
+async def test_server_side_copies_run_above_max_concurrency_and_back_off_under_slowdown(
+        moto_server, bucket):
+    """CopyObject holds no buffer: with max_concurrency=2 the store runs up to
+    max_server_copies=12 at once. A server answering 503 SlowDown beyond 4 requests in
+    flight halves that limit (every copy still lands); once it stops, the limit climbs
+    back to 12, never to max_concurrency only."""
+    from atdata_async._model.pace import Pace
+    from tests.faultproxy import SLOW_DOWN, Fault, FaultProxy
+
+    with FaultProxy(moto_server.url) as proxy:
+        creds = make_credentials(proxy.url)
+        async with S3DataStore(creds, bucket=bucket, max_concurrency=2, max_server_copies=12,
+                               max_attempts=10) as store:
+            store.copy_pace = Pace(12, window=0.05, cooldown=0.1)  # short windows
+            await store.put_bytes("src/x", b"x" * 4096)
+            slots = store.copy_slots()
+            assert slots.total_tokens == 12 and store.buffers().total_tokens == 2
+            # the first copies: held at the proxy until more than max_concurrency overlap
+            held = proxy.add(Fault("delay", method="PUT", path=r"/copies/", seconds=0.3,
+                                   times=None))
+
+            async def copy(i: int) -> None:
+                await store.copy_from(store, store.url("src/x"), f"copies/{i}", 4096)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(12):
+                    tg.start_soon(copy, i)
+            assert 2 < held.peak <= 12
+            proxy.clear()
+            throttle = proxy.add(Fault("status", method="PUT", status=503, payload=SLOW_DOWN,
+                                       times=None, inflight=4))
+            seen = []
+
+            async def watched(i: int) -> None:
+                await copy(i)
+                seen.append(slots.total_tokens)  # the limit as each copy lands
+
+            async with anyio.create_task_group() as tg:
+                for i in range(12, 60):
+                    tg.start_soon(watched, i)
+            assert throttle.fired > 0 and store.copy_pace.throttles > 0
+            assert min(seen) <= 6  # backed off (halved at most once per cooldown)
+            proxy.clear()  # the server recovers
+            done = 60
+            with anyio.fail_after(120):  # a guard, not a timing: it must climb back at all
+                while slots.total_tokens < 12:
+                    async with anyio.create_task_group() as tg:
+                        for i in range(done, done + 24):
+                            tg.start_soon(copy, i)
+                    done += 24
+            assert store.copy_pace.limit == 12 and slots.total_tokens == 12
+            listed = await store.list_objects("copies/")
+    assert len(listed) == done

@@ -4,6 +4,9 @@ One aiobotocore client per store, created lazily on the running event loop and c
 the store. Retries are botocore's own ("standard" mode); nothing here loops around them.
 Memory is bounded by ``max_concurrency x max(part_size, multipart_threshold)``: every
 request that holds a buffer first takes a token from one CapacityLimiter for all shards.
+Server-side copies (CopyObject, UploadPartCopy) hold no buffer: they take tokens from
+their own limiter, ``max_server_copies`` (the server's latency, not our memory, is what
+they wait on), paced like the buffers.
 Copies of shards whose sha256 was recorded at insert hold no buffer at all: across
 endpoints their bytes stream from the source's GET into the PutObject or UploadPart, so
 their memory is a few socket buffers per request, whatever the shard's size.
@@ -528,6 +531,7 @@ class S3DataStore:
         copy_part_size: int = 128 * MIB,
         max_memory: int | None = None,
         adaptive: bool = True,
+        max_server_copies: int = 32,
     ) -> None:
         check_text("bucket", bucket)
         if not bucket or "/" in bucket:
@@ -536,7 +540,7 @@ class S3DataStore:
                           min_part_size=min_part_size,
                           copy_multipart_threshold=copy_multipart_threshold,
                           copy_part_size=copy_part_size, max_concurrency=max_concurrency,
-                          max_attempts=max_attempts)
+                          max_attempts=max_attempts, max_server_copies=max_server_copies)
         if not isinstance(credentials, Mapping | str | os.PathLike):
             raise ConfigurationError("credentials must be a dict, or the path of a .env file, "
                                      f"got {type(credentials).__name__}")
@@ -553,6 +557,10 @@ class S3DataStore:
         # The pace: concurrency adjusted to the endpoint's answers and throughput (never
         # above max_concurrency, nor above what max_memory allows for buffers).
         self.pace = Pace(max_concurrency) if adaptive else None
+        self.max_server_copies = max_server_copies
+        # server-side copies: their own pace, halved on the same throttling answers
+        self.copy_pace = Pace(max_server_copies) if adaptive else None
+        self._copies: anyio.CapacityLimiter | None = None
         self._client: Any = None
         self._shared: tuple[Any, tuple[Any, ...]] | None = None  # (loop, key) while held
         self._buffers: anyio.CapacityLimiter | None = None
@@ -599,7 +607,9 @@ class S3DataStore:
                 self.max_attempts, self._pool_size())
 
     def _pool_size(self) -> int:
-        return max(10, 2 * self.max_concurrency)
+        # a streamed copy holds two connections per buffer token (GET and PUT); a
+        # server-side copy one per copy token
+        return max(10, 2 * self.max_concurrency + self.max_server_copies)
 
     async def _open_client(self) -> _SharedClient:
         creds = self.credentials
@@ -649,6 +659,23 @@ class S3DataStore:
             self._buffers = anyio.CapacityLimiter(self._tokens())
         return self._buffers
 
+    def copy_slots(self) -> anyio.CapacityLimiter:
+        """Tokens for server-side copy requests in flight (no buffer held: not bounded
+        by ``max_concurrency`` or ``max_memory``), as many as their pace allows now."""
+        if self._copies is None:
+            self._copies = anyio.CapacityLimiter(self._copy_tokens())
+        return self._copies
+
+    def _copy_tokens(self) -> int:
+        return self.copy_pace.limit if self.copy_pace is not None else self.max_server_copies
+
+    def _copied(self, nbytes: int) -> None:
+        """A server-side copy finished: its bytes are the copy pace's throughput."""
+        if self.copy_pace is not None:
+            before = self.copy_pace.limit
+            if self.copy_pace.transferred(nbytes, time.monotonic()) != before:
+                self.copy_slots().total_tokens = self._copy_tokens()
+
     def memory_tokens(self) -> int:
         """How many requests may hold a buffer at once within ``max_memory``."""
         if self.max_memory is None:
@@ -667,6 +694,12 @@ class S3DataStore:
                 log.info("%s throttles: concurrency %d -> %d", self.endpoint or "S3", before,
                          self.pace.limit)
                 self.buffers().total_tokens = self._tokens()
+        if self.copy_pace is not None:
+            before = self.copy_pace.limit
+            if self.copy_pace.throttled(time.monotonic()) != before:
+                log.info("%s throttles: server-side copies %d -> %d", self.endpoint or "S3",
+                         before, self.copy_pace.limit)
+                self.copy_slots().total_tokens = self._copy_tokens()
 
     def _paced(self, nbytes: int) -> None:
         if self.pace is not None:
@@ -1278,17 +1311,19 @@ class S3DataStore:
         source_etag: str | None = None, log: UploadLog | None = None,
     ) -> ShardUpload:
         """CopyObject, or parallel UploadPartCopy ranges above the copy threshold;
-        conditional on ``source_etag`` (CopySourceIfMatch) when given."""
+        conditional on ``source_etag`` (CopySourceIfMatch) when given. Each request
+        takes a copy token (``copy_slots``), not a buffer token."""
         src = parse_s3_url(src_url)
         s3 = await self.client()
         url = self.url(key)
         copy_source = {"Bucket": src.bucket, "Key": src.key}
         condition = {"CopySourceIfMatch": _quoted(source_etag)} if source_etag else {}
         if size <= self.copy_multipart_threshold:
-            async with self.buffers():
+            async with self.copy_slots():
                 with self.errors("CopyObject", f"{src_url} -> {url}"):
                     response = await s3.copy_object(Bucket=self.bucket, Key=key,
                                                     CopySource=copy_source, **condition)
+            self._copied(size)
             if tracker:
                 tracker.add_bytes(size)
             etag = etag_of(response.get("CopyObjectResult", {}))
@@ -1297,11 +1332,12 @@ class S3DataStore:
         etags: dict[int, str] = {}
 
         async def copy_part(upload_id: str, part: Any) -> None:
-            async with self.buffers():
+            async with self.copy_slots():
                 with self.errors(f"UploadPartCopy {part.number}", url):
                     response = await s3.upload_part_copy(
                         Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=part.number,
                         CopySource=copy_source, CopySourceRange=part.copy_range, **condition)
+            self._copied(part.size)
             etags[part.number] = response["CopyPartResult"]["ETag"]
             if log is not None:
                 log.part(part.number, etags[part.number])

@@ -40,9 +40,12 @@ async def run_per_shard(
     work: Callable[[Any], Awaitable[Any]],
     concurrency: int | anyio.CapacityLimiter,
     tracker: ProgressTracker | None = None,
+    limiter_for: Callable[[Any], anyio.CapacityLimiter | None] | None = None,
 ) -> list[Any]:
     """Run ``work(item)`` for every shard, at most ``concurrency`` at once (a limiter
     shared with other calls bounds them all together: promote_many's one limit).
+    ``limiter_for(item)`` may name another limiter for an item (server-side copies hold
+    no buffer and get their own, higher, limit); None keeps ``concurrency``'s.
 
     The first failure cancels the rest; then one ShardTransferError lists each failed
     shard. Cancellation from outside propagates unchanged.
@@ -53,7 +56,8 @@ async def run_per_shard(
                else anyio.CapacityLimiter(max(1, concurrency)))
 
     async def run(i: int) -> None:
-        async with limiter:
+        own = limiter_for(items[i]) if limiter_for is not None else None
+        async with own or limiter:
             try:
                 results[i] = await work(items[i])
             except Exception as exc:

@@ -54,13 +54,16 @@ from .promote import (
     _open_journal,
     _settle_shard,
     _storage,
+    copy_limits,
     plan_promotion,
     promotion_key,
     raise_lost_cluster,
     resolve_source,
     schema_registry,
+    server_side_limiter,
     settle_elsewhere,
     source_location,
+    with_copy_modes,
 )
 
 log = logging.getLogger("atdata_async.batch")
@@ -111,6 +114,7 @@ async def promote_many(
     license: str | None = None,
     compute_checksums: bool = True,
     max_concurrency: int = 8,
+    max_server_copies: int = 32,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
@@ -131,7 +135,8 @@ async def promote_many(
     """
     check_promotion_args(name=None, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
-                         compute_checksums=compute_checksums, verify=verify)
+                         compute_checksums=compute_checksums, verify=verify,
+                         max_server_copies=max_server_copies)
     check_number("max_rate_limit_wait", max_rate_limit_wait)
     if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
         raise FieldTypeError("entries", f"must be a list of entries, got "
@@ -194,9 +199,12 @@ async def promote_many(
     limiter = anyio.CapacityLimiter(shard_limit)
     local_slots = (anyio.CapacityLimiter(max(1, max_concurrency)) if executor is not None
                    else None)
+    # server-side copies of every entry share their own, higher, limit
+    copies = copy_limits(max_server_copies, remote=executor is not None)
     # Entries in flight at once (their shards share ``limiter``): bounds the journals and
     # Redis connections a batch of thousands holds.
-    entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency, shard_limit))
+    entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency, shard_limit,
+                                            max_server_copies))
     writer = _Writer(client, max_rate_limit_wait,
                      min(MAX_WRITE_BYTES, max_record_bytes * 9 // 10))
     ready: dict[int, _Settled] = {}
@@ -212,7 +220,7 @@ async def promote_many(
                 ready[job.index] = await _settle_entry(
                     job, local_schema, local_index, client, data_store, compute_checksums,
                     limiter, tracker, http, listed, verify, executor, source_store,
-                    local_slots)
+                    local_slots, copies)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -341,6 +349,7 @@ async def _settle_entry(
     listed: dict[str, tuple[int, str]] | None = None, verify: bool = True,
     executor: DaskExecutor | None = None, source_store: S3DataStore | None = None,
     local_slots: anyio.CapacityLimiter | None = None,
+    copies: anyio.CapacityLimiter | None = None,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
@@ -349,6 +358,7 @@ async def _settle_entry(
     owned = contextlib.AsyncExitStack()
     source = await resolve_source(job.entry, local_index, data_store, source_store, plan,
                                   location, verify, owned)
+    plan = with_copy_modes(plan, source, data_store)
     journal: PromotionJournal | None = None
     resumes = [ShardResume()] * len(plan.shards)
     logs: list[ShardLog | None] = [None] * len(plan.shards)
@@ -393,7 +403,7 @@ async def _settle_entry(
                 try:
                     settled = await run_per_shard([s.source_url for s in plan.shards],
                                                   list(enumerate(plan.shards)), one, limiter,
-                                                  tracker)
+                                                  tracker, server_side_limiter(copies, resumes))
                 except ShardTransferError as exc:
                     raise_lost_cluster(exc)
                     raise

@@ -93,7 +93,9 @@ UPLOAD_RESTARTS = 2  # new uploads for a shard whose upload vanished under it (N
 
 @dataclass(frozen=True)
 class ShardPlan:
-    """One shard: where it is, where it goes (None = stays), what we know of it."""
+    """One shard: where it is, where it goes (None = stays), what we know of it.
+    ``server_side``: copied by the server (same endpoint and account), so it holds no
+    client buffer and runs under its own, higher, limit (``max_server_copies``)."""
 
     source_url: str
     kind: str
@@ -101,6 +103,7 @@ class ShardPlan:
     size: int | None
     sha256: str | None
     etag: str | None = None
+    server_side: bool = False
 
 
 @dataclass(frozen=True)
@@ -186,6 +189,37 @@ def plan_promotion(
     check_record_size(record, shards, copy_to, location, schema_name, schema_version,
                       repo=repo, limit=max_record_bytes)
     return PromotionPlan(record, shards, schema_name, schema_version)
+
+
+def with_copy_modes(plan: PromotionPlan, source: S3DataStore | None,
+                    dest: S3DataStore | None) -> PromotionPlan:
+    """The plan with each copied s3:// shard marked server-side when ``source`` and
+    ``dest`` share an endpoint and account (decided once the source store is known;
+    pure: compares credentials, no I/O)."""
+    if source is None or dest is None or not dest.shares_account_with(source):
+        return plan
+    return replace(plan, shards=[
+        replace(s, server_side=True) if s.kind == "s3" and s.dest_key is not None else s
+        for s in plan.shards])
+
+
+def copy_limits(max_server_copies: int, *, remote: bool = False
+                ) -> anyio.CapacityLimiter | None:
+    """The limiter of a promotion's server-side copies (None on a cluster: the workers'
+    own stores bound them there)."""
+    return None if remote else anyio.CapacityLimiter(max(1, max_server_copies))
+
+
+def server_side_limiter(copies: anyio.CapacityLimiter | None, resumes: Sequence[ShardResume]
+                        ) -> Callable[[tuple[int, ShardPlan]], anyio.CapacityLimiter | None]:
+    """run_per_shard's ``limiter_for``: a server-side copy still to do takes ``copies``;
+    everything else (buffered, streamed, done, in place) the shard limit."""
+    def limiter_for(item: tuple[int, ShardPlan]) -> anyio.CapacityLimiter | None:
+        i, shard = item
+        if copies is not None and shard.server_side and resumes[i].done is None:
+            return copies
+        return None
+    return limiter_for
 
 
 _COMPOUND_EXTS = (".tar.gz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -513,6 +547,7 @@ async def promote_to_atmosphere(
     license: str | None = None,
     compute_checksums: bool = True,
     max_concurrency: int = 8,
+    max_server_copies: int = 32,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
@@ -537,10 +572,14 @@ async def promote_to_atmosphere(
     the plan, the journal's lease and every PDS write. A spent write budget (429) is
     waited out when it resets within ``max_rate_limit_wait`` seconds: after a long copy
     the record waits rather than fails.
+    ``max_concurrency`` shards are copied (or checked) at once; server-side copies (same
+    endpoint and account) hold no buffer and run up to ``max_server_copies`` at once
+    instead (each request also within the store's own ``max_server_copies``).
     """
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
-                         compute_checksums=compute_checksums, verify=verify)
+                         compute_checksums=compute_checksums, verify=verify,
+                         max_server_copies=max_server_copies)
     check_number("max_rate_limit_wait", max_rate_limit_wait)
     check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store,
                   progress=progress)
@@ -558,9 +597,11 @@ async def promote_to_atmosphere(
     async with contextlib.AsyncExitStack() as owned:
         source = await resolve_source(entry, local_index, data_store, source_store, plan,
                                       location, verify, owned)
+        plan = with_copy_modes(plan, source, data_store)
         return await _promote(entry, local_index, client, plan, local_schema, source,
                               location, data_store, compute_checksums, max_concurrency,
-                              progress, verify, executor, max_rate_limit_wait)
+                              progress, verify, executor, max_rate_limit_wait,
+                              max_server_copies)
     raise AssertionError("unreachable")  # pragma: no cover  (the stack never swallows)
 
 
@@ -630,7 +671,8 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                    location: StoreLocation | None, data_store: S3DataStore | None,
                    compute_checksums: bool, max_concurrency: int,
                    progress: ProgressCallback | None, verify: bool,
-                   executor: DaskExecutor | None, max_rate_limit_wait: float = 3600.0) -> str:
+                   executor: DaskExecutor | None, max_rate_limit_wait: float = 3600.0,
+                   max_server_copies: int = 32) -> str:
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
@@ -677,9 +719,10 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                 return await _settle_shard(shard, source, http, data_store, compute_checksums,
                                            tracker, logs[i], resumes[i], verify)
 
+        copies = copy_limits(max_server_copies, remote=remote is not None)
         try:
             settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
-                                          limit, tracker)
+                                          limit, tracker, server_side_limiter(copies, resumes))
         except ShardTransferError as exc:
             raise_lost_cluster(exc)
             raise
