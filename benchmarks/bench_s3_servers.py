@@ -453,6 +453,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
          "concurrency": 1 if variant == "ours, sequential" else a.concurrency,
          "redis": redis.url, "pds": pds.url, "session": session,
          "entry": entry, "store": store_options(a), "profile": profile}
+    if variant == BOTOCORE_VARIANT:  # the same promotion with every request botocore's
+        p["store"] = {**p["store"], "light_requests": False}
     try:
         req0, cpu0 = servers.requests(), servers.cpu()
         row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env, env_files, dst_i, tmp)
@@ -584,11 +586,18 @@ def store_options(a: argparse.Namespace) -> dict:
     return options
 
 
+# Ours with the store's light request path off (light_requests=False): cross endpoint only,
+# where small objects are GET -> PUT through it.
+BOTOCORE_VARIANT = "ours, botocore"
+
+
 def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
     names = ["s5cmd"] if same else []
     names += ["rclone", "bare aioboto3", "ours, warm", "ours, CLI process"]
     if case.startswith("1024x") or a.sequential:
         names.append("ours, sequential")
+    if not same and a.botocore_too:
+        names.insert(names.index("ours, warm") + 1, BOTOCORE_VARIANT)
     if not same and float(case.split("x")[1]) > 256:
         # whole bodies in memory: 2 GiB took 5.6 GiB RSS and 114 s (docs/benchmarks.md)
         names.remove("bare aioboto3")
@@ -625,7 +634,7 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                       f"{remote}:{p['dst_bucket']}/rclone", "--transfers", "16",
                       "--checkers", "16", "--s3-no-check-bucket", "--no-check-dest",
                       "--config", "/dev/null"], env)
-    if variant in ("bare aioboto3", "ours, warm", "ours, sequential"):
+    if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT):
         child = "bare" if variant == "bare aioboto3" else "ours-warm"
         params = tmp / "params.json"
         params.write_text(json.dumps(p))
@@ -708,6 +717,14 @@ def markdown(rows: list[dict]) -> str:
                 f"(target >= 1x); peak RSS {warm['peak_rss_mib']:.0f} MiB (target <= 128); "
                 f"CPU call / rclone = {warm['call_cpu'] / rc['cpu']:.2f}x, whole process "
                 f"{warm['cpu'] / rc['cpu']:.2f}x (target <= 2x)")
+        boto = get(case, "cross", BOTOCORE_VARIANT)
+        if rc and boto and warm:
+            lines.append(
+                f"- {case} cross, light path off: throughput vs rclone = "
+                f"{rc['wall'] / boto['call_wall']:.2f}x, CPU call / rclone = "
+                f"{boto['call_cpu'] / rc['cpu']:.2f}x; light on / off: call "
+                f"{warm['call_wall'] / boto['call_wall']:.2f}x the time, "
+                f"{warm['call_cpu'] / boto['call_cpu']:.2f}x the CPU")
         for scenario in ("same", "cross"):
             seq, warm = get(case, scenario, "ours, sequential"), get(case, scenario,
                                                                     "ours, warm")
@@ -729,6 +746,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sequential", action="store_true",
                         help="also run ours at concurrency 1 for every case")
+    parser.add_argument("--botocore-too", action="store_true",
+                        help=f"cross endpoint: also {BOTOCORE_VARIANT!r} (light_requests off)")
     parser.add_argument("--copy-threshold-mib", type=float, default=None,
                         help="our multipart-copy threshold (default: the store's, 1 GiB)")
     parser.add_argument("--copy-part-mib", type=float, default=None)

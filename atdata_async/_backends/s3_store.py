@@ -62,6 +62,7 @@ from .._model.progress import ProgressCallback, ProgressTracker
 from .._model.redact import mask_key_id
 from .._model.urls import S3Location, parse_s3_url
 from .._model.validate import check_store_sizes, check_text, redact_userinfo, url_userinfo
+from .s3_light import LightRequests
 from .streams import Pull, sha256_of_chunks
 from .tasks import run_per_shard, single_error
 
@@ -238,6 +239,30 @@ class _StreamedBody:
         self.want_md5 = md5
         self.md5: Any = None
         self.error: BaseException | None = None
+        self._opened: aiohttp.ClientResponse | None = None
+
+    async def open(self) -> None:
+        """The source's GET sent and answered before the PUT goes out (light path): a
+        changed or missing source fails here, its retries are the source's own."""
+        self.close()
+        self.error = None
+        light = self.source.light()
+        assert light is not None
+        loc = parse_s3_url(self.url)
+        with self.source.errors("GetObject", self.url):
+            self._opened = await self.source.light_call(
+                "GetObject", lambda: light.get(loc.bucket, loc.key, self._get_headers()))
+
+    def close(self) -> None:
+        if self._opened is not None:
+            self._opened.close()  # unread: the connection cannot be reused
+            self._opened = None
+
+    def _get_headers(self) -> dict[str, str]:
+        headers = {"If-Match": _quoted(self.etag)} if self.etag else {}
+        if self.start is not None:
+            headers["Range"] = f"bytes={self.start}-{self.start + self.size - 1}"
+        return headers
 
     def __len__(self) -> int:
         return self.size
@@ -265,10 +290,14 @@ class _StreamedBody:
         self.error = None
         sent = 0
         try:
-            s3 = await self.source.client()
+            opened, self._opened = self._opened, None
             with self.source.errors("GetObject", self.url):
-                response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
-                raw = response["Body"].__wrapped__  # the aiohttp response: no extra layers
+                if opened is not None:
+                    raw = opened
+                else:
+                    s3 = await self.source.client()
+                    response = await s3.get_object(Bucket=loc.bucket, Key=loc.key, **extra)
+                    raw = response["Body"].__wrapped__  # the aiohttp response, bare
                 try:
                     while chunk := await raw.content.readany():
                         sent += len(chunk)
@@ -505,6 +534,10 @@ class _SharedClient:
     client: Any
     stack: contextlib.AsyncExitStack
     users: int = 0
+    light: LightRequests | None = None  # the light request path on its session
+
+
+_ADDRESSING_STYLES = ("path", "virtual", "auto")
 
 
 # One client per (event loop, endpoint, account, client settings), shared by the stores
@@ -532,8 +565,13 @@ class S3DataStore:
         max_memory: int | None = None,
         adaptive: bool = True,
         max_server_copies: int = 32,
+        light_requests: bool = True,
+        addressing_style: str = "path",
     ) -> None:
         check_text("bucket", bucket)
+        if addressing_style not in _ADDRESSING_STYLES:
+            raise ConfigurationError(f"addressing_style must be one of {_ADDRESSING_STYLES}, "
+                                     f"got {addressing_style!r}")
         if not bucket or "/" in bucket:
             raise ConfigurationError(f"bucket must be a bare bucket name, got {bucket!r}")
         check_store_sizes(part_size=part_size, multipart_threshold=multipart_threshold,
@@ -561,7 +599,12 @@ class S3DataStore:
         # server-side copies: their own pace, halved on the same throttling answers
         self.copy_pace = Pace(max_server_copies) if adaptive else None
         self._copies: anyio.CapacityLimiter | None = None
+        # Small-object copies (GET -> PUT across endpoints) and HEADs signed and sent
+        # without botocore's layers (``s3_light.py``); False: every request is botocore's.
+        self.light_requests = light_requests
+        self.addressing_style = addressing_style
         self._client: Any = None
+        self._light: LightRequests | None = None
         self._shared: tuple[Any, tuple[Any, ...]] | None = None  # (loop, key) while held
         self._buffers: anyio.CapacityLimiter | None = None
         self.request_count = 0  # HTTP requests sent, retries included
@@ -599,12 +642,41 @@ class S3DataStore:
                         shared = per_loop[key] = await self._open_client()
                     shared.users += 1
                     self._client, self._shared = shared.client, (loop, key)
+                    self._light = shared.light
         return self._client
+
+    def light(self) -> LightRequests | None:
+        """The light request path, when on and usable (known once ``client()`` ran)."""
+        return self._light if self.light_requests else None
+
+    async def light_call(self, operation: str, attempt: Callable[[], Awaitable[Any]]) -> Any:
+        """``attempt()`` (one request of the light path) until it succeeds or the client's
+        own retry policy gives up: the one retry loop of the light path, botocore's
+        decisions and delays (so its quota, and the pace watching every answer). Call it
+        inside ``errors()``: that is where what it raises is translated."""
+        light = self._light
+        assert light is not None
+        context: dict[str, Any] = {}
+        tries = 1
+        while True:
+            self.request_count += 1
+            try:
+                result = await attempt()
+            except (ClientError, BotoCoreError) as exc:
+                delay = await light.retry_delay(operation, tries, context, exc)
+                if delay is None:
+                    raise
+            else:
+                await light.succeeded(operation, context, 200)
+                return result
+            await anyio.sleep(delay)
+            tries += 1
 
     def _client_key(self) -> tuple[Any, ...]:
         creds = self.credentials
         return (creds.endpoint, creds.region, creds.access_key_id, creds.secret_access_key,
-                self.max_attempts, self._pool_size())
+                creds.session_token, self.max_attempts, self._pool_size(),
+                self.addressing_style)
 
     def _pool_size(self) -> int:
         # a streamed copy holds two connections per buffer token (GET and PUT); a
@@ -622,7 +694,7 @@ class S3DataStore:
             read_timeout=120,
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            s3={"addressing_style": "path"},
+            s3={"addressing_style": self.addressing_style},
         )
         stack = contextlib.AsyncExitStack()
         client = await stack.enter_async_context(
@@ -645,7 +717,11 @@ class S3DataStore:
         for operation in ("PutObject", "UploadPart"):
             client.meta.events.register_first(f"choose-signer.s3.{operation}",
                                               _choose_known_sha256_signer)
-        return _SharedClient(client, stack)
+        light = None
+        if LightRequests.usable(client):
+            light = LightRequests(client, creds.access_key_id, creds.secret_access_key,
+                                  creds.session_token)
+        return _SharedClient(client, stack, light=light)
 
     def shares_account_with(self, other: S3DataStore) -> bool:
         """True when a server-side copy from ``other`` to this store is possible."""
@@ -776,10 +852,22 @@ class S3DataStore:
     # -- objects -----------------------------------------------------------------------
 
     async def head(self, url: str) -> dict[str, Any]:
+        """ContentLength and ETag (and VersionId when the bucket has versions) at least."""
         loc = parse_s3_url(url)
         s3 = await self.client()
+        light = self.light()
         with self.errors("HeadObject", url):
-            return await s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            if light is None:
+                return await s3.head_object(Bucket=loc.bucket, Key=loc.key)
+            response = await self.light_call(
+                "HeadObject", lambda: light.get(loc.bucket, loc.key, {}, "HeadObject"))
+            response.release()
+        headers = response.headers
+        head: dict[str, Any] = {"ContentLength": int(headers.get("Content-Length", 0)),
+                                "ETag": headers.get("ETag", "")}
+        if headers.get("x-amz-version-id"):
+            head["VersionId"] = headers["x-amz-version-id"]
+        return head
 
     async def size_of(self, url: str) -> int:
         return int((await self.head(url))["ContentLength"])
@@ -1246,9 +1334,16 @@ class S3DataStore:
         here. The request is signed with the recorded sha256 (and carries it as its
         checksum), so S3 refuses the object unless the bytes are the ones inserted."""
         s3 = await self.client()
+        await source.client()
         url = self.url(key)
         body = _StreamedBody(source, src_url, size, source_etag)
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
+        if self.light() is not None and source.light() is not None:
+            async with self.buffers():
+                etag = await self._light_stream_put(key, body, size, sha256_hex, checksum)
+            if tracker:
+                tracker.add_bytes(size)
+            return ShardUpload(url, size, sha256_hex, etag, verified=True)
         reset = _body_sha256.set(sha256_hex)
         try:
             async with self.buffers():
@@ -1271,6 +1366,38 @@ class S3DataStore:
         if tracker:
             tracker.add_bytes(size)
         return ShardUpload(url, size, sha256_hex, etag_of(response), verified=True)
+
+    async def _light_stream_put(self, key: str, body: _StreamedBody, size: int,
+                                sha256_hex: str, checksum: str) -> str:
+        """The PutObject of ``stream_copy`` on the light path. Each attempt first opens
+        the source's GET (its own retries, its errors: a changed source fails before any
+        PUT), then streams it into the PUT; a PUT refused, or cut because the source
+        body was, is tried again as the destination's retry policy decides."""
+        light = self._light
+        assert light is not None
+        url = self.url(key)
+
+        async def attempt() -> Any:
+            await body.open()
+            self._paced(size)
+            try:
+                return await light.put(self.bucket, key, {"x-amz-checksum-sha256": checksum,
+                                                       "x-amz-sdk-checksum-algorithm": "SHA256"},
+                                       sha256_hex, body, size)
+            except BaseException:
+                body.close()
+                if body.error is not None and not body.cut():
+                    raise body.error from None  # the GET failed for good: say that
+                raise
+
+        try:
+            with self.errors("PutObject", url):
+                response = await self.light_call("PutObject", attempt)
+        except StorageError:
+            if body.error is not None:  # the source's body was cut every time
+                raise body.error from None
+            raise
+        return etag_of(response.headers)
 
     async def stream_parts_copy(
         self, source: S3DataStore, src_url: str, key: str, size: int, sha256_hex: str,
