@@ -46,6 +46,7 @@ from .._model.progress import ProgressCallback, ProgressTracker
 from .._model.urls import parse_s3_url
 from .._model.validate import check_handles, check_number, check_promotion_args
 from .executor import DaskExecutor
+from .fence import fenced, run_fence
 from .journal import PromotionJournal, ShardLog, ShardResume, dest_prefix
 from .promote import (
     MAX_RECORD_BYTES,
@@ -371,6 +372,7 @@ async def _settle_entry(
                                        compute_checksums=compute_checksums, verify=verify)
             journal = PromotionJournal(local_index, job.key)
             resumes = await _open_journal(journal, plan, job.entry, data_store)
+            data_store = fenced(data_store, run_fence(journal, plan.shards))
             logs = [journal.shard(i, s, r) for i, (s, r) in
                     enumerate(zip(plan.shards, resumes, strict=True))]
 

@@ -12,7 +12,8 @@ their progress journaled in Redis like a promotion's, so that a rerun continues.
 
 A failed or cancelled insert aborts its open multipart uploads and indexes nothing; the
 shards it finished stay for the rerun (``cleanup`` removes them once given up). A kill
-leaves its uploads open, and the rerun continues them.
+leaves its uploads open, and the rerun continues them. A run stalled past its lease
+(a rerun took over) is fenced like a promotion's (docs/scale-out.md, Fencing).
 """
 
 from __future__ import annotations
@@ -29,17 +30,20 @@ import anyio
 from .._backends.dataset import count_samples
 from .._backends.s3_store import S3DataStore, ShardUpload
 from .._backends.tasks import run_per_shard, single_error
-from .._errors import EntryNotFoundError, PromotionBusyError
+from .._errors import EntryNotFoundError
 from .._model.cid import entry_cid
 from .._model.progress import ProgressCallback, ProgressTracker
+from .fence import fenced, run_fence
 from .journal import (
     PromotionJournal,
     ShardLog,
     ShardResume,
+    check_fence,
     decide_resume,
     dest_prefix,
     forget_journal,
     plan_document,
+    stale_run,
 )
 from .promote import ShardPlan
 
@@ -105,10 +109,10 @@ async def insert_shards(
     journal = PromotionJournal(index, INSERT_KEY_PREFIX + run)
     doc = {**plan_document(shards, entry_cid=cid, name=name, bucket=store.bucket,
                            endpoint=store.endpoint), "kind": "insert"}
-    try:
-        states = await journal.open(doc, shards)
-    except PromotionBusyError as exc:  # the same insert, running in a live process
-        raise PromotionBusyError(str(exc).replace("promotion", "insert")) from None
+    states = await journal.open(doc, shards)  # PromotionBusyError: it runs elsewhere now
+    # fenced: after a stall past its lease, this run neither completes nor aborts the
+    # uploads a rerun continues, nor indexes, nor drops the rerun's journal
+    store = fenced(store, run_fence(journal, shards))
     listing: dict[str, tuple[int, str]] = {}
     resumes = [ShardResume()] * len(shards)
     if journal.existed:  # an earlier run of this insert: what did it leave?
@@ -166,10 +170,12 @@ async def insert_shards(
         meta[STORE_KEY] = {"endpoint": store.endpoint, "region": store.region}
         entry = LocalDatasetEntry(name, schema_ref, urls, meta, cid=cid)
         await journal.flush()
+        if not (await check_fence(index, journal.promotion, journal.epoch or 0)).ours:
+            raise stale_run(journal.promotion, journal.epoch or 0, "indexing the entry")
         await index._store_entry(entry)
     finally:
         await journal.release()
-    await forget_journal(index, INSERT_KEY_PREFIX + run)  # the entry now says it all
+    await journal.forget()  # the entry now says it all
     return entry
 
 

@@ -116,6 +116,62 @@ return 1
 """
 
 
+# KEYS: epoch, lease, hash; ARGV: epoch, holder ('' = a worker, not the lease's holder),
+# ttl ms, field naming shard i's upload ('' = none), upload id. {ours, pttl, named}:
+# the epoch is still ARGV[1]; the lease's remaining ms (renewed first when the caller
+# holds it; <= 0: expired or released); the journal's field names that upload.
+_FENCE_CHECK = """
+local ours = 0
+if redis.call('GET', KEYS[1]) == ARGV[1] then ours = 1 end
+if ours == 1 and ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+end
+local named = 0
+if ARGV[4] ~= '' then
+  local u = redis.call('HGET', KEYS[3], ARGV[4])
+  if u and cjson.decode(u)['id'] == ARGV[5] then named = 1 end
+end
+return {ours, redis.call('PTTL', KEYS[2]), named}
+"""
+# KEYS: hash, lease, epoch, journals set; ARGV: epoch, promotion. Drops the journal only
+# while the epoch is still the caller's (a stale run never drops a rerun's journal).
+_FENCED_FORGET = """
+if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+redis.call('SREM', KEYS[4], ARGV[2])
+return 1
+"""
+
+
+@dataclass(frozen=True)
+class FenceState:
+    """One fence check's answer (see ``check_fence``)."""
+
+    ours: bool  # the journal's epoch is still the caller's
+    lease_ms: int  # the lease's remaining time (<= 0: expired or released)
+    named: bool  # the journal names the upload asked about (a rerun may continue it)
+
+
+async def check_fence(index: LocalIndex, promotion: str, epoch: int, *, holder: str = "",
+                      upload_field: str = "", upload_id: str = "") -> FenceState:
+    """Epoch, lease time left and whether the journal names an upload: one Lua call.
+    ``holder`` (the lease's holder string, for the run holding it) renews the lease too."""
+    key = journal_key(promotion)
+    with index._errors("check the promotion's epoch"):
+        script = index.redis.register_script(_FENCE_CHECK)
+        ours, pttl, named = await script(
+            keys=[epoch_key(promotion), key + ":lease", key],
+            args=[str(epoch), holder, LEASE_SECONDS * 1000, upload_field, upload_id])
+    return FenceState(bool(ours), int(pttl), bool(named))
+
+
+def run_name(promotion: str) -> str:
+    """What a journal key names, for messages: an insert's or a promotion's run."""
+    if promotion.startswith("insert-"):
+        return f"insert {promotion[len('insert-'):][:12]}"
+    return f"promotion {promotion[:12]}"
+
+
 async def holds_epoch(index: LocalIndex, promotion: str, epoch: int) -> bool:
     """Whether ``epoch`` is still the journal's (no newer run took the promotion over)."""
     with index._errors("check the promotion's epoch"):
@@ -123,11 +179,14 @@ async def holds_epoch(index: LocalIndex, promotion: str, epoch: int) -> bool:
     return got is not None and got.decode() == str(epoch)
 
 
-def stale_run(promotion: str, epoch: int, what: str) -> PromotionBusyError:
+def stale_run(promotion: str, epoch: int, what: str, why: str = "") -> PromotionBusyError:
+    """The fencing error: names the run (an insert's or a promotion's) and the action."""
+    name = run_name(promotion)
+    kind = name.partition(" ")[0]
+    why = why or (f"a newer run took the {kind} over, or its journal was dropped")
     return PromotionBusyError(
-        f"promotion {promotion[:12]}: {what} refused: this run (epoch {epoch}) is no longer "
-        "the promotion's (a newer run took it over, or its journal was dropped); it stops "
-        "without touching the uploads")
+        f"{name}: {what} refused: this run (epoch {epoch}) is no longer the {kind}'s "
+        f"({why}); it stops without touching the uploads")
 
 
 def fingerprint(shard: ShardPlan) -> str:
@@ -306,11 +365,13 @@ class PromotionJournal:
                     return
                 holder = await redis.get(self.lease_key)
                 if holder is not None and _holder_alive(holder.decode()):
+                    kind = run_name(self.promotion).partition(" ")[0]
                     raise PromotionBusyError(
-                        f"this promotion is already running ({_describe(holder.decode())}); "
+                        f"this {kind} is already running ({_describe(holder.decode())}); "
                         "wait for it, or rerun when it has stopped")
                 expected = holder.decode() if holder is not None else ""
-        raise PromotionBusyError("this promotion's lease keeps changing hands; rerun later")
+        kind = run_name(self.promotion).partition(" ")[0]
+        raise PromotionBusyError(f"this {kind}'s lease keeps changing hands; rerun later")
 
     def note(self, field_name: str, value: str | None) -> None:
         """Queue a write (None deletes the field); the flusher sends it shortly."""
@@ -366,6 +427,21 @@ class PromotionJournal:
                                    args=[str(self.epoch), uri, json.dumps(done)])
         if not applied:
             raise stale_run(self.promotion, self.epoch or 0, "compacting the journal")
+
+    async def forget(self) -> None:
+        """Drop the journal, its lease and epoch, unless a newer run owns them (then
+        PromotionBusyError): what a finished insert does instead of ``forget_journal``."""
+        with self.index._errors("drop promotion journal"):
+            script = self.index.redis.register_script(_FENCED_FORGET)
+            applied = await script(keys=[self.key, self.lease_key, self.epoch_key, JOURNALS],
+                                   args=[str(self.epoch), self.promotion])
+        if not applied:
+            raise stale_run(self.promotion, self.epoch or 0, "dropping the journal")
+
+    @property
+    def holder(self) -> str:
+        """This run's lease holder string (host:pid:token; no secret)."""
+        return self._lease
 
     async def release(self) -> None:
         """Flush and drop the lease (shielded). A failure is logged, never raised: it

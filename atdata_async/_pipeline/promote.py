@@ -74,6 +74,7 @@ from .._model.validate import (
     check_text,
 )
 from .executor import DaskExecutor, ShardRunner
+from .fence import fenced, run_fence
 from .journal import (
     PromotionJournal,
     ShardLog,
@@ -687,6 +688,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
     if data_store is not None and plan.copies:
         journal = PromotionJournal(local_index, pkey)
         resumes = await _open_journal(journal, plan, entry, data_store)
+        data_store = fenced(data_store, run_fence(journal, plan.shards))  # docs/scale-out.md
         logs = [journal.shard(i, s, r) for i, (s, r) in
                 enumerate(zip(plan.shards, resumes, strict=True))]
     schema_uri = ""
@@ -823,6 +825,7 @@ async def _open_journal(journal: PromotionJournal, plan: PromotionPlan,
     doc = plan_document(plan.shards, entry_cid=entry.cid, name=plan.record.name,
                         bucket=dest.bucket, endpoint=dest.endpoint)
     states = await journal.open(doc, plan.shards)
+    dest = fenced(dest, run_fence(journal, plan.shards))  # a stale run's aborts are refused
     if not journal.existed:  # no earlier run journaled anything under these keys
         return [ShardResume()] * len(plan.shards)
     prefix = dest_prefix([s.dest_key for s in plan.shards if s.dest_key])
