@@ -446,18 +446,19 @@ class PromotionJournal:
     async def release(self) -> None:
         """Flush and drop the lease (shielded). A failure is logged, never raised: it
         would hide the promotion's outcome, and a rerun copes with a stale journal."""
+        kind = run_name(self.promotion).partition(" ")[0]
         with anyio.CancelScope(shield=True):
             try:
                 await self.flush()
             except (LocalIndexError, PromotionBusyError) as exc:
-                log.warning("could not close the promotion journal: %s", exc)
+                log.warning("could not close the %s journal: %s", kind, exc)
             try:
                 with self.index._errors("release the promotion lease"):
                     drop = self.index.redis.register_script(_DROP_LEASE)
                     await drop(keys=[self.lease_key, self.epoch_key],
                                args=[self._lease, str(self.epoch)])
             except LocalIndexError as exc:
-                log.warning("could not release the promotion lease: %s", exc)
+                log.warning("could not release the %s lease: %s", kind, exc)
 
 
 class ShardLog:

@@ -1,0 +1,291 @@
+"""Fencing at S3 (docs/scale-out.md, Fencing): a run completes or aborts a multipart
+upload only while it owns the journal and its lease outlasts the request; a local run
+stalled past its lease (SIGSTOP) is refused and leaves the rerun's upload and journal
+as they were. Against redis-server and moto; time is a controllable clock, never a
+timed assertion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import anyio
+import boto3
+import pytest
+
+from atdata_async import Dataset, PromotionBusyError
+from atdata_async._pipeline import fence as fence_mod
+from atdata_async._pipeline.fence import Fence, fenced, run_fence
+from atdata_async._pipeline.insert import INSERT_KEY_PREFIX
+from atdata_async._pipeline.journal import (
+    PromotionJournal,
+    epoch_key,
+    journal_key,
+    stale_run,
+)
+from atdata_async._pipeline.promote import ShardPlan, promotion_key
+from atdata_async.atmosphere import AtmosphereIndex
+from atdata_async.promote import promote_to_atmosphere
+from tests.conftest import TEST_PART, make_bucket, make_credentials, store_for
+from tests.samples import FeatureSample
+from tests.test_promote import client, index, insert, read_s3  # noqa: F401  (fixtures)
+from tests.test_resume import (
+    REPO,
+    check_landed,
+    cli_env,
+    records,
+    run_id_of,
+    shard_files,
+    write_env,
+)
+
+pytestmark = pytest.mark.anyio
+KEY = "fenced/data-000000.tar"
+SHARDS = [ShardPlan("s3://src/k0.tar", "s3", KEY, TEST_PART, None)]
+
+
+def raw(endpoint: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                        aws_access_key_id="x", aws_secret_access_key="y")
+
+
+def open_upload(s3, bucket: str, body: bytes) -> tuple[str, dict[int, str]]:
+    """A real multipart upload at KEY with one part: (upload id, {1: ETag})."""
+    upload_id = s3.create_multipart_upload(Bucket=bucket, Key=KEY)["UploadId"]
+    etag = s3.upload_part(Bucket=bucket, Key=KEY, UploadId=upload_id, PartNumber=1,
+                          Body=body)["ETag"]
+    return upload_id, {1: etag}
+
+
+def still_open(s3, bucket: str) -> list[str]:
+    return [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
+
+
+async def run_of(index, name: str) -> PromotionJournal:  # noqa: F811
+    journal = PromotionJournal(index, name)
+    await journal.open({"v": 1}, SHARDS)
+    return journal
+
+
+class Clock:
+    """A monotonic clock the test moves: each reading advances it by ``step``."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now - self.step
+
+
+async def test_a_live_lease_completes_and_renews_for_its_holder(index, moto_server):  # noqa: F811
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    body = os.urandom(1000)
+    upload_id, etags = open_upload(s3, bucket, body)
+    journal = await run_of(index, "a" * 64)
+    lease = journal.lease_key
+    await index.redis.pexpire(lease, 3000)  # too short for a worker; its holder renews it
+    async with store_for(make_credentials(moto_server.url), bucket) as store:
+        view = fenced(store, run_fence(journal, SHARDS))
+        await view.complete_multipart(KEY, upload_id, etags)
+        assert await index.redis.pttl(lease) > 3000  # renewed by the check itself
+        assert view.request_count == store.request_count  # one store seen two ways
+    assert s3.get_object(Bucket=bucket, Key=KEY)["Body"].read() == body
+    assert still_open(s3, bucket) == []
+    await journal.release()
+
+
+@pytest.mark.parametrize("case", ["about to expire", "released", "slow check", "taken over"])
+async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server, case):  # noqa: F811
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
+    journal = await run_of(index, "b" * 64)
+    # a worker's fence (not the lease's holder: it never renews) or, released, the holder's
+    fence = Fence(index, journal.promotion, journal.epoch or 0)
+    match = "lease ends in"
+    if case == "about to expire":
+        await index.redis.pexpire(journal.lease_key, int((fence.timeout + fence.margin) * 900))
+    elif case == "released":
+        await journal.release()
+        fence = run_fence(journal, SHARDS)
+        match = "lease expired or was released"
+    elif case == "slow check":  # a fresh lease, but the check's answer came 25 s late
+        fence = Fence(index, journal.promotion, journal.epoch or 0, clock=Clock(25.0))
+    else:
+        await journal.release()
+        rerun = await run_of(index, journal.promotion)
+        assert rerun.epoch == (journal.epoch or 0) + 1
+        match = "no longer the promotion's"
+    async with store_for(make_credentials(moto_server.url), bucket) as store:
+        with pytest.raises(PromotionBusyError, match=match):
+            await fenced(store, fence).complete_multipart(KEY, upload_id, etags)
+    assert still_open(s3, bucket) == [upload_id]
+    assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server):  # noqa: F811
+    """The rerun continues an upload its journal names: the stale run leaves it open. An
+    upload the stale run opened and never journaled is nobody's: it aborts it."""
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    continued, _ = open_upload(s3, bucket, os.urandom(1000))
+    own, _ = open_upload(s3, bucket, os.urandom(1000))
+    stale = await run_of(index, "c" * 64)
+    await stale.release()
+    rerun = await run_of(index, stale.promotion)
+    rerun.note("u:0", f'{{"fp": "x", "id": "{continued}", "ps": {TEST_PART}}}')
+    await rerun.flush()
+    async with store_for(make_credentials(moto_server.url), bucket) as store:
+        view = fenced(store, run_fence(stale, SHARDS))
+        await view.abort_multipart(KEY, continued)
+        await view.abort_multipart(KEY, own)
+    assert still_open(s3, bucket) == [continued]
+
+
+async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_journal(
+        index):  # noqa: F811
+    name = INSERT_KEY_PREFIX + "0123456789ab-cdef"
+    stale = await run_of(index, name)
+    await stale.release()
+    rerun = await run_of(index, name)
+    with pytest.raises(PromotionBusyError, match=r"insert 0123456789ab: dropping the journal "
+                       r"refused: .* no longer the insert's"):
+        await stale.forget()
+    assert await index.redis.get(epoch_key(name)) == str(rerun.epoch).encode()
+    assert await index.redis.exists(journal_key(name), rerun.lease_key) == 2
+    assert "promotion" not in str(stale_run(name, 1, "completing the upload of k"))
+    await rerun.forget()
+    assert await index.redis.exists(journal_key(name), epoch_key(name)) == 0
+
+
+# -- a local run stalled past its lease ---------------------------------------------------
+
+
+def stopped(proc: subprocess.Popen) -> bool:
+    with open(f"/proc/{proc.pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+class Held:
+    """Holds the test process's fenced completes (the rerun's) until ``go`` is set."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.reached, self.go = anyio.Event(), anyio.Event()
+        original = fence_mod.FencedStore.complete_multipart
+
+        async def held(store, *args, **kw):
+            self.reached.set()
+            await self.go.wait()
+            return await original(store, *args, **kw)
+
+        monkeypatch.setattr(fence_mod.FencedStore, "complete_multipart", held)
+
+
+async def stall_rerun_and_resume(proc: subprocess.Popen, redis, key: str, rerun,
+                                 held: Held, size: int, uploads) -> tuple[str, str]:
+    """The child SIGSTOPped itself before its complete; its lease is forced to expire, the
+    rerun takes over and is held at its own complete; the child is continued and must
+    end refused, leaving the rerun's upload and journal as they were. (stderr, upload)."""
+    try:
+        with anyio.fail_after(90):
+            while not stopped(proc):
+                assert proc.poll() is None, proc.communicate()
+                await anyio.sleep(0.05)
+        stale_epoch = await redis.get(epoch_key(key.removeprefix("atdata_async:journal:")))
+        stale_upload = json.loads(await redis.hget(key, "u:0"))["id"]
+        await redis.pexpire(key + ":lease", 1)  # the stall outlasts the lease
+        while await redis.exists(key + ":lease"):
+            await anyio.sleep(0.01)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(rerun)
+            with anyio.fail_after(90):
+                await held.reached.wait()
+                parts = -(-size // TEST_PART)
+                while sum(f.startswith(b"p:0:") for f in await redis.hkeys(key)) < parts:
+                    await anyio.sleep(0.01)  # the rerun's last part, journaled behind
+            before = await redis.hgetall(key)
+            assert await redis.get(epoch_key(key.removeprefix("atdata_async:journal:"))) \
+                != stale_epoch
+            proc.send_signal(signal.SIGCONT)
+            _, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=90))
+            assert proc.returncode != 0, err
+            assert await redis.hgetall(key) == before  # not one field written or deleted
+            assert json.loads(before[b"u:0"])["id"] == stale_upload  # the rerun continues it
+            assert stale_upload in [u["UploadId"] for u in await uploads()]  # still open
+            held.go.set()
+        return err.decode(), stale_upload
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGCONT)
+            proc.communicate()
+
+
+@pytest.mark.pds
+async def test_a_promotion_stopped_past_its_lease_is_refused_beside_the_rerun(
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        second_moto_server, monkeypatch):
+    entry = await insert(index, tmp_path, "stopme", shards=1, per_shard=1500)
+    dest_bucket = make_bucket(second_moto_server.url)
+    dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
+    key = journal_key(promotion_key(client.did, entry, "stopme", dest))
+    args = ["promote", "stopme", "--copy-to", f"s3://{dest_bucket}/promoted",
+            "--credentials", write_env(tmp_path / "dst.env", second_moto_server.url),
+            "--source-credentials", write_env(tmp_path / "src.env",
+                                              s3_credentials["AWS_ENDPOINT"]),
+            "--concurrency", "1"]
+    env = cli_env(redis_url, pds, pds_account, STOP_BEFORE_COMPLETE=1)
+    proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held, published = Held(monkeypatch), []
+    s3 = raw(second_moto_server.url)
+
+    async def rerun() -> None:
+        published.append(await promote_to_atmosphere(entry, index, client, data_store=dest))
+
+    async with dest:
+        err, _ = await stall_rerun_and_resume(proc, index.redis, key, rerun, held,
+                                              entry.shard_sizes[entry.data_urls[0]],
+                                              dest.list_multipart_uploads)
+        assert "stopping before CompleteMultipartUpload" in err
+        assert "completing the upload" in err and "no longer the promotion's" in err, err
+        assert await dest.list_multipart_uploads() == []
+    assert still_open(s3, dest_bucket) == []
+    got = await AtmosphereIndex(client).get_dataset(published[0])
+    for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
+        assert read_s3(second_moto_server.url, dst) == read_s3(s3_credentials["AWS_ENDPOINT"],
+                                                               src)
+    assert len(await records(client)) == 1
+    assert (await index.redis.hget(key, "status")) == b"published"
+
+
+async def test_an_insert_stopped_past_its_lease_is_refused_beside_the_rerun(
+        index, tmp_path, redis_url, s3_credentials, bucket, monkeypatch):  # noqa: F811
+    paths = shard_files(tmp_path, "stopins", 1, 1500)
+    ref = "atdata://local/schema/FeatureSample@1.0.0"
+    run = run_id_of(index.data_store, "stopins", "stopins", ref, paths)
+    key = journal_key(INSERT_KEY_PREFIX + run)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATDATA_"))}
+    env.update(ATDATA_REDIS_URL=redis_url, TEST_PART=str(TEST_PART), STOP_BEFORE_COMPLETE="1")
+    args = ["insert", *paths, "--name", "stopins", "--schema-ref", ref, "--to",
+            f"s3://{bucket}/stopins", "--concurrency", "1",
+            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+    proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    held, entries = Held(monkeypatch), []
+
+    async def rerun() -> None:
+        entries.append(await index.insert_dataset(Dataset[FeatureSample](paths),
+                                                  name="stopins", prefix="stopins"))
+
+    err, _ = await stall_rerun_and_resume(proc, index.redis, key, rerun, held,
+                                          os.path.getsize(paths[0]),
+                                          index.data_store.list_multipart_uploads)
+    assert f"insert {run[:12]}: completing the upload" in err, err
+    assert "no longer the insert's" in err and "promotion" not in err
+    assert await index.data_store.list_multipart_uploads() == []
+    assert [e.cid for e in await index.list_entries()] == [entries[0].cid]
+    assert await index.redis.exists(key) == 0  # the rerun dropped its journal at the end
+    check_landed(s3_credentials["AWS_ENDPOINT"], entries[0], paths)
