@@ -3,6 +3,8 @@ aioboto3 loop, all in one run on the same seeded objects.
 
     .venv/bin/python benchmarks/bench_s3_servers.py                  # radosgw, every case
     .venv/bin/python benchmarks/bench_s3_servers.py --quick          # 32x32 and 1024x1 only
+    .venv/bin/python benchmarks/bench_s3_servers.py --quick --scenarios same \
+        --variants s5cmd,ours --server-copies 32,64 --repeat 3       # same endpoint only
     .venv/bin/python benchmarks/bench_s3_servers.py --server moto --cases 3x1,1x12 \\
         --copy-threshold-mib 8                                       # the CI smoke run
 
@@ -287,11 +289,13 @@ def child_ours_warm(p: dict) -> dict:
     from atdata_async.local import LocalIndex, S3DataStore
     from atdata_async.promote import promote_to_atmosphere
 
+    copies = {"max_server_copies": p["server_copies"]} if p.get("server_copies") else {}
+
     async def main() -> dict:
         source = S3DataStore(p["src"], bucket=p["src_bucket"],
-                             max_concurrency=p["concurrency"], **p["store"])
+                             max_concurrency=p["concurrency"], **p["store"], **copies)
         dest = S3DataStore(p["dst"], bucket=p["dst_bucket"],
-                           max_concurrency=p["concurrency"], **p["store"])
+                           max_concurrency=p["concurrency"], **p["store"], **copies)
         async with source, dest, LocalIndex(p["redis"], data_store=source) as index, \
                 AtmosphereClient(p["pds"]) as client:
             await client.login(session=p["session"])
@@ -311,7 +315,7 @@ def child_ours_warm(p: dict) -> dict:
                 profiler.enable()
             await promote_to_atmosphere(entry, index, client, data_store=dest,
                                         max_concurrency=p["concurrency"],
-                                        name=f"bench-{uuid.uuid4().hex[:6]}")
+                                        name=f"bench-{uuid.uuid4().hex[:6]}", **copies)
             if profiler is not None:
                 profiler.disable()
                 profiler.dump_stats(p["profile"])
@@ -452,7 +456,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
          "keys": seeded["keys"], "same": same,
          "concurrency": 1 if variant == "ours, sequential" else a.concurrency,
          "redis": redis.url, "pds": pds.url, "session": session,
-         "entry": entry, "store": store_options(a), "profile": profile}
+         "entry": entry, "store": store_options(a), "profile": profile,
+         "server_copies": server_copies_of(variant, a)}
     if variant == BOTOCORE_VARIANT:  # the same promotion with every request botocore's
         p["store"] = {**p["store"], "light_requests": False}
     try:
@@ -464,6 +469,7 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
     row["requests"] = (req1 - req0) if req0 is not None else row.get("our_requests")
     row["server_cpu"] = (cpu1 - cpu0) if cpu0 is not None else None
     row["load"] = os.getloadavg()[0]
+    row["server_copies"] = p["server_copies"]
     return row
 
 
@@ -577,6 +583,19 @@ def pace_demo(a: argparse.Namespace) -> None:
                 empty_bucket(servers.boto(0), bucket)
 
 
+def server_copies_of(variant: str, a: argparse.Namespace) -> int | None:
+    """The max_server_copies a variant runs with: its own ("ours, warm, N copies"), else
+    the first of --server-copies, else None (the library's default)."""
+    if variant.startswith("ours, warm, "):
+        return int(variant.split(", ")[2].split()[0])
+    values = server_copies_list(a)
+    return values[0] if values else None
+
+
+def server_copies_list(a: argparse.Namespace) -> list[int]:
+    return [int(x) for x in (a.server_copies or "").split(",") if x]
+
+
 def store_options(a: argparse.Namespace) -> dict:
     options = {}
     if a.copy_threshold_mib:
@@ -598,6 +617,10 @@ def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
         names.append("ours, sequential")
     if not same and a.botocore_too:
         names.insert(names.index("ours, warm") + 1, BOTOCORE_VARIANT)
+    if same:  # more values of --server-copies: one more warm variant each, same rounds
+        extra = [f"ours, warm, {n} copies" for n in server_copies_list(a)[1:]]
+        at = names.index("ours, warm") + 1
+        names[at:at] = extra
     if not same and float(case.split("x")[1]) > 256:
         # whole bodies in memory: 2 GiB took 5.6 GiB RSS and 114 s (docs/benchmarks.md)
         names.remove("bare aioboto3")
@@ -634,7 +657,8 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                       f"{remote}:{p['dst_bucket']}/rclone", "--transfers", "16",
                       "--checkers", "16", "--s3-no-check-bucket", "--no-check-dest",
                       "--config", "/dev/null"], env)
-    if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT):
+    if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT) or \
+            variant.startswith("ours, warm, "):
         child = "bare" if variant == "bare aioboto3" else "ours-warm"
         params = tmp / "params.json"
         params.write_text(json.dumps(p))
@@ -647,6 +671,8 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                 f"bench-{uuid.uuid4().hex[:6]}", "--source-credentials", env_files[0],
                 "--copy-to", f"s3://{p['dst_bucket']}/cli", "--credentials", env_files[dst_i],
                 "--concurrency", str(p["concurrency"])]
+        if p.get("server_copies"):
+            args += ["--server-copies", str(p["server_copies"])]
         return timed(args, base_env)
     raise ValueError(variant)
 
@@ -700,12 +726,16 @@ def markdown(rows: list[dict]) -> str:
                      == (case, scenario, variant)), None)
 
     for case in dict.fromkeys(r["case"] for r in rows):
-        s5, call = get(case, "same", "s5cmd"), get(case, "same", "ours, warm")
-        cli = get(case, "same", "ours, CLI process")
-        if s5 and call:
-            lines.append(f"- {case} same: call / s5cmd = {call['call_wall']:.2f} / "
-                         f"{s5['wall']:.2f} s = {call['call_wall'] / s5['wall']:.2f}x "
-                         "(target <= 1x)")
+        s5, cli = get(case, "same", "s5cmd"), get(case, "same", "ours, CLI process")
+        warms = [r for r in rows if (r["case"], r["scenario"]) == (case, "same")
+                 and r["variant"].startswith("ours, warm")]
+        for call in warms if s5 else []:
+            what = call["variant"].removeprefix("ours, warm").strip(", ")
+            copies = f", {call['server_copies']} server copies" if call.get(
+                "server_copies") else ""
+            lines.append(f"- {case} same: call{f' ({what})' if what else ''} / s5cmd = "
+                         f"{call['call_wall']:.2f} / {s5['wall']:.2f} s = "
+                         f"{call['call_wall'] / s5['wall']:.2f}x (target <= 1x{copies})")
         if s5 and cli:
             lines.append(f"- {case} same: CLI / s5cmd = {cli['wall']:.2f} / {s5['wall']:.2f} s"
                          f" = {cli['wall'] / s5['wall']:.2f}x (target <= 2x)")
@@ -744,6 +774,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default="same,cross")
     parser.add_argument("--variants", default=None, help="substrings of variant names")
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--server-copies", default=None, metavar="N[,N...]",
+                        help="our max_server_copies (default: the library's); more values "
+                             "add one warm variant each (same endpoint), in the same rounds")
     parser.add_argument("--sequential", action="store_true",
                         help="also run ours at concurrency 1 for every case")
     parser.add_argument("--botocore-too", action="store_true",
