@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -23,6 +24,7 @@ from atdata_async._pipeline.insert import INSERT_KEY_PREFIX
 from atdata_async._pipeline.journal import (
     PromotionJournal,
     epoch_key,
+    inflight_key,
     journal_key,
     stale_run,
 )
@@ -158,6 +160,33 @@ async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_
     assert "promotion" not in str(stale_run(name, 1, "completing the upload of k"))
     await rerun.forget()
     assert await index.redis.exists(journal_key(name), epoch_key(name)) == 0
+
+
+async def test_a_rerun_taking_over_from_a_dead_coordinator_waits_out_its_workers(
+        index, moto_server):  # noqa: F811
+    """A dead coordinator's lease is taken at once (its process is gone), but its workers
+    live: a complete one was admitted to may still be under way. The rerun waits until
+    none can be before it lists anything; with no such request it does not wait."""
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
+    for admitted in (True, False):
+        coordinator = await run_of(index, "d" * 64)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        await index.redis.set(coordinator.lease_key, f"{socket.gethostname()}:{dead.pid}:x",
+                              ex=30)
+        if admitted:
+            worker = Fence(index, coordinator.promotion, coordinator.epoch or 0, timeout=0.3,
+                           margin=0.2)
+            async with store_for(make_credentials(moto_server.url), bucket) as store:
+                await fenced(store, worker).complete_multipart(KEY, upload_id, etags)
+            assert await index.redis.pttl(inflight_key(coordinator.promotion)) > 0
+        rerun = await run_of(index, coordinator.promotion)
+        assert rerun.epoch == (coordinator.epoch or 0) + 1
+        assert (rerun.waited > 0) is admitted
+        assert not await index.redis.exists(inflight_key(coordinator.promotion))
+        await rerun.release()
+    assert still_open(s3, bucket) == []
 
 
 # -- a local run stalled past its lease ---------------------------------------------------

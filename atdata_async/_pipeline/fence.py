@@ -60,7 +60,7 @@ class Fence:
         i = self.keys.get(key)
         state = await check_fence(self.index, self.promotion, self.epoch, holder=self.holder,
                                   upload_field=f"u:{i}" if i is not None else "",
-                                  upload_id=upload_id)
+                                  upload_id=upload_id, runs_for=self.timeout + self.margin)
         if i is None:  # cannot ask: count it as named (a rerun may continue it)
             state = replace(state, named=True)
         return state, start + state.lease_ms / 1000 - self.margin - self.clock()

@@ -70,17 +70,18 @@ def epoch_key(promotion: str) -> str:
     return EPOCH_PREFIX + promotion  # outside the journal's prefix: scans of it see hashes
 
 
-# KEYS: lease, epoch, counter; ARGV: holder, ttl, expected holder ('' = none). The new
-# epoch, or 0 when the lease is not (or no longer) the expected one.
+# KEYS: lease, epoch, counter, in-flight marker; ARGV: holder, ttl, expected holder
+# ('' = none). {new epoch (0 when the lease is not, or no longer, the expected one), ms
+# a worker's fenced request admitted under the old epoch may still run}.
 _TAKE_LEASE = """
 local cur = redis.call('GET', KEYS[1])
 if (ARGV[3] == '' and not cur) or cur == ARGV[3] then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', tonumber(ARGV[2]))
   local e = redis.call('INCR', KEYS[3])
   redis.call('SET', KEYS[2], e)
-  return e
+  return {e, redis.call('PTTL', KEYS[4])}
 end
-return 0
+return {0, 0}
 """
 # KEYS: lease, epoch; ARGV: holder, ttl, epoch. 1 if still ours (lease renewed).
 _KEEP_LEASE = """
@@ -116,15 +117,20 @@ return 1
 """
 
 
-# KEYS: epoch, lease, hash; ARGV: epoch, holder ('' = a worker, not the lease's holder),
-# ttl ms, field naming shard i's upload ('' = none), upload id. {ours, pttl, named}:
-# the epoch is still ARGV[1]; the lease's remaining ms (renewed first when the caller
-# holds it; <= 0: expired or released); the journal's field names that upload.
+# KEYS: epoch, lease, hash, in-flight marker; ARGV: epoch, holder ('' = a worker, not
+# the lease's holder), ttl ms, field naming shard i's upload ('' = none), upload id, ms
+# the request may run. {ours, pttl, named}: the epoch is still ARGV[1]; the lease's
+# remaining ms (renewed first when the caller holds it; <= 0: expired or released); the
+# journal's field names that upload. A worker's check marks its request as possibly in
+# flight for ARGV[6] ms: a rerun taking over from a dead coordinator waits that out.
 _FENCE_CHECK = """
 local ours = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then ours = 1 end
 if ours == 1 and ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
   redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+end
+if ours == 1 and ARGV[2] == '' and tonumber(ARGV[6]) > 0 then
+  redis.call('SET', KEYS[4], '1', 'PX', tonumber(ARGV[6]))
 end
 local named = 0
 if ARGV[4] ~= '' then
@@ -152,16 +158,24 @@ class FenceState:
     named: bool  # the journal names the upload asked about (a rerun may continue it)
 
 
+def inflight_key(promotion: str) -> str:
+    """Set while a worker's fenced request admitted under the current epoch may run."""
+    return epoch_key(promotion) + ":inflight"
+
+
 async def check_fence(index: LocalIndex, promotion: str, epoch: int, *, holder: str = "",
-                      upload_field: str = "", upload_id: str = "") -> FenceState:
+                      upload_field: str = "", upload_id: str = "",
+                      runs_for: float = 0.0) -> FenceState:
     """Epoch, lease time left and whether the journal names an upload: one Lua call.
-    ``holder`` (the lease's holder string, for the run holding it) renews the lease too."""
+    ``holder`` (the lease's holder string, for the run holding it) renews the lease too;
+    without it (a worker), ``runs_for`` seconds are marked as possibly in flight."""
     key = journal_key(promotion)
     with index._errors("check the promotion's epoch"):
         script = index.redis.register_script(_FENCE_CHECK)
         ours, pttl, named = await script(
-            keys=[epoch_key(promotion), key + ":lease", key],
-            args=[str(epoch), holder, LEASE_SECONDS * 1000, upload_field, upload_id])
+            keys=[epoch_key(promotion), key + ":lease", key, inflight_key(promotion)],
+            args=[str(epoch), holder, LEASE_SECONDS * 1000, upload_field, upload_id,
+                  int(runs_for * 1000)])
     return FenceState(bool(ours), int(pttl), bool(named))
 
 
@@ -328,6 +342,7 @@ class PromotionJournal:
         self.writes = 0  # pipelines sent (for benchmarks)
         self.existed = False
         self.was_running = False
+        self.waited = 0.0  # seconds the lease's taking waited for a dead run's requests
 
     async def open(self, plan_doc: dict[str, Any],
                    shards: Sequence[ShardPlan]) -> list[ShardState]:
@@ -355,14 +370,15 @@ class PromotionJournal:
         new epoch, atomically: a second taker racing us finds the lease changed."""
         redis = self.index.redis
         take = redis.register_script(_TAKE_LEASE)
-        keys = [self.lease_key, self.epoch_key, EPOCHS]
+        keys = [self.lease_key, self.epoch_key, EPOCHS, inflight_key(self.promotion)]
         expected = ""
         with self.index._errors("take the promotion lease"):
             for _ in range(5):
-                epoch = int(await take(keys=keys, args=[self._lease, LEASE_SECONDS, expected]))
-                if epoch:
-                    self.epoch = epoch
-                    return
+                epoch, inflight = await take(keys=keys,
+                                             args=[self._lease, LEASE_SECONDS, expected])
+                if int(epoch):
+                    self.epoch = int(epoch)
+                    break
                 holder = await redis.get(self.lease_key)
                 if holder is not None and _holder_alive(holder.decode()):
                     kind = run_name(self.promotion).partition(" ")[0]
@@ -370,8 +386,17 @@ class PromotionJournal:
                         f"this {kind} is already running ({_describe(holder.decode())}); "
                         "wait for it, or rerun when it has stopped")
                 expected = holder.decode() if holder is not None else ""
-        kind = run_name(self.promotion).partition(" ")[0]
-        raise PromotionBusyError(f"this {kind}'s lease keeps changing hands; rerun later")
+            else:
+                kind = run_name(self.promotion).partition(" ")[0]
+                raise PromotionBusyError(f"this {kind}'s lease keeps changing hands; rerun later")
+        if expected and int(inflight) > 0:  # (expired with the lease otherwise)
+            # taken from a dead coordinator before its lease ended: its workers may still
+            # be completing or aborting an upload they were admitted to (fence.py); wait
+            # until none can be, so that what this run lists is what they left
+            self.waited = int(inflight) / 1000
+            log.info("waiting %.1fs for the dead run's admitted upload requests to end",
+                     self.waited)
+            await anyio.sleep(self.waited + 0.005)  # past Redis's own expiry of the marker
 
     def note(self, field_name: str, value: str | None) -> None:
         """Queue a write (None deletes the field); the flusher sends it shortly."""
@@ -548,6 +573,6 @@ async def forget_journal(index: LocalIndex, promotion: str) -> None:
     with index._errors("drop promotion journal"):
         async with index.redis.pipeline(transaction=True) as pipe:
             pipe.delete(journal_key(promotion), journal_key(promotion) + ":lease",
-                        epoch_key(promotion))
+                        epoch_key(promotion), inflight_key(promotion))
             pipe.srem(JOURNALS, promotion)
             await pipe.execute()
