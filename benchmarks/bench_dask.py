@@ -12,6 +12,9 @@ a LocalCluster would run its scheduler on a thread of this process, competing wi
 coordinator for its GIL), paired: per worker count, one warm-up run on the cluster, then
 ``--repeat`` rounds of (local, cluster), so that both engines see the same machine.
 Medians; "vs local" is the cluster's median over the local median of the same rounds.
+Wall and CPU are those of the copy phase alone (set-up and the byte checks after are
+left out), CPU per process too: ms per shard of the coordinator, each moto, redis, the
+scheduler and the workers.
 The coordinator keeps ``DaskExecutor.in_flight(concurrency)`` tasks at the cluster, as a
 promotion does; ``--before`` adds a cluster run per round that keeps only ``concurrency``
 in flight (the engine before issue 13's prefetch), so both are measured side by side.
@@ -74,6 +77,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
                                    source=source, compute_checksums=True)
         from atdata_async._backends.http_reader import HttpShardReader
 
+        cpu_before = tree_cpu()
         started = time.perf_counter()
         async with HttpShardReader() as http:
             flusher = asyncio.ensure_future(journal.run_flusher())
@@ -93,6 +97,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             if remote is not None:
                 await remote.sweep([p.dest_key for p in plans])
             wall = time.perf_counter() - started
+            cpu = window_cpu(cpu_before, tree_cpu(), executor is not None)
             flusher.cancel()
         await journal.release()
         ok = 0
@@ -101,12 +106,17 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             ok += hashlib.sha256(body).hexdigest() == sums[plan.source_url.rsplit("/", 1)[1]] \
                 == got.sha256
         uploads = await dest.list_multipart_uploads()
-        return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit}
+        return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit, **cpu}
 
 
-def tree_cpu() -> float:
+ROLES: dict[int, str] = {}  # pid of a direct child -> what it is (moto src, scheduler, ...)
+
+
+def tree_cpu() -> dict[str, float]:
     """CPU seconds used so far by this process and every descendant (moto, redis, the
-    Dask scheduler and workers): less at the mercy of a shared machine than wall time."""
+    Dask scheduler and workers), per role (a direct child's name in ROLES, its
+    descendants counted with it; this process is "coordinator") and in all ("total"):
+    less at the mercy of a shared machine than wall time."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     used: dict[int, float] = {}
@@ -119,21 +129,27 @@ def tree_cpu() -> float:
             continue
         parents[int(entry.name)] = int(fields[1])
         used[int(entry.name)] = (int(fields[11]) + int(fields[12])) / ticks
-    me, total = os.getpid(), 0.0
+    me = os.getpid()
+    out: dict[str, float] = {"total": 0.0}
     for pid, cpu in used.items():
-        p = pid
+        p, child = pid, pid
         while p > 1 and p != me:
-            p = parents.get(p, 0)
+            child, p = p, parents.get(p, 0)
         if p == me:
-            total += cpu
-    return total
-
-
-def timed(run) -> dict:
-    before = tree_cpu()
-    out = run()
-    out["cpu"] = tree_cpu() - before
+            role = "coordinator" if pid == me else ROLES.get(child, "other")
+            out[role] = out.get(role, 0.0) + cpu
+            out["total"] += cpu
     return out
+
+
+def window_cpu(before: dict[str, float], after: dict[str, float],
+               cluster: bool) -> dict:
+    """The copy window's CPU seconds, per role and in all. A local run leaves the idle
+    cluster's scheduler and workers out (they exist only for the cluster's runs)."""
+    roles = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "total"}
+    if not cluster:
+        roles = {k: v for k, v in roles.items() if k not in ("scheduler", "workers")}
+    return {"cpu": sum(roles.values()), "roles": roles}
 
 
 def _resume():
@@ -160,6 +176,8 @@ class Cluster:
                    "--nworkers", str(n), "--nthreads", str(threads), "--host", "127.0.0.1",
                    "--no-dashboard"], **quiet)
         self.n = n
+        ROLES[self.scheduler.pid] = "scheduler"
+        ROLES[self.workers.pid] = "workers"
 
     def address(self) -> str:
         import json
@@ -206,6 +224,9 @@ def main() -> None:
     redis = services.start_redis(work)
     src = services.start_moto(in_process=False)
     dst = services.start_moto(in_process=False)
+    for service, role in ((redis, "redis"), (src, "moto src"), (dst, "moto dst")):
+        if service.proc is not None:
+            ROLES[service.proc.pid] = role
     try:
         raw = boto3.client("s3", endpoint_url=src.url, region_name="us-east-1",
                            aws_access_key_id="x", aws_secret_access_key="y")
@@ -221,8 +242,8 @@ def main() -> None:
         total = args.shards * args.kib / 1024
 
         def local() -> dict:
-            return timed(lambda: asyncio.run(copy_phase(redis.url, src.url, dst.url, bucket,
-                                                        keys, sums, None, args.concurrency)))
+            return asyncio.run(copy_phase(redis.url, src.url, dst.url, bucket, keys, sums,
+                                          None, args.concurrency))
 
         local()  # warm: imports, S3 clients, moto's first requests
         locals_all: list[dict] = []
@@ -245,8 +266,8 @@ def main() -> None:
                 for _ in range(args.repeat):
                     paired_local.append(local())
                     if args.before:
-                        paired_plain.append(timed(lambda: asyncio.run(on_cluster(deep=False))))
-                    paired_dask.append(timed(lambda: asyncio.run(on_cluster())))
+                        paired_plain.append(asyncio.run(on_cluster(deep=False)))
+                    paired_dask.append(asyncio.run(on_cluster()))
             finally:
                 cluster.stop()
             locals_all += paired_local
@@ -261,9 +282,10 @@ def main() -> None:
         print(f"{args.shards} shards x {args.kib} KiB ({total:.0f} MiB), cross-endpoint "
               f"streamed copy, concurrency {args.concurrency}, {os.cpu_count()} cores, moto "
               f"in its own processes; median of {args.repeat} paired round(s)")
-        print("wall: median wall time; CPU: median CPU seconds of every process involved "
-              "(this one, moto, redis, scheduler, workers); vs local: over the local median "
-              "of the same rounds")
+        print("wall: median wall time of the copy phase; CPU: median CPU seconds in that "
+              "window of every process involved (this one, moto, redis, and on the cluster "
+              "the scheduler and workers; the idle cluster is left out of local runs); vs "
+              "local: over the local median of the same rounds")
         print(f"{'engine':<28} {'workers':>7} {'wall s':>8} {'MiB/s':>7} {'vs local':>9} "
               f"{'CPU s':>7} {'vs local':>9} {'runs (s)':>20} {'identical':>10} "
               f"{'open uploads':>12}")
@@ -281,6 +303,19 @@ def main() -> None:
             for runs in (paired_plain, paired_dask):
                 if runs:
                     row(f"dask, {runs[0]['limit']} in flight", str(n), runs, paired_local)
+
+        def per_shard(name: str, runs: list[dict]) -> str:
+            roles = sorted({k for r in runs for k in r["roles"]})
+            ms = {k: statistics.median(r["roles"].get(k, 0.0) for r in runs) * 1000
+                  / args.shards for k in roles}
+            return f"{name:<28} " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items())
+
+        print("CPU ms per shard by process (medians):")
+        print(per_shard("local task group", locals_all))
+        for n, _, paired_dask, paired_plain in rows:
+            for runs in (paired_plain, paired_dask):
+                if runs:
+                    print(per_shard(f"dask {n} worker(s), {runs[0]['limit']}", runs))
     finally:
         src.stop()
         dst.stop()
