@@ -15,9 +15,10 @@ Medians; "vs local" is the cluster's median over the local median of the same ro
 Wall and CPU are those of the copy phase alone (set-up and the byte checks after are
 left out), CPU per process too: ms per shard of the coordinator, each moto, redis, the
 scheduler and the workers.
-The coordinator keeps ``DaskExecutor.in_flight(concurrency)`` tasks at the cluster, as a
-promotion does; ``--before`` adds a cluster run per round that keeps only ``concurrency``
-in flight (the engine before issue 13's prefetch), so both are measured side by side.
+The coordinator groups the shards and keeps ``in_flight(concurrency)`` of them at the
+cluster, as a promotion does; ``--before`` adds a cluster run per round with one task per
+shard (``group_size=1``, the engine before issue 13's groups), so both are measured side
+by side.
 The PDS writes are the same in both and are left out. Every copy is checked byte for
 byte (sha256) afterwards and no upload may stay open.
 """
@@ -48,8 +49,8 @@ def creds(url: str) -> dict[str, str]:
 
 
 async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str,
-                     keys: list[str], sums: dict[str, str], executor, concurrency: int,
-                     deep: bool = True) -> dict:
+                     keys: list[str], sums: dict[str, str], executor, concurrency: int
+                     ) -> dict:
     from atdata_async._backends.redis_index import LocalIndex
     from atdata_async._backends.s3_store import S3DataStore
     from atdata_async._backends.tasks import run_per_shard
@@ -89,9 +90,10 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
                 return await _settle_shard(plan, source, http, dest, True, tracker, logs[i],
                                            _resume())
 
-            limit = concurrency  # the local task group's, and the cluster's before prefetch
-            if remote is not None and deep:
-                limit = await remote.in_flight(concurrency)  # as promote.py keeps it
+            limit = concurrency  # the local task group's
+            if remote is not None:  # as promote.py plans and keeps them
+                await remote.plan([(i, p, _resume()) for i, p in enumerate(plans)], journal)
+                limit = await remote.in_flight(concurrency)
             settled = await run_per_shard([p.source_url for p in plans],
                                           list(enumerate(plans)), one, limit, tracker)
             if remote is not None:
@@ -106,7 +108,9 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             ok += hashlib.sha256(body).hexdigest() == sums[plan.source_url.rsplit("/", 1)[1]] \
                 == got.sha256
         uploads = await dest.list_multipart_uploads()
-        return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit, **cpu}
+        group = remote.group_size if remote is not None else 1
+        return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit,
+                "group": group, **cpu}
 
 
 ROLES: dict[int, str] = {}  # pid of a direct child -> what it is (moto src, scheduler, ...)
@@ -208,7 +212,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="paired rounds per worker count")
     ap.add_argument("--before", action="store_true",
-                    help="also run the cluster with only --concurrency tasks in flight")
+                    help="also run the cluster with one task per shard (before groups)")
     args = ap.parse_args()
     os.environ.update(SECRET_ENV)  # the workers' own environment (LocalCluster inherits it)
 
@@ -254,19 +258,20 @@ def main() -> None:
                 address = cluster.address()
 
                 async def on_cluster(address: str = address, n: int = n,
-                                     deep: bool = True) -> dict:
+                                     group: int | None = None) -> dict:
                     async with Client(address, asynchronous=True) as dc:
                         await dc.wait_for_workers(n)
-                        ex = DaskExecutor(dc, credentials=CredentialSource(env_prefix="BENCH_"))
+                        ex = DaskExecutor(dc, credentials=CredentialSource(env_prefix="BENCH_"),
+                                          group_size=group)
                         return await copy_phase(redis.url, src.url, dst.url, bucket, keys,
-                                                sums, ex, args.concurrency, deep)
+                                                sums, ex, args.concurrency)
 
                 asyncio.run(on_cluster())  # warm: worker imports, S3 clients
                 paired_local, paired_dask, paired_plain = [], [], []
                 for _ in range(args.repeat):
                     paired_local.append(local())
                     if args.before:
-                        paired_plain.append(asyncio.run(on_cluster(deep=False)))
+                        paired_plain.append(asyncio.run(on_cluster(group=1)))
                     paired_dask.append(asyncio.run(on_cluster()))
             finally:
                 cluster.stop()
@@ -302,20 +307,21 @@ def main() -> None:
         for n, paired_local, paired_dask, paired_plain in rows:
             for runs in (paired_plain, paired_dask):
                 if runs:
-                    row(f"dask, {runs[0]['limit']} in flight", str(n), runs, paired_local)
+                    row(f"dask, {runs[0]['group']}/task, {runs[0]['limit']} in flight", str(n),
+                        runs, paired_local)
 
         def per_shard(name: str, runs: list[dict]) -> str:
             roles = sorted({k for r in runs for k in r["roles"]})
             ms = {k: statistics.median(r["roles"].get(k, 0.0) for r in runs) * 1000
                   / args.shards for k in roles}
-            return f"{name:<28} " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items())
+            return f"  {name:<26} " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items())
 
         print("CPU ms per shard by process (medians):")
         print(per_shard("local task group", locals_all))
         for n, _, paired_dask, paired_plain in rows:
             for runs in (paired_plain, paired_dask):
                 if runs:
-                    print(per_shard(f"dask {n} worker(s), {runs[0]['limit']}", runs))
+                    print(per_shard(f"dask {n} worker(s), {runs[0]['group']}/task", runs))
     finally:
         src.stop()
         dst.stop()

@@ -450,12 +450,66 @@ async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, whe
 
 
 def test_bench_dask_smoke():
-    """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open."""
-    done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "2",
+    """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open;
+    one task per shard (--before) and in groups (16 shards, 1 worker: 4 per task)."""
+    done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "16",
                            "--kib", "16", "--workers", "1", "--concurrency", "2",
                            "--repeat", "1", "--before"],
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]
-    assert len(rows) == 3 and all(" 2/2 " in r and r.endswith(" 0") for r in rows), done.stdout
-    assert "dask, 2 in flight" in rows[1] and "dask, 4 in flight" in rows[2], done.stdout
+    assert len(rows) == 3 and all(" 16/16 " in r and r.endswith(" 0") for r in rows), \
+        done.stdout
+    assert "dask, 1/task, 4 in flight" in rows[1], done.stdout
+    assert "dask, 4/task, 8 in flight" in rows[2], done.stdout
+
+
+async def test_a_group_whose_worker_is_killed_keeps_its_finished_shards(
+        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+    """One task carries 8 shards; its worker is SIGKILLed once some of them finished:
+    the scheduler reruns the group elsewhere, which skips the shards the journal says
+    are copied and continues the open uploads from their journaled parts (no part sent
+    twice), bytes identical, 1 record, 0 open uploads."""
+    from tests.conftest import TEST_PART
+
+    entry = await insert(index, tmp_path, "grp", shards=8, per_shard=300, stem="grp")
+    parts = max(-(-entry.shard_sizes[u] // TEST_PART) for u in entry.data_urls)
+    dest_bucket = make_bucket(second_moto_server.url)
+    flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
+    # the worker's 4 slots: the 5th shard starts only once one of the first 4 finished
+    await dask_client.register_plugin(StallOnce(str(flag), 5 * parts, str(sent_log)))
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS, group_size=8)
+    dest = store_for(make_credentials(second_moto_server.url), dest_bucket)
+    key = journal_key(promotion_key(client.did, entry, entry.name, dest))
+    seen_tasks: list[bytes] = []
+    finished: list[int] = []
+    try:
+        async with dest:
+            async with anyio.create_task_group() as tg:
+
+                async def kill_when_stalled() -> None:
+                    with anyio.fail_after(60):
+                        while not flag.exists() or not flag.read_text():
+                            await anyio.sleep(0.05)
+                    await anyio.sleep(0.5)  # the dead worker's journal batches are out
+                    seen_tasks.extend(await dask_client.run_on_scheduler(_our_tasks))
+                    finished.extend(int(f[2:]) for f in
+                                    (x.decode() for x in await index.redis.hkeys(key))
+                                    if f.startswith("s:"))
+                    os.kill(int(flag.read_text()), signal.SIGKILL)
+
+                tg.start_soon(kill_when_stalled)
+                uri = await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                                  executor=executor, max_concurrency=4)
+            assert await dest.list_multipart_uploads() == []
+    finally:
+        await dask_client.unregister_worker_plugin(StallOnce.name)
+    assert len(seen_tasks) == 1  # the 8 shards went as one task
+    assert finished, "no shard of the group had finished before the kill"
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
+    sent = [line for line in sent_log.read_text().split("\n") if line]
+    assert len(sent) == len(set(sent))  # no part of any shard went up twice
+    by_key = {line.split(" ")[0] for line in sent}
+    assert len(by_key) == 8  # every shard's parts went up, each exactly once

@@ -375,6 +375,10 @@ async def _settle_entry(
             data_store = fenced(data_store, run_fence(journal, plan.shards))
             logs = [journal.shard(i, s, r) for i, (s, r) in
                     enumerate(zip(plan.shards, resumes, strict=True))]
+            if remote is not None:  # groups that fit the batch's shared shard limit
+                await remote.plan([(i, s, resumes[i]) for i, s in enumerate(plan.shards)
+                                   if s.dest_key is not None and resumes[i].done is None],
+                                  journal, limit=int(limiter.total_tokens))
 
         async def one(item: tuple[int, ShardPlan]) -> ShardPlan:
             i, shard = item

@@ -1,10 +1,12 @@
 """Where a promotion's shard copies run: in the coordinator's own task group (the
 default), or fanned out to a Dask cluster with ``DaskExecutor``.
 
-    coordinator: plan -> journal (plan, lease) -> submit one ShardTask per shard to copy
-                 -> results -> sweep stray uploads -> schema + dataset record (PDS)
-    worker:      ShardTask -> its journal state (Redis) -> copy/continue -> verify
-                 -> outcome written to the journal -> (settled plan, ETag)
+    coordinator: plan -> journal (plan, lease) -> group the shards to copy -> submit
+                 one ShardGroup per group -> results -> sweep stray uploads -> schema
+                 + dataset record (PDS)
+    worker:      ShardGroup -> its shards' journal state and the epoch (one Redis round
+                 trip) -> each shard: copy/continue -> verify -> outcome noted in the
+                 journal (batched) -> per shard (settled plan, ETag) or its failure
 
 A ShardTask is data that holds no secret: the plan of one shard, its deterministic
 destination key, the stores' bucket/endpoint/settings, and the *name* of where the
@@ -42,7 +44,14 @@ from urllib.parse import urlsplit
 import anyio
 
 from .._backends.s3_store import S3DataStore
-from .._errors import AtdataError, ConfigurationError, ExecutorError, StorageError
+from .._errors import (
+    AtdataError,
+    ConfigurationError,
+    ExecutorError,
+    PromotionBusyError,
+    StorageError,
+)
+from .._model.groups import PREFETCH, group_size, plan_groups, shards_in_flight
 from .._model.progress import ProgressTracker
 from .fence import Fence, FencedStore, current_fence
 from .journal import (
@@ -182,6 +191,8 @@ class ShardTask:
 class _WorkerState:
     stores: dict[StoreSpec, S3DataStore] = field(default_factory=dict)
     indexes: dict[str, LocalIndex] = field(default_factory=dict)
+    # (promotion, epoch) -> [the worker's shard slots for it, groups using them]
+    slots: dict[tuple[str, int | None], list[Any]] = field(default_factory=dict)
 
 
 _per_loop: weakref.WeakKeyDictionary[Any, _WorkerState] = weakref.WeakKeyDictionary()
@@ -215,97 +226,211 @@ def _index(url: str) -> LocalIndex:
     return index
 
 
-async def _journaled_state(index: LocalIndex, task: ShardTask
-                           ) -> tuple[tuple[str, str | None, int] | None, OpenUpload | None]:
-    """The shard's state as the journal has it now (another attempt may have moved it
-    on): (copied etag, sha256, size) and the open upload with its finished parts."""
-    key, i, fp = journal_key(task.promotion), task.index, fingerprint(task.shard)
+@dataclass(frozen=True)
+class ShardGroup:
+    """Several shards of one promotion as one task (a trip through the scheduler costs
+    the same whatever a task carries); each shard stays its own unit. ``concurrency``:
+    the shards a worker copies at once when it cannot tell its own slots."""
+
+    tasks: tuple[ShardTask, ...]
+    concurrency: int = 8
+
+
+JournaledState = tuple[tuple[str, str | None, int] | None, OpenUpload | None]
+
+
+async def _journaled_states(index: LocalIndex,
+                            tasks: Sequence[ShardTask]) -> list[JournaledState]:
+    """Each shard's state as the journal has it now (another attempt may have moved it
+    on): (copied etag, sha256, size) and the open upload with its finished parts; with
+    the epoch checked, all in one round trip."""
+    first = tasks[0]
+    key = journal_key(first.promotion)
     with index._errors("read promotion journal"):
         async with index.redis.pipeline(transaction=False) as pipe:
-            pipe.get(epoch_key(task.promotion))
-            pipe.hmget(key, [f"s:{i}", f"u:{i}"])
-            epoch, (s_raw, u_raw) = await pipe.execute()
-    if task.epoch is not None and (epoch is None or epoch.decode() != str(task.epoch)):
-        raise stale_run(task.promotion, task.epoch, f"shard {i}'s copy")
-    copied = None
-    if s_raw is not None:
-        doc = json.loads(s_raw)
-        if doc.get("fp") == fp:
-            copied = (doc["etag"], doc.get("sha256"), int(doc["size"]))
-    upload = None
-    if u_raw is not None:
-        doc = json.loads(u_raw)
-        if doc.get("fp") == fp:
-            if task.upload is not None and task.upload.upload_id == doc["id"]:
-                upload = task.upload
-            else:
-                parts: dict[int, str] = {}
-                with index._errors("read promotion journal"):
-                    async for name, value in index.redis.hscan_iter(key, match=f"p:{i}:*"):
-                        parts[int(name.decode().rsplit(":", 1)[1])] = value.decode()
-                upload = OpenUpload(doc["id"], int(doc["ps"]), parts)
-    return copied, upload
+            pipe.get(epoch_key(first.promotion))
+            pipe.hmget(key, [f"{kind}:{t.index}" for t in tasks for kind in ("s", "u")])
+            epoch, raw = await pipe.execute()
+    if first.epoch is not None and (epoch is None or epoch.decode() != str(first.epoch)):
+        what = (f"shard {first.index}'s copy" if len(tasks) == 1
+                else f"the copies of shards {first.index}..{tasks[-1].index}")
+        raise stale_run(first.promotion, first.epoch, what)
+    states: list[JournaledState] = []
+    for n, task in enumerate(tasks):
+        s_raw, u_raw = raw[2 * n], raw[2 * n + 1]
+        fp, i = fingerprint(task.shard), task.index
+        copied = None
+        if s_raw is not None:
+            doc = json.loads(s_raw)
+            if doc.get("fp") == fp:
+                copied = (doc["etag"], doc.get("sha256"), int(doc["size"]))
+        upload = None
+        if u_raw is not None:
+            doc = json.loads(u_raw)
+            if doc.get("fp") == fp:
+                if task.upload is not None and task.upload.upload_id == doc["id"]:
+                    upload = task.upload
+                else:
+                    parts: dict[int, str] = {}
+                    with index._errors("read promotion journal"):
+                        async for name, value in index.redis.hscan_iter(key,
+                                                                        match=f"p:{i}:*"):
+                            parts[int(name.decode().rsplit(":", 1)[1])] = value.decode()
+                    upload = OpenUpload(doc["id"], int(doc["ps"]), parts)
+        states.append((copied, upload))
+    return states
 
 
-async def settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
-    """Run on a worker: copy one shard, resumed from the journal; (settled, dest ETag).
+async def settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Exception]:
+    """Run on a worker: copy a group's shards, each resumed from the journal; per shard
+    (settled, dest ETag) or its failure.
 
     A failure goes back as a fresh copy of itself, without its chain of causes (a task
     group's chain can be cyclic, which Dask cannot serialize); one that would not survive
-    the trip is sent as a StorageError naming it."""
+    the trip is sent as a StorageError naming it. What fails the whole group (a stale
+    epoch, the journal unreachable) is raised."""
     try:
-        return await _settle_remote(task)
+        return await _settle_group(group)
     except Exception as exc:
         failure = _portable(exc)
     raise failure  # outside the handler: no __context__ to carry
 
 
-async def _settle_remote(task: ShardTask) -> tuple[ShardPlan, str]:
-    index = _index(task.redis.resolve())
-    fence = Fence(index, task.promotion, task.epoch) if task.epoch is not None else None
-    reset = current_fence.set(fence)
+class _EpochProbe:
+    """The epoch checked for shards about to start, one GET shared by those starting at
+    the same moment."""
+
+    def __init__(self, fence: Fence) -> None:
+        self.fence = fence
+        self._running: anyio.Event | None = None
+        self._answer: bool | None = None
+
+    async def holds(self) -> bool:
+        running = self._running
+        if running is not None:
+            await running.wait()
+            if self._answer is not None:
+                return self._answer
+        self._running = done = anyio.Event()
+        self._answer = None
+        try:
+            self._answer = await self.fence.holds()
+            return self._answer
+        finally:
+            self._running = None
+            done.set()
+
+
+def _worker_slots(default: int) -> int:
+    """The shards this worker copies at once: its task slots (``--nthreads``)."""
     try:
-        return await _settle_fenced(task, index)
+        from distributed import get_worker
+
+        return max(1, int(get_worker().state.nthreads))
+    except Exception:  # not on a Dask worker (or one that cannot say)
+        return max(1, default)
+
+
+async def _settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Exception]:
+    from .._backends.http_reader import HttpShardReader
+    from .._backends.tasks import single_error
+
+    tasks = group.tasks
+    first = tasks[0]
+    index = _index(first.redis.resolve())
+    fence = Fence(index, first.promotion, first.epoch) if first.epoch is not None else None
+    reset = current_fence.set(fence)
+    state = _state()
+    slot_key = (first.promotion, first.epoch)
+    held = state.slots.get(slot_key)
+    if held is None:
+        held = state.slots[slot_key] = [anyio.CapacityLimiter(
+            _worker_slots(group.concurrency)), 0]
+    held[1] += 1
+    slots: anyio.CapacityLimiter = held[0]
+    try:
+        states = await _journaled_states(index, tasks)
+        dest = _store(first.dest)
+        source = _store(first.source) if first.source is not None else None
+        journal = PromotionJournal(index, first.promotion, first.epoch)
+        probe = _EpochProbe(fence) if fence is not None else None
+        results: list[tuple[ShardPlan, str] | Exception | None] = [None] * len(tasks)
+        tokens = [object() for _ in tasks]
+        acquired: set[object] = set()
+        for token in tokens:  # the shards that start at once, under the epoch just read
+            try:
+                slots.acquire_on_behalf_of_nowait(token)
+            except anyio.WouldBlock:
+                break
+            acquired.add(token)
+        fresh = len(acquired)
+
+        async def member(k: int, http: HttpShardReader) -> None:
+            token = tokens[k]
+            try:
+                if k >= fresh:
+                    await slots.acquire_on_behalf_of(token)
+                    acquired.add(token)
+                    # it waited for a slot: the epoch is checked again before it starts
+                    if probe is not None and not await probe.holds():
+                        raise stale_run(first.promotion, first.epoch or 0,
+                                        f"shard {tasks[k].index}'s copy")
+                results[k] = await _settle_member(tasks[k], states[k], dest, source, http,
+                                                  journal)
+            except Exception as exc:
+                results[k] = _portable(exc)
+            finally:
+                if token in acquired:
+                    acquired.discard(token)
+                    slots.release_on_behalf_of(token)
+
+        try:
+            async with HttpShardReader() as http:
+                with single_error():
+                    async with anyio.create_task_group() as tg:
+                        flusher = anyio.CancelScope()
+
+                        async def flush() -> None:
+                            with flusher:
+                                await journal.run_flusher(lease=False)
+
+                        tg.start_soon(flush)
+                        async with anyio.create_task_group() as members:
+                            for k in range(len(tasks)):
+                                members.start_soon(member, k, http)
+                        flusher.cancel()
+        finally:
+            for token in list(acquired):  # shards that never started (the group failed)
+                slots.release_on_behalf_of(token)
+            acquired.clear()
+            await journal.flush()  # every outcome journaled before any is reported
+        return results  # type: ignore[return-value]
     finally:
+        held[1] -= 1
+        if held[1] <= 0 and state.slots.get(slot_key) is held:
+            del state.slots[slot_key]
         current_fence.reset(reset)
 
 
-async def _settle_fenced(task: ShardTask, index: LocalIndex) -> tuple[ShardPlan, str]:
-    from .._backends.http_reader import HttpShardReader
-    from .._backends.tasks import single_error
+async def _settle_member(task: ShardTask, state: JournaledState, dest: S3DataStore,
+                         source: S3DataStore | None, http: Any,
+                         journal: PromotionJournal) -> tuple[ShardPlan, str]:
+    """One shard of a group: done already (the journal says so and a HEAD agrees), or
+    copied (continuing its journaled upload), its outcome noted in the group's journal."""
+    from .._backends.s3_store import etag_of
     from .promote import _settle_shard
 
-    dest = _store(task.dest)
-    source = _store(task.source) if task.source is not None else None
     plan = task.shard
-    copied, upload = await _journaled_state(index, task)
+    copied, upload = state
     if copied is not None and plan.dest_key is not None:
         head = await dest.head(dest.url(plan.dest_key))
-        from .._backends.s3_store import etag_of
-
         if (int(head["ContentLength"]), etag_of(head)) == (copied[2], copied[0]):
             return replace(plan, size=copied[2], sha256=copied[1] or plan.sha256), copied[0]
-    journal = PromotionJournal(index, task.promotion, task.epoch)
     resume = ShardResume(upload=upload)
     shard_log = journal.shard(task.index, plan, resume)
     tracker = ProgressTracker(None, 1, plan.size or 0)
-    try:
-        with single_error():
-            async with anyio.create_task_group() as tg:
-                flusher = anyio.CancelScope()
-
-                async def flush() -> None:
-                    with flusher:
-                        await journal.run_flusher(lease=False)
-
-                tg.start_soon(flush)
-                async with HttpShardReader() as http:
-                    settled = await _settle_shard(plan, source, http, dest,
-                                                  task.compute_checksums, tracker, shard_log,
-                                                  resume, task.verify)
-                flusher.cancel()
-    finally:
-        await journal.flush()
+    settled = await _settle_shard(plan, source, http, dest, task.compute_checksums,
+                                  tracker, shard_log, resume, task.verify)
     return settled, shard_log.etag
 
 
@@ -331,29 +456,38 @@ class DaskExecutor:
     Workers need atdata_async installed and reach the same Redis and S3 endpoints; they
     find S3 credentials through ``credentials`` (and ``source_credentials`` for the
     source store, default the same), and the Redis URL itself when it carries a
-    password through ``redis_url_env``. ``retries``: reruns of a task that raised
-    (a worker's death is retried by the scheduler regardless).
+    password through ``redis_url_env``. ``retries``: reruns of a shard whose copy
+    raised (a worker's death is retried by the scheduler regardless).
+
+    One task carries a group of a promotion's shards (``group_size``; default: about
+    4 groups per worker, at most 64 shards), each shard still its own unit: its key,
+    journal fields and outcome. A task costs a few ms of CPU at the scheduler,
+    the coordinator and the worker whatever it carries, so this pays it once per group.
 
     On a cluster, a promotion's ``max_concurrency`` is a depth per worker: the
-    coordinator keeps ``in_flight(max_concurrency)`` = max_concurrency x workers x
-    ``PREFETCH`` shard tasks at the cluster (workers counted once, when a promotion
-    binds), so the next tasks already wait at the scheduler while a result travels
-    back (with only max_concurrency in flight, each slot idled for that round trip).
-    What runs at once on a worker is bounded by its threads (``--nthreads``), its S3
-    requests and buffers by its store's own ``max_concurrency`` (the destination
-    store's setting, carried by the task). Shards settled by the coordinator itself
-    still run at most max_concurrency at once."""
+    coordinator keeps ``in_flight(max_concurrency)`` = max(max_concurrency, group) x
+    workers x ``PREFETCH`` shards at the cluster (workers counted once, when a
+    promotion starts), so the next group already waits at the scheduler while a result
+    travels back. A worker copies as many shards at once as it has slots
+    (``--nthreads``), whatever groups they came in; its S3 requests and buffers are
+    bounded by its store's own ``max_concurrency`` (the destination store's setting,
+    carried by the task). Shards settled by the coordinator itself still run at most
+    max_concurrency at once."""
 
-    PREFETCH = 2  # tasks queued per running slot: hides one scheduler round trip
+    PREFETCH = PREFETCH  # groups queued per worker: hides one scheduler round trip
 
     def __init__(self, client: Any, *, credentials: CredentialSource | None = None,
                  source_credentials: CredentialSource | None = None,
-                 redis_url_env: str | None = None, retries: int = 0) -> None:
+                 redis_url_env: str | None = None, retries: int = 0,
+                 group_size: int | None = None) -> None:
+        if group_size is not None and group_size < 1:
+            raise ConfigurationError(f"group_size must be at least 1, got {group_size}")
         self.client = client
         self.credentials = credentials or CredentialSource()
         self.source_credentials = source_credentials or self.credentials
         self.redis_url_env = redis_url_env
         self.retries = retries
+        self.group_size = group_size
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.scheduler_address!r})"
@@ -376,10 +510,11 @@ class DaskExecutor:
             count = 1
         return max(1, count)
 
-    async def in_flight(self, max_concurrency: int, workers: int | None = None) -> int:
-        """How many shard tasks the coordinator keeps at the cluster (see the class)."""
+    async def in_flight(self, max_concurrency: int, workers: int | None = None,
+                        group: int = 1) -> int:
+        """How many shards the coordinator keeps at the cluster (see the class)."""
         count = await self.workers() if workers is None else workers
-        return max(1, max_concurrency) * max(1, count) * self.PREFETCH
+        return shards_in_flight(max_concurrency, count, group)
 
     @property
     def scheduler_address(self) -> str:
@@ -398,8 +533,24 @@ class DaskExecutor:
                            verify, dest)
 
 
+GroupOutcome = list[Any] | BaseException  # per shard (settled, etag) or its failure
+
+
+class _Pending:
+    """One group's task: submitted by the first of its shards to ask, awaited by one of
+    its shards at a time (another takes over if that one is cancelled)."""
+
+    def __init__(self, members: tuple[int, ...]) -> None:
+        self.members = members
+        self.future: Any = None
+        self.outcome: GroupOutcome | None = None
+        self.leader = False
+        self.changed = anyio.Event()
+        self.waiters = 0
+
+
 class ShardRunner:
-    """One promotion's shard copies on the cluster."""
+    """One promotion's shard copies on the cluster, in groups (``plan``)."""
 
     def __init__(self, executor: DaskExecutor, promotion: str, dest: StoreSpec,
                  source: StoreSpec | None, redis: RedisSpec, compute_checksums: bool,
@@ -410,15 +561,43 @@ class ShardRunner:
         self.compute_checksums, self.verify = compute_checksums, verify
         self.dest_store = dest_store
         self.run_token = secrets.token_hex(4)
-        self.submitted = 0
+        self.submitted = 0  # tasks sent to the scheduler
         self.journal: PromotionJournal | None = None  # the coordinator's (lease, epoch)
-        self.workers: int | None = None  # read once, when promote asks right after bind
+        self.workers: int | None = None  # read once, by plan or in_flight
+        self.group_size = 1
+        self.concurrency = 8
+        self._shards: dict[int, tuple[ShardPlan, ShardResume]] = {}
+        self._groups: dict[int, _Pending] = {}
 
-    async def in_flight(self, max_concurrency: int) -> int:
-        """The coordinator's limit of this promotion's shard tasks at the cluster."""
+    async def _workers(self) -> int:
         if self.workers is None:
             self.workers = await self.executor.workers()
-        return await self.executor.in_flight(max_concurrency, self.workers)
+        return self.workers
+
+    async def plan(self, shards: Sequence[tuple[int, ShardPlan, ShardResume]],
+                   journal: PromotionJournal | None = None, limit: int | None = None) -> None:
+        """Group the shards the cluster will copy (index, plan, resume; in the order
+        they are settled). ``limit``: a shard limit already fixed (promote_many's, shared
+        by its entries): groups stay small enough that PREFETCH per worker fit in it."""
+        if journal is not None:
+            self.journal = journal
+        workers = await self._workers()
+        cap = max(1, limit // (PREFETCH * workers)) if limit is not None else None
+        size = self.executor.group_size
+        if size is None:
+            size = group_size(len(shards), workers, cap)
+        self.group_size = size
+        self._shards.update({i: (shard, resume) for i, shard, resume in shards})
+        for members in plan_groups([i for i, _, _ in shards], size):
+            pending = _Pending(members)
+            for i in members:
+                self._groups[i] = pending
+
+    async def in_flight(self, max_concurrency: int) -> int:
+        """The coordinator's limit of this promotion's shards at the cluster."""
+        self.concurrency = max(1, max_concurrency)
+        return await self.executor.in_flight(max_concurrency, await self._workers(),
+                                             self.group_size)
 
     def task(self, i: int, shard: ShardPlan, resume: ShardResume) -> ShardTask:
         epoch = self.journal.epoch if self.journal is not None else None
@@ -427,32 +606,93 @@ class ShardRunner:
 
     async def settle(self, i: int, shard: ShardPlan, resume: ShardResume,
                      journal: PromotionJournal | None = None) -> tuple[ShardPlan, str]:
-        """Submit shard i's copy (fenced by ``journal``'s epoch) and wait for it;
-        cluster failures are ExecutorError."""
+        """Shard i's copy (fenced by ``journal``'s epoch), run in its planned group (a
+        shard not planned goes alone); cluster failures are ExecutorError."""
         if journal is not None:
             self.journal = journal
-        task = self.task(i, shard, resume)
-        client = self.executor.client
-        key = f"atdata-shard-{self.promotion[:12]}-{i}-{self.run_token}"
-        where = self.executor.scheduler_address
+        pending = self._groups.get(i)
+        if pending is None:
+            self._shards[i] = (shard, resume)
+            pending = self._groups[i] = _Pending((i,))
+        outcome = await self._outcome(pending)
+        if isinstance(outcome, BaseException):
+            raise (outcome if isinstance(outcome, AtdataError)
+                   else _translate(outcome, i, self.executor.scheduler_address))
+        got = outcome[pending.members.index(i)]
+        if isinstance(got, BaseException):
+            raise (got if isinstance(got, AtdataError)
+                   else _translate(got, i, self.executor.scheduler_address))
+        return got
+
+    async def _outcome(self, pending: _Pending) -> GroupOutcome:
+        pending.waiters += 1
         try:
-            future = client.submit(settle_remote, task, key=key, pure=False,
-                                   retries=self.executor.retries)
-        except Exception as exc:
-            raise ExecutorError(f"submitting shard {i} to the Dask scheduler at {where} "
-                                f"failed: {type(exc).__name__}: {exc}") from exc
-        self.submitted += 1
+            while pending.outcome is None:
+                if pending.leader:
+                    changed = pending.changed
+                    await changed.wait()
+                    continue
+                pending.leader = True
+                try:
+                    pending.outcome = await self._run(pending)
+                finally:
+                    pending.leader = False
+                    changed, pending.changed = pending.changed, anyio.Event()
+                    changed.set()
+            return pending.outcome
+        finally:
+            pending.waiters -= 1
+            if pending.waiters == 0 and pending.outcome is None and pending.future is not None:
+                _cancel(self.executor.client, pending.future)
+                pending.future = None
+
+    async def _run(self, pending: _Pending) -> GroupOutcome:
+        """The group's per-shard outcomes; shards that raised are sent again (alone
+        with the others that raised) up to ``retries`` times; a failure of the whole
+        task is the outcome of every shard in it."""
         try:
-            if getattr(client, "asynchronous", False):
-                return await future
-            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
-        except AtdataError:
-            raise
+            results = await self._submit(pending, pending.members, 0)
+            for attempt in range(1, self.executor.retries + 1):
+                failed = [k for k, got in enumerate(results) if isinstance(got, BaseException)
+                          and not isinstance(got, PromotionBusyError)]
+                if not failed:
+                    break
+                again = await self._submit(pending, tuple(pending.members[k] for k in failed),
+                                           attempt)
+                for k, got in zip(failed, again, strict=True):
+                    results[k] = got
+            return results
+        except AtdataError as exc:
+            return exc
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
-                _cancel(client, future)
                 raise
-            raise _translate(exc, i, where) from exc
+            return _translate(exc, pending.members[0], self.executor.scheduler_address)
+
+    async def _submit(self, pending: _Pending, members: tuple[int, ...],
+                      attempt: int) -> list[Any]:
+        client = self.executor.client
+        if pending.future is None:  # else submitted by a waiter that was cancelled since
+            group = ShardGroup(tuple(self.task(i, *self._shards[i]) for i in members),
+                               self.concurrency)
+            key = (f"atdata-shard-{self.promotion[:12]}-{members[0]}-{len(members)}-"
+                   f"{self.run_token}" + (f"-r{attempt}" if attempt else ""))
+            where = self.executor.scheduler_address
+            try:
+                pending.future = client.submit(settle_group, group, key=key, pure=False,
+                                               retries=self.executor.retries)
+            except Exception as exc:
+                raise ExecutorError(f"submitting shard {members[0]} to the Dask scheduler "
+                                    f"at {where} failed: {type(exc).__name__}: {exc}"
+                                    ) from exc
+            self.submitted += 1
+        if getattr(client, "asynchronous", False):
+            got = await pending.future
+        else:
+            got = await anyio.to_thread.run_sync(pending.future.result,
+                                                 abandon_on_cancel=True)
+        pending.future = None
+        return list(got)
 
     async def sweep(self, keys: Sequence[str]) -> list[tuple[str, str]]:
         """Every shard has settled: abort any upload still open under the plan's keys

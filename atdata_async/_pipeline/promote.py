@@ -710,6 +710,8 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
         local: Any = contextlib.nullcontext()
         limit = max_concurrency
         if remote is not None:
+            await remote.plan([(i, s, resumes[i]) for i, s in indexed
+                               if s.dest_key is not None and resumes[i].done is None], journal)
             local, limit = (anyio.CapacityLimiter(max(1, max_concurrency)),
                             await remote.in_flight(max_concurrency))
 
