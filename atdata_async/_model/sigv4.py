@@ -92,7 +92,7 @@ class Signer:
         if key is None:
             key = f"AWS4{self._secret}".encode()
             for part in (day, self.region, self.service, "aws4_request"):
-                key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+                key = hmac.digest(key, part.encode(), "sha256")
             if len(self._keys) > 2:
                 self._keys.clear()
             self._keys[day] = key
@@ -111,7 +111,7 @@ class Signer:
         scope = f"{stamp[:8]}/{self.region}/{self.service}/aws4_request"
         to_sign = (f"AWS4-HMAC-SHA256\n{stamp}\n{scope}\n"
                    f"{hashlib.sha256(request.encode()).hexdigest()}")
-        signature = hmac.new(self._key(stamp[:8]), to_sign.encode(), hashlib.sha256).hexdigest()
+        signature = hmac.digest(self._key(stamp[:8]), to_sign.encode(), "sha256").hex()
         headers["Authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.access_key_id}/{scope}, "
                                     f"SignedHeaders={names}, Signature={signature}")
         return headers
