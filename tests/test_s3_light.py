@@ -20,6 +20,7 @@ from botocore.credentials import Credentials
 from atdata_async import SourceChangedError, StorageError
 from atdata_async._backends import s3_light
 from atdata_async._model import sigv4
+from atdata_async._model.pace import Pace
 from atdata_async.local import ObjectNotFoundError, S3DataStore
 from tests import services
 from tests.conftest import make_bucket, make_credentials
@@ -249,6 +250,8 @@ async def test_slowdown_is_retried_by_the_policy_and_paces_the_store(moto_server
         async with S3DataStore(make_credentials(src_proxy.url), bucket=src_bucket) as source, \
                 S3DataStore(make_credentials(dst_proxy.url), bucket=dst_bucket,
                             max_concurrency=8) as dest:
+            # no climbing back within the test, however long botocore's backoff waits
+            dest.pace = Pace(8, window=3600, cooldown=3600)
             url, digest, etag = await _seeded(source, "in/x.tar", data)
             done = await dest.copy_from(source, url, "out/x.tar", len(data),
                                         known_sha256=digest, source_etag=etag)
