@@ -7,6 +7,7 @@ index's Redis so that a rerun (after a failure, a kill, or on another machine) r
 | atdata_async:journal:{pkey}:lease| string | host:pid:token of the run holding it (TTL)|
 | atdata_async:epoch:{pkey}        | string | the epoch of the run holding it (fencing)  |
 | atdata_async:epochs              | string | the counter epochs are drawn from          |
+| atdata_async:epoch:{pkey}:inflight | string | set (TTL) while a worker's fenced request may run |
 
 Hash fields: ``plan`` (JSON: destination and every shard's source, key, size, checksums),
 ``status`` (running | published), ``s:{i}`` shard i copied and verified (fp, etag,
@@ -26,9 +27,11 @@ Redis could write.
 
 Fencing: taking the lease draws a new epoch (a global counter, never reused), and every
 write to the journal, the final compaction, and each abort or completion of a multipart
-upload by a worker first checks that the journal's epoch is still the writer's (journal
-writes atomically, in one Lua script). A worker task left over from a dead or earlier
-run is refused and stops without touching the upload the rerun continues.
+upload (by a worker or a local run, fence.py) first checks that the journal's epoch is
+still the writer's (journal writes atomically, in one Lua script). An upload action is
+also sent only if it ends before the lease could (``check_fence``: epoch and the lease's
+remaining time in one call). A run left over from a dead, stalled or earlier one is
+refused and stops without touching the upload the rerun continues.
 """
 
 from __future__ import annotations
