@@ -605,8 +605,8 @@ def store_options(a: argparse.Namespace) -> dict:
     return options
 
 
-# Ours with the store's light request path off (light_requests=False): cross endpoint only,
-# where small objects are GET -> PUT through it.
+# Ours with the store's light request path off (light_requests=False): across endpoints
+# small objects are GET -> PUT through it, on one endpoint CopyObject.
 BOTOCORE_VARIANT = "ours, botocore"
 
 
@@ -615,7 +615,7 @@ def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
     names += ["rclone", "bare aioboto3", "ours, warm", "ours, CLI process"]
     if case.startswith("1024x") or a.sequential:
         names.append("ours, sequential")
-    if not same and a.botocore_too:
+    if a.botocore_too:
         names.insert(names.index("ours, warm") + 1, BOTOCORE_VARIANT)
     if same:  # more values of --server-copies: one more warm variant each, same rounds
         extra = [f"ours, warm, {n} copies" for n in server_copies_list(a)[1:]]
@@ -780,7 +780,7 @@ def main() -> None:
     parser.add_argument("--sequential", action="store_true",
                         help="also run ours at concurrency 1 for every case")
     parser.add_argument("--botocore-too", action="store_true",
-                        help=f"cross endpoint: also {BOTOCORE_VARIANT!r} (light_requests off)")
+                        help=f"also {BOTOCORE_VARIANT!r} (light_requests off)")
     parser.add_argument("--copy-threshold-mib", type=float, default=None,
                         help="our multipart-copy threshold (default: the store's, 1 GiB)")
     parser.add_argument("--copy-part-mib", type=float, default=None)

@@ -357,3 +357,49 @@ def test_unknown_addressing_style_is_refused():
                     addressing_style="sideways")
 
 
+
+
+@pytest.mark.anyio
+async def test_a_light_server_side_copy_is_signed_as_moto_accepts(strict_moto):
+    """CopyObject on the light path (one account, one endpoint): accepted by a
+    signature-checking server with a key that needs escaping in x-amz-copy-source, the
+    new object byte for byte the source's, its ETag the one S3 reports."""
+    strict, creds = strict_moto
+    data = os.urandom(70_000)
+    async with S3DataStore(creds, bucket="strict-light") as store:
+        url, _, etag = await _seeded(store, "in/a b+é~.tar", data)
+        _no_botocore_for(await store.client(), "copy_object")
+        before = store.request_count
+        done = await store.copy_from(store, url, "out/é copy.tar", len(data),
+                                     source_etag=etag)
+        assert store.request_count - before == 1
+        assert done.etag == etag and (await store.head(done.url))["ETag"].strip('"') == etag
+    got = _raw(strict.url, creds).get_object(Bucket="strict-light", Key="out/é copy.tar")
+    assert got["Body"].read() == data
+
+
+@pytest.mark.anyio
+async def test_a_light_copy_refused_or_failed_inside_a_200_is_handled_like_botocore(
+        moto_server):
+    """412 to CopySourceIfMatch: SourceChangedError, not retried. A 200 whose body is an
+    <Error> (S3 failing a copy after the answer began): retried, then the copy lands."""
+    bucket = make_bucket(moto_server.url)
+    with FaultProxy(moto_server.url) as proxy:
+        async with S3DataStore(make_credentials(proxy.url), bucket=bucket) as store:
+            url, _, etag = await _seeded(store, "in/x.tar", b"z" * 4000)
+            await store.client()
+            assert store.light() is not None
+            refused = proxy.add(Fault(
+                "status", method="PUT", path=r"/out/changed", status=412, payload=(
+                    b"<Error><Code>PreconditionFailed</Code><Message>At least one of the "
+                    b"pre-conditions you specified did not hold</Message></Error>")))
+            with pytest.raises(SourceChangedError, match="CopyObject"):
+                await store.copy_from(store, url, "out/changed.tar", 4000, source_etag=etag)
+            assert refused.fired == 1 and proxy.count("PUT", "/out/changed") == 1
+            broken = proxy.add(Fault(
+                "body", method="PUT", path=r"/out/late", replace=(
+                    rb"(?s)<CopyObjectResult.*", b"<Error><Code>InternalError</Code>"
+                    b"<Message>We encountered an internal error.</Message></Error>")))
+            done = await store.copy_from(store, url, "out/late.tar", 4000, source_etag=etag)
+            assert broken.fired == 1 and proxy.count("PUT", "/out/late") == 2
+            assert done.etag == etag

@@ -1446,14 +1446,21 @@ class S3DataStore:
         copy_source = {"Bucket": src.bucket, "Key": src.key}
         condition = {"CopySourceIfMatch": _quoted(source_etag)} if source_etag else {}
         if size <= self.copy_multipart_threshold:
+            light = self.light()
             async with self.copy_slots():
                 with self.errors("CopyObject", f"{src_url} -> {url}"):
-                    response = await s3.copy_object(Bucket=self.bucket, Key=key,
-                                                    CopySource=copy_source, **condition)
+                    if light is None:
+                        response = await s3.copy_object(Bucket=self.bucket, Key=key,
+                                                        CopySource=copy_source, **condition)
+                        etag = etag_of(response.get("CopyObjectResult", {}))
+                    else:  # ~1 ms less client CPU a copy: what 1,024 small shards wait on
+                        extra = ({"x-amz-copy-source-if-match": condition["CopySourceIfMatch"]}
+                                 if condition else {})
+                        etag = await self.light_call("CopyObject", lambda: light.copy(
+                            self.bucket, key, src.bucket, src.key, dict(extra)))
             self._copied(size)
             if tracker:
                 tracker.add_bytes(size)
-            etag = etag_of(response.get("CopyObjectResult", {}))
             return ShardUpload(url, size, None, etag)
         parts = plan_parts(size, self.copy_part_size, self.min_part_size)
         etags: dict[int, str] = {}
