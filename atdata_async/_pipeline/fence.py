@@ -22,7 +22,7 @@ import anyio
 
 from .._backends.s3_store import S3DataStore
 from .._errors import AtdataError
-from .journal import FenceState, check_fence, stale_run
+from .journal import FenceState, check_fence, holds_epoch, stale_run
 
 if TYPE_CHECKING:
     from .._backends.redis_index import LocalIndex
@@ -51,7 +51,8 @@ class Fence:
     clock: Callable[[], float] = field(default=time.monotonic, compare=False, hash=False)
 
     async def holds(self) -> bool:
-        return (await check_fence(self.index, self.promotion, self.epoch)).ours
+        """Whether the epoch is still the journal's (a task about to start: one GET)."""
+        return await holds_epoch(self.index, self.promotion, self.epoch)
 
     async def _check(self, key: str, upload_id: str) -> tuple[FenceState, float]:
         """The check's answer and the seconds of lease left after it, counted from

@@ -142,10 +142,12 @@ if ARGV[4] ~= '' then
 end
 return {ours, redis.call('PTTL', KEYS[2]), named}
 """
-# KEYS: hash, lease, epoch, journals set; ARGV: epoch, promotion. Drops the journal only
-# while the epoch is still the caller's (a stale run never drops a rerun's journal).
+# KEYS: hash, lease, epoch, journals set; ARGV: epoch, promotion. Drops the journal
+# unless another run's epoch holds it (a stale run never drops a rerun's journal; one
+# dropped already, by another process that found the work done, is no refusal).
 _FENCED_FORGET = """
-if redis.call('GET', KEYS[3]) ~= ARGV[1] then return 0 end
+local e = redis.call('GET', KEYS[3])
+if e and e ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
 redis.call('SREM', KEYS[4], ARGV[2])
 return 1
