@@ -96,7 +96,7 @@ def foreign(exc: BaseException, url: str) -> BaseException:
 class _Bucket:
     __slots__ = ("base", "host", "prefix", "signer")
 
-    def __init__(self, base: str, prefix: str, host: str, signer: Signer) -> None:
+    def __init__(self, base: URL, prefix: str, host: str, signer: Signer) -> None:
         self.base, self.prefix, self.host, self.signer = base, prefix, host, signer
 
 
@@ -143,7 +143,7 @@ class LightRequests:
                 raise HTTPClientError(error=ValueError("unexpected S3 URL layout"))
             region = self._client.meta.region_name  # as configured (a v2 presign has none)
             key_id, secret, token = self._credentials
-            found = _Bucket(f"{parts.scheme}://{parts.netloc}",
+            found = _Bucket(URL(f"{parts.scheme}://{parts.netloc}", encoded=True),
                             parts.path[:-len(_PROBE_KEY)],
                             host_header(parts.scheme, parts.hostname or "", parts.port),
                             Signer(key_id, secret, region, "s3", token))
@@ -163,7 +163,7 @@ class LightRequests:
         headers["Host"] = where.host
         where.signer.sign(method, path, headers, payload_hash,
                           datetime.datetime.now(datetime.UTC))
-        return URL(where.base + path, encoded=True), headers
+        return where.base.with_path(path, encoded=True), headers  # no re-parse
 
     # -- the retry policy and the pace: the client's own handlers ------------------------
 

@@ -240,6 +240,7 @@ class _StreamedBody:
         self.md5: Any = None
         self.error: BaseException | None = None
         self._opened: aiohttp.ClientResponse | None = None
+        self._loc: S3Location | None = None
 
     async def open(self) -> None:
         """The source's GET sent and answered before the PUT goes out (light path): a
@@ -248,7 +249,7 @@ class _StreamedBody:
         self.error = None
         light = self.source.light()
         assert light is not None
-        loc = parse_s3_url(self.url)
+        loc = self._loc = self._loc or parse_s3_url(self.url)
         with self.source.errors("GetObject", self.url):
             self._opened = await self.source.light_call(
                 "GetObject", lambda: light.get(loc.bucket, loc.key, self._get_headers()))
