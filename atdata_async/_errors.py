@@ -20,7 +20,7 @@
     │   └── ShardTransferError               one or more shards failed; lists each outcome
     ├── IdentityError                        a handle or DID cannot be resolved to its PDS
     │   └── IdentityNotFoundError (KeyError) no such handle or DID
-    ├── PromotionBusyError                   the same promotion is running elsewhere now
+    ├── PromotionBusyError                   a promotion/insert runs elsewhere; or this run lost it
     ├── ExecutorError                        the Dask cluster could not run a shard's copy
     └── XrpcError                            an XRPC call failed: status, error, message, method
         ├── AuthError                        not logged in, bad password, invalid token
@@ -171,8 +171,9 @@ class IdentityNotFoundError(IdentityError, NotFoundError):
 
 
 class PromotionBusyError(AtdataError):
-    """Another live process holds this promotion's journal lease: a second run would
-    fight it over the same multipart uploads."""
+    """Another live process holds this promotion's (or insert's) journal lease: a second
+    run would fight it over the same multipart uploads. Also raised to a run that lost
+    its lease (stalled past it, a newer run took over): it is fenced off the uploads."""
 
 
 class ExecutorError(AtdataError):

@@ -39,6 +39,7 @@ from ._errors import (
     LocalIndexError,
     NotFoundError,
     ObjectNotFoundError,
+    PromotionBusyError,
     RateLimitedError,
     ShardTransferError,
     SourceChangedError,
@@ -335,7 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
 # -- errors ------------------------------------------------------------------------------
 
 
+BUSY_HINT = ("another run holds it now (or took it over from this one, which touched none "
+             "of its uploads): let that run finish, or rerun once it has stopped")
 HINTS: list[tuple[type[BaseException], str]] = [
+    (PromotionBusyError, BUSY_HINT),
     (RateLimitedError, "the PDS is rate limiting this account; try again after the reset"),
     (AuthError, "check ATDATA_HANDLE / ATDATA_PASSWORD (an app password) and --pds-url"),
     (ValidationError, "fix the named field and run the command again"),
@@ -348,6 +352,7 @@ HINTS: list[tuple[type[BaseException], str]] = [
 SHARD_HINTS: list[tuple[type[BaseException], str]] = [
     (SourceChangedError, "re-insert the dataset: its shards are not what the index recorded"),
     (ObjectNotFoundError, "check the bucket and the S3 endpoint of the store named above"),
+    (PromotionBusyError, BUSY_HINT),
 ]
 
 

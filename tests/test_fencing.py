@@ -282,6 +282,7 @@ async def test_a_promotion_stopped_past_its_lease_is_refused_beside_the_rerun(
         assert "stopping before CompleteMultipartUpload" in err
         # refused (first error: its complete, or its lease renewal, which may run first)
         assert "refused: this run (epoch" in err and "no longer the promotion's" in err, err
+        assert "hint: another run holds it now" in err, err
         assert await dest.list_multipart_uploads() == []
     assert still_open(s3, dest_bucket) == []
     got = await AtmosphereIndex(client).get_dataset(published[0])
@@ -316,6 +317,7 @@ async def test_an_insert_stopped_past_its_lease_is_refused_beside_the_rerun(
                                           index.data_store.list_multipart_uploads)
     assert f"insert {run[:12]}: " in err and "no longer the insert's" in err, err
     assert "promotion" not in err
+    assert "hint: another run holds it now" in err, err
     assert await index.data_store.list_multipart_uploads() == []
     assert [e.cid for e in await index.list_entries()] == [entries[0].cid]
     assert await index.redis.exists(key) == 0  # the rerun dropped its journal at the end
