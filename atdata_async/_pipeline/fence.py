@@ -80,11 +80,14 @@ class Fence:
 
     async def admit(self, what: str, key: str, upload_id: str = "") -> float:
         """Seconds the action may take (then it is cancelled), or PromotionBusyError:
-        the epoch is gone, or the lease ends too soon for ``timeout`` + ``margin``."""
-        refusal = self._refusal(*await self._check(key, upload_id), what)
+        the epoch is gone, or the lease ends too soon for ``timeout`` + ``margin``. The
+        lease's holder may use all of it (its check just renewed it: ~29 s); a worker
+        ``timeout`` only, the time its in-flight mark makes a rerun wait."""
+        state, left = await self._check(key, upload_id)
+        refusal = self._refusal(state, left, what)
         if refusal is not None:
             raise refusal
-        return self.timeout
+        return left if self.holder else self.timeout
 
     async def may_abort(self, key: str, upload_id: str) -> float | None:
         """Seconds an abort may take, or None: not this run's to abort. An upload the
@@ -92,7 +95,9 @@ class Fence:
         journaled): even a stale run aborts it, so that it does not stay open."""
         state, left = await self._check(key, upload_id)
         refusal = self._refusal(state, left, "aborting the upload")
-        if refusal is None or not state.named:
+        if refusal is None:
+            return left if self.holder else self.timeout
+        if not state.named:
             return self.timeout
         log.info("not aborting upload %s of %s: %s", upload_id, key, refusal)
         return None
@@ -121,7 +126,7 @@ class FencedStore(S3DataStore):
             return await super().complete_multipart(key, upload_id, etags)
         # cancelled: a rerun finds the upload completed, still open, or gone (all handled)
         raise stale_run(fence.promotion, fence.epoch, what,
-                        f"the request took longer than {budget:g}s, so its lease may have "
+                        f"the request took longer than {budget:.1f}s, so its lease may have "
                         "ended under it")
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
