@@ -58,6 +58,12 @@ def _stores_on_worker() -> int:
     return sum(len(s.stores) for s in _per_loop.values())
 
 
+def _malloc_of_worker() -> tuple[str | None, bool]:
+    from atdata_async._pipeline import executor
+
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_"), executor._MALLOC_TUNED
+
+
 async def datasets(client) -> list[dict]:  # noqa: F811
     return [r async for r in client.list_records(DATASET_COLLECTION)]
 
@@ -83,6 +89,10 @@ async def test_shards_copied_on_worker_processes(index, client, tmp_path,  # noq
     ran = await dask_client.run(_stores_on_worker)
     assert sum(ran.values()) >= 2 and all(os.getpid() != int(a.rsplit(":", 1)[-1])
                                           for a in ran)
+    # the nanny set MALLOC_TRIM_THRESHOLD_ on its workers; a worker that copied set the
+    # malloc thresholds back (once per process)
+    malloc = list((await dask_client.run(_malloc_of_worker)).values())
+    assert all(env for env, _ in malloc) and any(tuned for _, tuned in malloc)
 
 
 class InFlight(SchedulerPlugin):

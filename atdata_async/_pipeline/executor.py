@@ -234,6 +234,7 @@ class ShardGroup:
 
     tasks: tuple[ShardTask, ...]
     concurrency: int = 8
+    tune_malloc: bool = True  # see _tune_malloc
 
 
 JournaledState = tuple[tuple[str, str | None, int] | None, OpenUpload | None]
@@ -321,6 +322,37 @@ class _EpochProbe:
             done.set()
 
 
+_MALLOC_TUNED = False
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+_MMAP_CEILING = 32 * 1024 * 1024  # glibc's own DEFAULT_MMAP_THRESHOLD_MAX (64-bit)
+
+
+def _tune_malloc(part_size: int) -> bool:
+    """Undo, in this worker process, what the Dask nanny's ``MALLOC_TRIM_THRESHOLD_``
+    does to a copy: setting it freezes glibc's mmap threshold at 128 KiB, so every
+    socket read buffer (asyncio's 256 KiB) and part buffer is a fresh mmap whose pages
+    fault in and are unmapped again (measured: ~2,100 page faults and twice the CPU per
+    4 MiB shard). The thresholds are set to what glibc's own dynamic rule reaches after
+    one buffer of a part's size (mmap at that size, at most 32 MiB; trim at twice it).
+    Once per process; only where the variable is set and glibc is there."""
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED or not os.environ.get("MALLOC_TRIM_THRESHOLD_"):
+        return False
+    _MALLOC_TUNED = True
+    import ctypes
+
+    threshold = max(4 * 1024 * 1024, min(_MMAP_CEILING, part_size))
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and \
+            libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
+    except (OSError, AttributeError):  # not glibc
+        return False
+    log.debug("malloc thresholds of worker %d: mmap %d, trim %d", os.getpid(), threshold,
+              2 * threshold)
+    return bool(ok)
+
+
 def _worker_slots(default: int) -> int:
     """The shards this worker copies at once: its task slots (``--nthreads``)."""
     try:
@@ -337,6 +369,8 @@ async def _settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Excep
 
     tasks = group.tasks
     first = tasks[0]
+    if group.tune_malloc:
+        _tune_malloc(dict(first.dest.settings).get("part_size", 16 * 1024 * 1024))
     index = _index(first.redis.resolve())
     fence = Fence(index, first.promotion, first.epoch) if first.epoch is not None else None
     reset = current_fence.set(fence)
@@ -464,6 +498,11 @@ class DaskExecutor:
     journal fields and outcome. A task costs a few ms of CPU at the scheduler,
     the coordinator and the worker whatever it carries, so this pays it once per group.
 
+    ``tune_worker_malloc``: in a worker started by a Dask nanny (which sets
+    ``MALLOC_TRIM_THRESHOLD_``), set glibc's malloc thresholds back to what a plain
+    process reaches by itself (see ``_tune_malloc``: the nanny's setting doubles a
+    streamed copy's CPU); False leaves the worker's malloc alone.
+
     On a cluster, a promotion's ``max_concurrency`` is a depth per worker: the
     coordinator keeps ``in_flight(max_concurrency)`` = max(max_concurrency, group) x
     workers x ``PREFETCH`` shards at the cluster (workers counted once, when a
@@ -479,7 +518,7 @@ class DaskExecutor:
     def __init__(self, client: Any, *, credentials: CredentialSource | None = None,
                  source_credentials: CredentialSource | None = None,
                  redis_url_env: str | None = None, retries: int = 0,
-                 group_size: int | None = None) -> None:
+                 group_size: int | None = None, tune_worker_malloc: bool = True) -> None:
         if group_size is not None and group_size < 1:
             raise ConfigurationError(f"group_size must be at least 1, got {group_size}")
         self.client = client
@@ -488,6 +527,7 @@ class DaskExecutor:
         self.redis_url_env = redis_url_env
         self.retries = retries
         self.group_size = group_size
+        self.tune_worker_malloc = tune_worker_malloc
 
     def __repr__(self) -> str:
         return f"DaskExecutor({self.scheduler_address!r})"
@@ -674,7 +714,7 @@ class ShardRunner:
         client = self.executor.client
         if pending.future is None:  # else submitted by a waiter that was cancelled since
             group = ShardGroup(tuple(self.task(i, *self._shards[i]) for i in members),
-                               self.concurrency)
+                               self.concurrency, self.executor.tune_worker_malloc)
             key = (f"atdata-shard-{self.promotion[:12]}-{members[0]}-{len(members)}-"
                    f"{self.run_token}" + (f"-r{attempt}" if attempt else ""))
             where = self.executor.scheduler_address
