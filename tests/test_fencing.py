@@ -32,6 +32,7 @@ from atdata_async._pipeline.promote import ShardPlan, promotion_key
 from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import promote_to_atmosphere
 from tests.conftest import TEST_PART, make_bucket, make_credentials, store_for
+from tests.faultproxy import Fault, FaultProxy
 from tests.samples import FeatureSample
 from tests.test_promote import client, index, insert, read_s3  # noqa: F401  (fixtures)
 from tests.test_resume import (
@@ -126,6 +127,25 @@ async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server
             await fenced(store, fence).complete_multipart(KEY, upload_id, etags)
     assert still_open(s3, bucket) == [upload_id]
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+
+
+async def test_a_complete_that_outlasts_its_budget_is_cancelled_and_refused(
+        index, moto_server):  # noqa: F811
+    """The request is bounded by its own timeout: answered later (the fault proxy holds
+    it), it is cancelled and the run stops as stale, whatever the server does after."""
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
+    journal = await run_of(index, "e" * 64)
+    worker = Fence(index, journal.promotion, journal.epoch or 0, timeout=0.3, margin=0.1)
+    with FaultProxy(moto_server.url) as proxy:
+        held = proxy.add(Fault("delay", method="POST", path=r"uploadId=", seconds=1.0))
+        async with store_for(make_credentials(proxy.url), bucket, max_attempts=1) as store:
+            with pytest.raises(PromotionBusyError, match=r"took longer than 0\.3s"):
+                await fenced(store, worker).complete_multipart(KEY, upload_id, etags)
+        assert held.fired == 1
+        while held.active:  # the proxy still forwards it (the case docs/scale-out.md
+            await anyio.sleep(0.05)  # argues is harmless): let it end before it closes
+    await journal.release()
 
 
 async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server):  # noqa: F811
