@@ -330,6 +330,28 @@ async def test_a_cut_source_body_is_detected_and_sent_again(moto_server, second_
 
 
 @pytest.mark.anyio
+async def test_a_redirect_is_an_error_never_followed(moto_server, second_moto_server):
+    """A 307 to another host: our StorageError, and nothing (no signed header, no session
+    token) is sent where it points."""
+    moved = (b"<Error><Code>TemporaryRedirect</Code><Message>Please re-send this request "
+             b"to the specified temporary endpoint.</Message></Error>")
+    creds = {**make_credentials(moto_server.url), "AWS_SESSION_TOKEN": "token-not-to-send"}
+    with FaultProxy(moto_server.url) as proxy, FaultProxy(moto_server.url) as elsewhere:
+        async with S3DataStore({**creds, "AWS_ENDPOINT": proxy.url},
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore(make_credentials(second_moto_server.url),
+                            bucket=make_bucket(second_moto_server.url)) as dest:
+            url, digest, etag = await _seeded(source, "in/x.tar", b"r" * 4000)
+            proxy.add(Fault("status", method="GET", status=307, payload=moved,
+                            headers={"Location": f"{elsewhere.url}/stolen"}))
+            with pytest.raises(StorageError, match="TemporaryRedirect") as info:
+                await dest.copy_from(source, url, "out/x.tar", 4000, known_sha256=digest,
+                                     source_etag=etag)
+            assert elsewhere.count() == 0 and proxy.count("GET") == 1
+    assert "token-not-to-send" not in str(info.value) + repr(info.value)
+
+
+@pytest.mark.anyio
 async def test_the_light_path_can_be_turned_off(moto_server, second_moto_server, monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("the light path was used")

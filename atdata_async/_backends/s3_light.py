@@ -15,7 +15,9 @@ Everything else stays botocore's, and so do the decisions this path must share w
 - where a bucket lives: the scheme, host, path prefix (path or virtual-host style) and
   come from botocore itself (a presigned URL, once per bucket); the signing region is
   the one configured.
-Credentials live in the Signer only; nothing here logs or raises with headers.
+Credentials live in the Signer only; nothing here logs or raises with headers, and no
+redirect is followed (botocore follows none either: a followed 3xx would carry the signed
+headers, the session token among them, to wherever the answer points).
 """
 
 from __future__ import annotations
@@ -171,6 +173,10 @@ class LightRequests:
                           error: BaseException) -> float | None:
         """Seconds to wait before another attempt, or None: botocore's standard policy
         (and quota) decides, and the store's throttle watcher sees every answer."""
+        # botocore's region redirector rewrites botocore's own request and asks for a
+        # retry: here there is none to rewrite, so it is told this one was redirected
+        # already (a 3xx stays an error: the region is the one configured)
+        context.setdefault("s3_redirect", {"redirected": True, "bucket": None, "params": {}})
         answer = getattr(error, "answer", None)
         response = (answer, error.response) if isinstance(error, ClientError) and \
             answer is not None else None
@@ -211,7 +217,8 @@ class LightRequests:
         url, signed = await self._signed(method, bucket, key, headers, EMPTY_SHA256)
         session = await self._session()
         try:
-            response = await session.request(method, url, headers=signed)
+            response = await session.request(method, url, headers=signed,
+                                             allow_redirects=False)
         except Exception as exc:
             raise foreign(exc, str(url)) from exc
         await self._check(response, operation)
@@ -226,7 +233,8 @@ class LightRequests:
         url, signed = await self._signed("PUT", bucket, key, headers, payload_hash)
         session = await self._session()
         try:
-            response = await session.request("PUT", url, headers=signed, data=body)
+            response = await session.request("PUT", url, headers=signed, data=body,
+                                             allow_redirects=False)
         except Exception as exc:
             raise foreign(exc, str(url)) from exc
         await self._check(response, "PutObject")
@@ -243,7 +251,8 @@ class LightRequests:
         url, signed = await self._signed("PUT", bucket, key, headers, EMPTY_SHA256)
         session = await self._session()
         try:
-            response = await session.request("PUT", url, headers=signed)
+            response = await session.request("PUT", url, headers=signed,
+                                             allow_redirects=False)
         except Exception as exc:
             raise foreign(exc, str(url)) from exc
         await self._check(response, "CopyObject")
