@@ -460,6 +460,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
          "server_copies": server_copies_of(variant, a)}
     if variant == BOTOCORE_VARIANT:  # the same promotion with every request botocore's
         p["store"] = {**p["store"], "light_requests": False}
+    if variant == MD5_VARIANT:  # small PUTs checked by Content-MD5, not a signed sha256
+        p["store"] = {**p["store"], "signed_payload": False}
     try:
         req0, cpu0 = servers.requests(), servers.cpu()
         row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env, env_files, dst_i, tmp)
@@ -608,6 +610,7 @@ def store_options(a: argparse.Namespace) -> dict:
 # Ours with the store's light request path off (light_requests=False): across endpoints
 # small objects are GET -> PUT through it, on one endpoint CopyObject.
 BOTOCORE_VARIANT = "ours, botocore"
+MD5_VARIANT = "ours, md5-checked"
 
 
 def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
@@ -617,6 +620,8 @@ def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
         names.append("ours, sequential")
     if a.botocore_too:
         names.insert(names.index("ours, warm") + 1, BOTOCORE_VARIANT)
+    if a.md5_too and not same:
+        names.insert(names.index("ours, warm") + 1, MD5_VARIANT)
     if same:  # more values of --server-copies: one more warm variant each, same rounds
         extra = [f"ours, warm, {n} copies" for n in server_copies_list(a)[1:]]
         at = names.index("ours, warm") + 1
@@ -657,7 +662,8 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                       f"{remote}:{p['dst_bucket']}/rclone", "--transfers", "16",
                       "--checkers", "16", "--s3-no-check-bucket", "--no-check-dest",
                       "--config", "/dev/null"], env)
-    if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT) or \
+    if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT,
+                   MD5_VARIANT) or \
             variant.startswith("ours, warm, "):
         child = "bare" if variant == "bare aioboto3" else "ours-warm"
         params = tmp / "params.json"
@@ -779,6 +785,8 @@ def main() -> None:
                              "add one warm variant each (same endpoint), in the same rounds")
     parser.add_argument("--sequential", action="store_true",
                         help="also run ours at concurrency 1 for every case")
+    parser.add_argument("--md5-too", action="store_true",
+                        help=f"cross endpoint: also {MD5_VARIANT!r} (signed_payload off)")
     parser.add_argument("--botocore-too", action="store_true",
                         help=f"also {BOTOCORE_VARIANT!r} (light_requests off)")
     parser.add_argument("--copy-threshold-mib", type=float, default=None,

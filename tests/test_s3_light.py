@@ -352,6 +352,45 @@ async def test_a_redirect_is_an_error_never_followed(moto_server, second_moto_se
 
 
 @pytest.mark.anyio
+async def test_an_unsigned_payload_is_checked_by_its_md5(moto_server, second_moto_server,
+                                                         monkeypatch):
+    """signed_payload=False: UNSIGNED-PAYLOAD with Content-MD5 (the source version's
+    ETag), like rclone; the bytes land, and an answer whose ETag is not that md5 fails
+    (moto does not check Content-MD5, so the store checks the ETag itself)."""
+    data = os.urandom(200_000)
+    dst_bucket = make_bucket(second_moto_server.url)
+    sent = []
+    put = s3_light.LightRequests.put
+
+    async def spy(self, bucket, key, headers, payload_hash, *args):
+        sent.append((dict(headers), payload_hash))
+        return await put(self, bucket, key, headers, payload_hash, *args)
+
+    monkeypatch.setattr(s3_light.LightRequests, "put", spy)
+    with FaultProxy(second_moto_server.url) as proxy:
+        async with S3DataStore(make_credentials(moto_server.url),
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore(make_credentials(proxy.url), bucket=dst_bucket,
+                            signed_payload=False) as dest:
+            url, digest, etag = await _seeded(source, "in/x.tar", data)
+            done = await dest.copy_from(source, url, "out/x.tar", len(data),
+                                        known_sha256=digest, source_etag=etag)
+            assert done.etag == etag == hashlib.md5(data).hexdigest()
+            headers, payload_hash = sent[0]
+            assert payload_hash == sigv4.UNSIGNED_PAYLOAD
+            assert headers["Content-MD5"] == __import__("base64").b64encode(
+                hashlib.md5(data).digest()).decode()
+            assert "x-amz-checksum-sha256" in headers  # still, for servers that check it
+            proxy.add(Fault("headers", method="PUT", headers={"ETag": '"0123456789abcdef'
+                                                                     '0123456789abcdef"'}))
+            with pytest.raises(StorageError, match="other bytes than the source"):
+                await dest.copy_from(source, url, "out/y.tar", len(data),
+                                     known_sha256=digest, source_etag=etag)
+    assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
+                                                   Key="out/x.tar")["Body"].read() == data
+
+
+@pytest.mark.anyio
 async def test_the_light_path_can_be_turned_off(moto_server, second_moto_server, monkeypatch):
     def refuse(*_, **__):
         raise AssertionError("the light path was used")
