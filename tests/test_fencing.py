@@ -129,6 +129,29 @@ async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server
     assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
 
 
+@pytest.mark.parametrize("late", [4.0, 12.0])
+async def test_a_workers_budget_ends_with_its_in_flight_mark(index, moto_server, late):  # noqa: F811
+    """A worker's check marks its request in flight for timeout + margin from a moment
+    after the check was sent, and a rerun taking over from a dead coordinator waits for
+    that mark only: an answer that came ``late`` seconds after the check was sent leaves
+    the request that much less (none at all past its timeout: refused), even with plenty
+    of lease."""
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
+    journal = await run_of(index, "f" * 64)
+    worker = Fence(index, journal.promotion, journal.epoch or 0, clock=Clock(late))
+    if late < worker.timeout:
+        budget = await worker.admit("completing the upload", KEY, upload_id)
+        assert budget == pytest.approx(worker.timeout - late)
+    else:
+        async with store_for(make_credentials(moto_server.url), bucket) as store:
+            with pytest.raises(PromotionBusyError, match="epoch check took the whole 10s"):
+                await fenced(store, worker).complete_multipart(KEY, upload_id, etags)
+        assert still_open(s3, bucket) == [upload_id]
+        assert s3.list_objects_v2(Bucket=bucket).get("KeyCount", 0) == 0
+    await journal.release()
+
+
 async def test_a_complete_that_outlasts_its_budget_is_cancelled_and_refused(
         index, moto_server):  # noqa: F811
     """The request is bounded by its own timeout: answered later (the fault proxy holds

@@ -54,9 +54,13 @@ class Fence:
         """Whether the epoch is still the journal's (a task about to start: one GET)."""
         return await holds_epoch(self.index, self.promotion, self.epoch)
 
-    async def _check(self, key: str, upload_id: str) -> tuple[FenceState, float]:
-        """The check's answer and the seconds of lease left after it, counted from
-        before it was sent (a slow round trip shortens what is left)."""
+    async def _check(self, key: str, upload_id: str) -> tuple[FenceState, float, float]:
+        """The check's answer, the seconds of lease left after it, and the seconds of
+        budget the request has: both counted from before the check was sent (a slow round
+        trip shortens them). The holder's budget is what is left of the lease (its check
+        renewed it); a worker's is ``timeout`` from then, the in-flight mark the check set
+        (from a moment after that start): a rerun that takes over from a dead coordinator
+        waits for that mark only, not for the lease."""
         start = self.clock()
         i = self.keys.get(key)
         state = await check_fence(self.index, self.promotion, self.epoch, holder=self.holder,
@@ -64,9 +68,12 @@ class Fence:
                                   upload_id=upload_id, runs_for=self.timeout + self.margin)
         if i is None:  # cannot ask: count it as named (a rerun may continue it)
             state = replace(state, named=True)
-        return state, start + state.lease_ms / 1000 - self.margin - self.clock()
+        now = self.clock()
+        left = start + state.lease_ms / 1000 - self.margin - now
+        return state, left, left if self.holder else start + self.timeout - now
 
-    def _refusal(self, state: FenceState, left: float, what: str) -> AtdataError | None:
+    def _refusal(self, state: FenceState, left: float, budget: float,
+                 what: str) -> AtdataError | None:
         if not state.ours:
             return stale_run(self.promotion, self.epoch, what)
         if state.lease_ms <= 0:
@@ -76,27 +83,32 @@ class Fence:
             return stale_run(self.promotion, self.epoch, what,
                              f"its lease ends in {max(left, 0.0):.1f}s, too soon for the "
                              f"{self.timeout:g}s the request may take")
+        if budget <= 0:
+            return stale_run(self.promotion, self.epoch, what,
+                             f"its epoch check took the whole {self.timeout:g}s the request "
+                             "may run for")
         return None
 
     async def admit(self, what: str, key: str, upload_id: str = "") -> float:
         """Seconds the action may take (then it is cancelled), or PromotionBusyError:
         the epoch is gone, or the lease ends too soon for ``timeout`` + ``margin``. The
         lease's holder may use all of it (its check just renewed it: ~29 s); a worker
-        ``timeout`` only, the time its in-flight mark makes a rerun wait."""
-        state, left = await self._check(key, upload_id)
-        refusal = self._refusal(state, left, what)
+        what is left of ``timeout`` after its check, the time its in-flight mark makes a
+        rerun wait."""
+        state, left, budget = await self._check(key, upload_id)
+        refusal = self._refusal(state, left, budget, what)
         if refusal is not None:
             raise refusal
-        return left if self.holder else self.timeout
+        return budget
 
     async def may_abort(self, key: str, upload_id: str) -> float | None:
         """Seconds an abort may take, or None: not this run's to abort. An upload the
         journal does not name is nobody's to continue (a stale run's own, never
         journaled): even a stale run aborts it, so that it does not stay open."""
-        state, left = await self._check(key, upload_id)
-        refusal = self._refusal(state, left, "aborting the upload")
+        state, left, budget = await self._check(key, upload_id)
+        refusal = self._refusal(state, left, budget, "aborting the upload")
         if refusal is None:
-            return left if self.holder else self.timeout
+            return budget
         if not state.named:
             return self.timeout
         log.info("not aborting upload %s of %s: %s", upload_id, key, refusal)
