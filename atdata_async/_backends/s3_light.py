@@ -53,6 +53,9 @@ _PROBE_KEY = "atdata-probe"
 # 100-continue, one round trip): below it a refused body costs less than the wait (the
 # AWS SDKs draw the line at 2 MiB too).
 EXPECT_ABOVE = 2 * 1024 * 1024
+# How much of a GET body aiohttp buffers before it stops reading the socket (its default,
+# 64 KiB, pauses and resumes the transport many times per MiB a streamed copy forwards).
+GET_BUFSIZE = 1024 * 1024
 
 
 class Answer:
@@ -218,7 +221,7 @@ class LightRequests:
         session = await self._session()
         try:
             response = await session.request(method, url, headers=signed,
-                                             allow_redirects=False)
+                                             allow_redirects=False, read_bufsize=GET_BUFSIZE)
         except Exception as exc:
             raise foreign(exc, str(url)) from exc
         await self._check(response, operation)
