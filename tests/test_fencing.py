@@ -101,7 +101,8 @@ async def test_a_live_lease_completes_and_renews_for_its_holder(index, moto_serv
     await journal.release()
 
 
-@pytest.mark.parametrize("case", ["about to expire", "released", "slow check", "taken over"])
+@pytest.mark.parametrize("case", ["about to expire", "released", "slow check", "taken over",
+                                  "epoch drawn again"])
 async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server, case):  # noqa: F811
     bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
     upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
@@ -117,6 +118,10 @@ async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server
         match = "lease expired or was released"
     elif case == "slow check":  # a fresh lease, but the check's answer came 25 s late
         fence = Fence(index, journal.promotion, journal.epoch or 0, clock=Clock(25.0))
+    elif case == "epoch drawn again":  # Redis lost its keys: a rerun drew the same epoch
+        await index.redis.set(journal.lease_key, "elsewhere:1:rerun", ex=30)
+        fence = run_fence(journal, SHARDS)
+        match = "no longer the promotion's"
     else:
         await journal.release()
         rerun = await run_of(index, journal.promotion)

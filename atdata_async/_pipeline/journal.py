@@ -122,15 +122,19 @@ return 1
 
 # KEYS: epoch, lease, hash, in-flight marker; ARGV: epoch, holder ('' = a worker, not
 # the lease's holder), ttl ms, field naming shard i's upload ('' = none), upload id, ms
-# the request may run. {ours, pttl, named}: the epoch is still ARGV[1]; the lease's
-# remaining ms (renewed first when the caller holds it; <= 0: expired or released); the
+# the request may run. {ours, pttl, named}: the epoch is still ARGV[1] (and, for the
+# holder, the lease is not another's: an epoch drawn again after Redis lost its data);
+# the lease's remaining ms (renewed first when the caller holds it; <= 0: expired or
+# released); the
 # journal's field names that upload. A worker's check marks its request as possibly in
 # flight for ARGV[6] ms: a rerun taking over from a dead coordinator waits that out.
 _FENCE_CHECK = """
 local ours = 0
 if redis.call('GET', KEYS[1]) == ARGV[1] then ours = 1 end
-if ours == 1 and ARGV[2] ~= '' and redis.call('GET', KEYS[2]) == ARGV[2] then
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+if ours == 1 and ARGV[2] ~= '' then
+  local cur = redis.call('GET', KEYS[2])
+  if cur == ARGV[2] then redis.call('SET', KEYS[2], ARGV[2], 'PX', tonumber(ARGV[3]))
+  elseif cur then ours = 0 end
 end
 if ours == 1 and ARGV[2] == '' and tonumber(ARGV[6]) > 0 then
   redis.call('SET', KEYS[4], '1', 'PX', tonumber(ARGV[6]))
