@@ -149,11 +149,14 @@ def tree_cpu() -> dict[str, float]:
 def window_cpu(before: dict[str, float], after: dict[str, float],
                cluster: bool) -> dict:
     """The copy window's CPU seconds, per role and in all. A local run leaves the idle
-    cluster's scheduler and workers out (they exist only for the cluster's runs)."""
+    cluster's scheduler and workers out of its total (they exist only for the cluster's
+    runs; shown apart as "idle")."""
     roles = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "total"}
-    if not cluster:
-        roles = {k: v for k, v in roles.items() if k not in ("scheduler", "workers")}
-    return {"cpu": sum(roles.values()), "roles": roles}
+    if not cluster:  # shown apart: what the idle cluster burns meanwhile (heartbeats, ...)
+        roles = {(f"idle {k}" if k in ("scheduler", "workers") else k): v
+                 for k, v in roles.items()}
+    return {"cpu": sum(v for k, v in roles.items() if not k.startswith("idle ")),
+            "roles": roles}
 
 
 def _resume():
