@@ -108,6 +108,10 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             ok += hashlib.sha256(body).hexdigest() == sums[plan.source_url.rsplit("/", 1)[1]] \
                 == got.sha256
         uploads = await dest.list_multipart_uploads()
+        # moto keeps every object in memory: each run's copy goes again (a 1 GiB run
+        # repeated 30 times outgrew this machine's RAM)
+        await dest.delete_keys([p.dest_key for p in plans])
+        await s3.delete_bucket(Bucket=dst_bucket)
         group = remote.group_size if remote is not None else 1
         return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit,
                 "group": group, **cpu}

@@ -14,7 +14,8 @@ worker finds credentials (``CredentialSource``: an env-var prefix or a file path
 resolved on the worker). The scheduler stores and logs tasks; it never sees a key.
 
 Fencing: each ShardTask carries the epoch the coordinator's lease drew. The worker
-checks it in the journal before it starts, with every journal write (atomically), and
+checks it in the journal before a group starts (with the group's journal state), again
+before a shard that waited for a slot starts, with every journal write (atomically), and
 before it aborts or completes a multipart upload: a task left over from a dead or
 earlier run (still queued, or still copying when a rerun took over) is refused and stops
 without touching the upload the rerun continues.
