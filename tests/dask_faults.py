@@ -106,3 +106,35 @@ class Gate(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         _store.S3DataStore._send_part = self._original
+
+
+class FailOnce(WorkerPlugin):
+    """The first upload part sent on any worker (the one that creates ``flag``) fails
+    with a StorageError; every other part goes through."""
+
+    name = "atdata-fail-once"
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def setup(self, worker) -> None:
+        from atdata_async._errors import StorageError
+
+        self._original = original = _store.S3DataStore._send_part
+        flag = self.flag
+
+        async def send_part(store, key, upload_id, number, data, digest, token, *args):
+            try:
+                fd = os.open(flag, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return await original(store, key, upload_id, number, data, digest, token,
+                                      *args)
+            os.write(fd, key.encode())
+            os.close(fd)
+            store.buffers().release_on_behalf_of(token)
+            raise StorageError(f"UploadPart {number} of {key}: injected failure")
+
+        _store.S3DataStore._send_part = send_part
+
+    def teardown(self, worker) -> None:
+        _store.S3DataStore._send_part = self._original

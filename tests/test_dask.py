@@ -25,7 +25,7 @@ from atdata_async._pipeline.promote import _open_journal, plan_promotion, promot
 from atdata_async.atmosphere import DATASET_COLLECTION, AtmosphereIndex
 from atdata_async.promote import CredentialSource, DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials
-from tests.dask_faults import Gate, SlowParts, StallOnce
+from tests.dask_faults import FailOnce, Gate, SlowParts, StallOnce
 from tests.test_promote import client, index, insert, read_s3, store_for  # noqa: F401
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
@@ -523,3 +523,50 @@ async def test_a_group_whose_worker_is_killed_keeps_its_finished_shards(
     assert len(sent) == len(set(sent))  # no part of any shard went up twice
     by_key = {line.split(" ")[0] for line in sent}
     assert len(by_key) == 8  # every shard's parts went up, each exactly once
+
+
+class Keys(SchedulerPlugin):
+    """Every atdata task key the scheduler was given."""
+
+    name = "atdata-keys"
+
+    def __init__(self) -> None:
+        self.keys: set[str] = set()
+
+    def transition(self, key, start, finish, *args, **kwargs) -> None:
+        if str(key).startswith("atdata-shard-"):
+            self.keys.add(str(key))
+
+
+def _keys_seen(dask_scheduler) -> list[str]:
+    return sorted(dask_scheduler.plugins[Keys.name].keys)
+
+
+async def test_retries_send_only_the_failed_shard_of_a_group_again(
+        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+    """A group of 4 in which one shard's part fails once: with retries=1 only that shard
+    goes again (a task of its own), the others are not redone; bytes identical."""
+    entry = await insert(index, tmp_path, "retry", shards=4, per_shard=300, stem="retry")
+    dest_bucket = make_bucket(second_moto_server.url)
+    flag = tmp_path / "failed"
+    await dask_client.register_plugin(FailOnce(str(flag)))
+    await dask_client.register_plugin(Keys())
+    executor = DaskExecutor(dask_client, credentials=ON_WORKERS, group_size=4, retries=1)
+    try:
+        async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            uri = await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                              executor=executor)
+            assert await dest.list_multipart_uploads() == []
+        keys = await dask_client.run_on_scheduler(_keys_seen)
+    finally:
+        await dask_client.unregister_worker_plugin(FailOnce.name)
+        await dask_client.unregister_scheduler_plugin(Keys.name)
+    assert flag.exists()
+    first = [k for k in keys if not k.endswith("-r1")]
+    again = [k for k in keys if k.endswith("-r1")]
+    # atdata-shard-{promotion}-{first shard}-{shards}-{run}[-r{attempt}]
+    assert len(first) == 1 and first[0].split("-")[3:5] == ["0", "4"], keys  # one task
+    assert len(again) == 1 and again[0].split("-")[4] == "1", keys  # the failed shard
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_copied(entry, got, second_moto_server.url)
+    assert len(await datasets(client)) == 1
