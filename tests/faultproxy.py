@@ -76,6 +76,7 @@ class FaultProxy:
         self._server: asyncio.AbstractServer | None = None
         self._ready = threading.Event()
         self._inflight = 0  # requests read and not yet answered
+        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     @property
@@ -116,6 +117,9 @@ class FaultProxy:
             async with self._server:
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._server.serve_forever()
+            for task in list(self._handlers):  # connections still open: end them here
+                task.cancel()
+            await asyncio.gather(*self._handlers, return_exceptions=True)
 
         try:
             loop.run_until_complete(serve())
@@ -146,6 +150,11 @@ class FaultProxy:
         return fault
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # held here: asyncio keeps a connection's task only through its transport, so a
+        # task whose client went away mid-request was collected pending (a warning that
+        # failed whichever test the collection fell in)
+        task = asyncio.current_task()
+        self._handlers.add(task)  # type: ignore[arg-type]
         try:
             while await self._one_request(reader, writer):
                 pass
@@ -153,6 +162,7 @@ class FaultProxy:
             pass
         finally:
             writer.close()
+            self._handlers.discard(task)  # type: ignore[arg-type]
 
     async def _one_request(self, reader: asyncio.StreamReader,
                            writer: asyncio.StreamWriter) -> bool:

@@ -165,11 +165,11 @@ async def test_a_complete_that_outlasts_its_budget_is_cancelled_and_refused(
     upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
     journal = await run_of(index, "e" * 64)
     # its budget is what its timeout leaves after the check (a loaded Redis shortens it)
-    worker = Fence(index, journal.promotion, journal.epoch or 0, timeout=0.3, margin=0.1)
+    worker = Fence(index, journal.promotion, journal.epoch or 0, timeout=1.0, margin=0.1)
     with FaultProxy(moto_server.url) as proxy:
-        held = proxy.add(Fault("delay", method="POST", path=r"uploadId=", seconds=1.0))
+        held = proxy.add(Fault("delay", method="POST", path=r"uploadId=", seconds=3.0))
         async with store_for(make_credentials(proxy.url), bucket, max_attempts=1) as store:
-            with pytest.raises(PromotionBusyError, match=r"took longer than 0\.[0-3]s"):
+            with pytest.raises(PromotionBusyError, match=r"took longer than [01]\.\ds"):
                 await fenced(store, worker).complete_multipart(KEY, upload_id, etags)
         assert held.fired == 1
         while held.active:  # the proxy still forwards it (the case docs/scale-out.md
