@@ -373,7 +373,11 @@ async def _settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Excep
     if group.tune_malloc:
         _tune_malloc(dict(first.dest.settings).get("part_size", 16 * 1024 * 1024))
     index = _index(first.redis.resolve())
-    fence = Fence(index, first.promotion, first.epoch) if first.epoch is not None else None
+    # keys: the fence can tell an upload the journal names (a rerun's to continue) from
+    # this task's own never-journaled one, which even a stale task aborts
+    fence = (Fence(index, first.promotion, first.epoch,
+                   keys={t.shard.dest_key: t.index for t in tasks if t.shard.dest_key})
+             if first.epoch is not None else None)
     reset = current_fence.set(fence)
     state = _state()
     slot_key = (first.promotion, first.epoch)
