@@ -195,6 +195,26 @@ async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server)
     assert still_open(s3, bucket) == [continued]
 
 
+async def test_an_abort_whose_epoch_check_hangs_gives_up_and_leaves_the_upload(
+        index, moto_server, monkeypatch, caplog):  # noqa: F811
+    """The abort is cleanup, shielded so that it runs after a cancellation: its epoch check
+    is bounded there, or a Redis that never answers (fault: a check that never returns)
+    would hold the cancelled run for good. Unchecked, the upload is left for the rerun."""
+    bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
+    upload_id, _ = open_upload(s3, bucket, os.urandom(1000))
+    journal = await run_of(index, "g" * 64)
+    monkeypatch.setattr(fence_mod, "check_fence", lambda *a, **k: anyio.sleep_forever())
+    fence = Fence(index, journal.promotion, journal.epoch or 0, timeout=0.2, margin=0.1)
+    async with store_for(make_credentials(moto_server.url), bucket) as store:
+        with anyio.CancelScope() as scope:
+            scope.cancel()  # the run was cancelled: its cleanup aborts
+            await fenced(store, fence).abort_multipart(KEY, upload_id)
+    assert still_open(s3, bucket) == [upload_id]
+    assert "cannot check the epoch: no answer in 0.2s" in caplog.text
+    monkeypatch.undo()
+    await journal.release()
+
+
 async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_journal(
         index):  # noqa: F811
     name = INSERT_KEY_PREFIX + "0123456789ab-cdef"

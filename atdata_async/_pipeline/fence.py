@@ -145,12 +145,13 @@ class FencedStore(S3DataStore):
         fence = self._fence()
         if fence is None:
             return await super().abort_multipart(key, upload_id)
-        with anyio.CancelScope(shield=True):
-            try:
-                budget = await fence.may_abort(key, upload_id)
-            except AtdataError as exc:
+        with anyio.CancelScope(shield=True):  # cleanup: runs after a cancellation too,
+            try:  # so bounded here (a hung Redis would hold the cancelled run for good)
+                with anyio.fail_after(fence.timeout):
+                    budget = await fence.may_abort(key, upload_id)
+            except (AtdataError, TimeoutError) as exc:
                 log.warning("not aborting upload %s of %s: cannot check the epoch: %s",
-                            upload_id, key, exc)
+                            upload_id, key, str(exc) or f"no answer in {fence.timeout:g}s")
                 return
             if budget is None:
                 return
