@@ -232,6 +232,28 @@ async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_
     await rerun.forget()  # dropped already (another run found the work done): no refusal
 
 
+async def test_an_insert_indexed_then_taken_over_returns_its_entry(
+        index, tmp_path, monkeypatch):  # noqa: F811
+    """A rerun that takes the journal over between the indexing and the journal's drop
+    (fault: a new epoch drawn right after the entry is stored) leaves the insert done: it
+    returns its entry (an insert that raises indexed nothing), and the newer run's journal
+    stays."""
+    paths = shard_files(tmp_path, "late", 1, 1500)
+    original = type(index)._store_entry
+
+    async def taken_over_after(self, entry):
+        await original(self, entry)
+        [name] = [k.decode() for k in await self.redis.smembers("atdata_async:journals")
+                  if k.startswith(INSERT_KEY_PREFIX.encode())]
+        await self.redis.incr(epoch_key(name))  # a newer run's epoch
+
+    monkeypatch.setattr(type(index), "_store_entry", taken_over_after)
+    entry = await index.insert_dataset(Dataset[FeatureSample](paths), name="late",
+                                       prefix="late")
+    assert [e.cid for e in await index.list_entries()] == [entry.cid]
+    assert await index.redis.smembers("atdata_async:journals")  # the newer run's, kept
+
+
 async def test_a_rerun_taking_over_from_a_dead_coordinator_waits_out_its_workers(
         index, moto_server):  # noqa: F811
     """A dead coordinator's lease is taken at once (its process is gone), but its workers

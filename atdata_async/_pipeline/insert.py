@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ import anyio
 from .._backends.dataset import count_samples
 from .._backends.s3_store import S3DataStore, ShardUpload
 from .._backends.tasks import run_per_shard, single_error
-from .._errors import EntryNotFoundError
+from .._errors import EntryNotFoundError, PromotionBusyError
 from .._model.cid import entry_cid
 from .._model.progress import ProgressCallback, ProgressTracker
 from .fence import fenced, run_fence
@@ -46,6 +47,8 @@ from .journal import (
     stale_run,
 )
 from .promote import ShardPlan
+
+log = logging.getLogger("atdata_async.insert")
 
 if TYPE_CHECKING:
     from .._backends.redis_index import LocalDatasetEntry, LocalIndex
@@ -175,7 +178,10 @@ async def insert_shards(
         await index._store_entry(entry)
     finally:
         await journal.release()
-    await journal.forget()  # the entry now says it all
+    try:
+        await journal.forget()  # the entry now says it all
+    except PromotionBusyError as exc:  # indexed: done, whatever run owns the journal now
+        log.info("the insert is indexed; its journal is left to the newer run: %s", exc)
     return entry
 
 
