@@ -176,7 +176,7 @@ async def test_server_side_copies_run_above_max_concurrency_buffered_ones_within
             proxy.clear()
             dest_bucket = make_bucket(moto_server.url)
             held = proxy.add(Fault("delay", method="PUT", path=rf"^/{dest_bucket}/",
-                                   seconds=0.3, times=None))
+                                   seconds=1.0, times=None))
             gets = proxy.count("GET", rf"^/{src_bucket}/")
             async with store_for(same, src_bucket, max_concurrency=2) as source, \
                     store_for(dest_creds, dest_bucket, max_concurrency=2,
