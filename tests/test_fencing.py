@@ -37,8 +37,10 @@ from tests.samples import FeatureSample
 from tests.test_promote import client, index, insert, read_s3  # noqa: F401  (fixtures)
 from tests.test_resume import (
     REPO,
+    SCHEMA_REF,
     check_landed,
     cli_env,
+    insert_child_args,
     records,
     run_id_of,
     shard_files,
@@ -389,14 +391,12 @@ async def test_a_promotion_stopped_past_its_lease_is_refused_beside_the_rerun(
 async def test_an_insert_stopped_past_its_lease_is_refused_beside_the_rerun(
         index, tmp_path, redis_url, s3_credentials, bucket, monkeypatch):  # noqa: F811
     paths = shard_files(tmp_path, "stopins", 1, 1500)
-    ref = "atdata://local/schema/FeatureSample@1.0.0"
-    run = run_id_of(index.data_store, "stopins", "stopins", ref, paths)
+    run = run_id_of(index.data_store, "stopins", "stopins", SCHEMA_REF, paths)
     key = journal_key(INSERT_KEY_PREFIX + run)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATDATA_"))}
     env.update(ATDATA_REDIS_URL=redis_url, TEST_PART=str(TEST_PART), STOP_BEFORE_COMPLETE="1")
-    args = ["insert", *paths, "--name", "stopins", "--schema-ref", ref, "--to",
-            f"s3://{bucket}/stopins", "--concurrency", "1",
-            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+    args = insert_child_args(paths, "stopins", f"s3://{bucket}/stopins",
+                             s3_credentials["AWS_ENDPOINT"], tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     held, entries = Held(monkeypatch), []

@@ -361,6 +361,17 @@ def run_id_of(store: S3DataStore, stem: str, name: str, ref: str, paths: list[st
     return insert_run_id(store, stem, name, ref, files)
 
 
+SCHEMA_REF = "atdata://local/schema/FeatureSample@1.0.0"
+
+
+def insert_child_args(paths: list[str], name: str, dest: str, endpoint: str,
+                      tmp_path: Path) -> list[str]:
+    """The CLI arguments of an insert of ``paths`` run by tests.promote_child, one shard at
+    a time (so that a test can stop or kill it between parts)."""
+    return ["insert", *paths, "--name", name, "--schema-ref", SCHEMA_REF, "--to", dest,
+            "--concurrency", "1", "--credentials", write_env(tmp_path / "src.env", endpoint)]
+
+
 def check_landed(endpoint: str, entry, paths: list[str]) -> None:
     """Every shard byte for byte, with the sha256 and ETag the entry records."""
     assert len(entry.data_urls) == len(paths)
@@ -426,14 +437,12 @@ async def test_sigkill_mid_insert_then_rerun_sends_only_what_is_missing(
     paths = shard_files(tmp_path, "killins", 4, 1500)
     sizes = [os.path.getsize(p) for p in paths]
     parts0 = -(-sizes[0] // TEST_PART)
-    ref = "atdata://local/schema/FeatureSample@1.0.0"
-    run = run_id_of(index.data_store, "ins", "killins", ref, paths)
+    run = run_id_of(index.data_store, "ins", "killins", SCHEMA_REF, paths)
     keys = insert_keys("ins", run, len(paths))
     key = journal_key(INSERT_KEY_PREFIX + run)
     env = cli_env(redis_url, pds, pds_account, STALL_AFTER=parts0 + 3)
-    args = ["insert", *paths, "--name", "killins", "--schema-ref", ref,
-            "--to", f"s3://{bucket}/ins", "--concurrency", "1",
-            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+    args = insert_child_args(paths, "killins", f"s3://{bucket}/ins",
+                             s3_credentials["AWS_ENDPOINT"], tmp_path)
 
     def copied_one_and_three_parts(f: set[str]) -> bool:
         return "s:0" in f and len([x for x in f if x.startswith("p:1:")]) == 3
@@ -520,14 +529,12 @@ async def test_the_same_insert_running_elsewhere_is_refused(index, tmp_path, red
     """Two runs of one insert never upload at once: the second is refused by the journal's
     lease while the first lives, and continues it once it is dead."""
     paths = shard_files(tmp_path, "twice", 2, 1500)
-    ref = "atdata://local/schema/FeatureSample@1.0.0"
-    run = run_id_of(index.data_store, "twice", "twice", ref, paths)
+    run = run_id_of(index.data_store, "twice", "twice", SCHEMA_REF, paths)
     key = journal_key(INSERT_KEY_PREFIX + run)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "ATDATA_"))}
     env.update(ATDATA_REDIS_URL=redis_url, TEST_PART=str(TEST_PART), STALL_AFTER="2")
-    args = ["insert", *paths, "--name", "twice", "--schema-ref", ref, "--to",
-            f"s3://{bucket}/twice", "--concurrency", "1",
-            "--credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"])]
+    args = insert_child_args(paths, "twice", f"s3://{bucket}/twice",
+                             s3_credentials["AWS_ENDPOINT"], tmp_path)
     proc = subprocess.Popen([sys.executable, "-m", "tests.promote_child", *args], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     ds = Dataset[FeatureSample](paths)
