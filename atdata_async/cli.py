@@ -283,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--server-copies", type=positive_int, default=32, metavar="N",
                          help="server-side copies (same endpoint and account) at once; they "
                               "hold no buffer, so more than --concurrency (default 32)")
+    promote.add_argument("--streamed-copies", type=positive_int, default=16, metavar="N",
+                         help="streamed copies (another store, sha256 recorded at insert: "
+                              "the source's GET passed into the PUT) at once; they hold "
+                              "only chunk buffers, so more than --concurrency (default 16)")
     promote.add_argument("--source-credentials", metavar="FILE.env",
                          default=os.environ.get("ATDATA_SOURCE_CREDENTIALS"),
                          help="credentials (.env) of the store the shards are in now "
@@ -707,7 +711,8 @@ def make_store(credentials: str | dict[str, str], bucket: str,
     part = getattr(args, "part_size", 16 * MIB)
     return S3DataStore(credentials, bucket=bucket, max_concurrency=args.concurrency,
                        part_size=part, multipart_threshold=max(2 * part, 32 * MIB),
-                       max_server_copies=getattr(args, "server_copies", 32))
+                       max_server_copies=getattr(args, "server_copies", 32),
+                       max_streamed_copies=getattr(args, "streamed_copies", 16))
 
 
 async def check_bucket(store: S3DataStore) -> str:
@@ -881,6 +886,7 @@ async def promote(args: argparse.Namespace, index: LocalIndex, client: Atmospher
             uri = await promote_to_atmosphere(entry, index, client,
                                               max_concurrency=args.concurrency, verify=args.verify,
                                               max_server_copies=args.server_copies,
+                                              max_streamed_copies=args.streamed_copies,
                                               progress=show, **kwargs)
         except ShardTransferError as exc:
             raise left_behind(exc, dest) from None
@@ -987,6 +993,7 @@ async def promote_batch(args: argparse.Namespace, entries: list[Any], index: Loc
             + "\ndry run: nothing was written")
     results = await promote_many(entries, index, client, max_concurrency=args.concurrency,
                                  max_server_copies=args.server_copies,
+                                 max_streamed_copies=args.streamed_copies,
                                  progress=progress_for(args), verify=args.verify, **kwargs)
     finish_progress(args)
     rows = []

@@ -290,6 +290,8 @@ def child_ours_warm(p: dict) -> dict:
     from atdata_async.promote import promote_to_atmosphere
 
     copies = {"max_server_copies": p["server_copies"]} if p.get("server_copies") else {}
+    if p.get("streamed_copies"):
+        copies["max_streamed_copies"] = p["streamed_copies"]
 
     async def main() -> dict:
         source = S3DataStore(p["src"], bucket=p["src_bucket"],
@@ -458,6 +460,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
          "redis": redis.url, "pds": pds.url, "session": session,
          "entry": entry, "store": store_options(a), "profile": profile,
          "server_copies": server_copies_of(variant, a)}
+    if variant == "ours, sequential":  # one copy at a time, whatever its kind
+        p["server_copies"] = p["streamed_copies"] = 1
     if variant == BOTOCORE_VARIANT:  # the same promotion with every request botocore's
         p["store"] = {**p["store"], "light_requests": False}
     if variant == MD5_VARIANT:  # small PUTs checked by Content-MD5, not a signed sha256

@@ -357,6 +357,7 @@ CLI_FLAGS = {"data_store": "--copy-to", "copy_prefix": "--copy-to",
              "description": "--description", "tags": "--tag", "license": "--license",
              "compute_checksums": None, "max_concurrency": "--concurrency",
              "max_server_copies": "--server-copies",
+             "max_streamed_copies": "--streamed-copies",
              "progress": "--progress", "verify": "--no-verify", "executor": "--scheduler",
              "source_store": "--source-credentials", "max_record_bytes": "--max-record-bytes",
              "max_rate_limit_wait": "--max-rate-limit-wait"}

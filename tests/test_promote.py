@@ -7,6 +7,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import anyio
 import pytest
@@ -157,40 +158,52 @@ async def test_copy_within_one_server_multi_shard_with_multipart(index, client, 
     assert seen[-1].shards_done == 22 and seen[-1].bytes_done == seen[-1].bytes_total > 0
 
 
-async def test_server_side_copies_run_above_max_concurrency_buffered_ones_within_it(
-        index, client, tmp_path, moto_server):
+async def test_server_side_and_streamed_copies_run_above_max_concurrency_buffered_within(
+        index, client, tmp_path, moto_server, redis_url):
     """Same endpoint and account: the shards are copied by the server (no GET of a source
     body), more than max_concurrency at once, up to max_server_copies. Another account on
-    the same server: streamed through the client, never more than max_concurrency at once.
+    the same server: streamed (GET passed into the PUT), more than max_concurrency at once,
+    up to max_streamed_copies. Local files (buffered): never more than max_concurrency.
     The proxy holds each PUT to the destination a moment so that copies overlap; what is
     asserted is how many overlapped, not how long anything took."""
     from tests.faultproxy import Fault, FaultProxy
 
     entry = await insert(index, tmp_path, "wide", shards=12, per_shard=3)
+    (tmp_path / "files").mkdir()
+    paths = write_shards(tmp_path / "files", 12, 3)
     src_bucket = index.data_store.bucket
-    with FaultProxy(moto_server.url) as proxy:
-        same = make_credentials(proxy.url)
-        other = {**same, "AWS_ACCESS_KEY_ID": "another-account-key"}
-        peaks = {}
-        for label, dest_creds in (("same", same), ("other", other)):
-            proxy.clear()
-            dest_bucket = make_bucket(moto_server.url)
-            held = proxy.add(Fault("delay", method="PUT", path=rf"^/{dest_bucket}/",
-                                   seconds=1.0, times=None))
-            gets = proxy.count("GET", rf"^/{src_bucket}/")
-            async with store_for(same, src_bucket, max_concurrency=2) as source, \
-                    store_for(dest_creds, dest_bucket, max_concurrency=2,
-                              max_server_copies=6) as dest:
-                uri = await promote_to_atmosphere(entry, index, client, data_store=dest,
-                                                  source_store=source, max_concurrency=2,
-                                                  max_server_copies=6, name=f"wide-{label}")
-            got = await AtmosphereIndex(client).get_dataset(uri)
-            for src, dst in zip(entry.data_urls, got.data_urls, strict=True):
-                assert read_s3(moto_server.url, dst) == read_s3(moto_server.url, src)
-            assert held.fired == 12
-            peaks[label] = (held.peak, proxy.count("GET", rf"^/{src_bucket}/") - gets)
+    limits = {"max_concurrency": 2, "max_server_copies": 6, "max_streamed_copies": 4}
+    async with LocalIndex(redis_url) as plain:
+        await plain.publish_schema(FeatureSample, version="1.0.0")
+        files = await plain.add_entry(Dataset[FeatureSample]([str(p) for p in paths]),
+                                      name="wide-files")
+        with FaultProxy(moto_server.url) as proxy:
+            same = make_credentials(proxy.url)
+            other = {**same, "AWS_ACCESS_KEY_ID": "another-account-key"}
+            peaks = {}
+            for label, dest_creds, what, idx in (("same", same, entry, index),
+                                                 ("other", other, entry, index),
+                                                 ("files", other, files, plain)):
+                proxy.clear()
+                dest_bucket = make_bucket(moto_server.url)
+                held = proxy.add(Fault("delay", method="PUT", path=rf"^/{dest_bucket}/",
+                                       seconds=1.0, times=None))
+                gets = proxy.count("GET", rf"^/{src_bucket}/")
+                async with store_for(same, src_bucket, max_concurrency=2) as source, \
+                        store_for(dest_creds, dest_bucket, **limits) as dest:
+                    uri = await promote_to_atmosphere(what, idx, client, data_store=dest,
+                                                      source_store=source, **limits,
+                                                      name=f"wide-{label}")
+                got = await AtmosphereIndex(client).get_dataset(uri)
+                for src, dst in zip(what.data_urls, got.data_urls, strict=True):
+                    want = (read_s3(moto_server.url, src) if src.startswith("s3://")
+                            else Path(src).read_bytes())
+                    assert read_s3(moto_server.url, dst) == want
+                assert held.fired == 12
+                peaks[label] = (held.peak, proxy.count("GET", rf"^/{src_bucket}/") - gets)
     assert 2 < peaks["same"][0] <= 6 and peaks["same"][1] == 0  # CopyObject: no GET
-    assert peaks["other"][0] <= 2 and peaks["other"][1] >= 12  # streamed GET -> PUT
+    assert 2 < peaks["other"][0] <= 4 and peaks["other"][1] >= 12  # streamed GET -> PUT
+    assert 0 < peaks["files"][0] <= 2 and peaks["files"][1] == 0  # buffered uploads
 
 
 async def test_copy_across_endpoints_streams_and_hashes(index, client, tmp_path,

@@ -203,3 +203,24 @@ def test_max_memory_bounds_the_buffers_in_flight():
                         part_size=16 << 20, multipart_threshold=32 << 20, max_concurrency=8,
                         max_memory=100 << 20)
     assert store.memory_tokens() == 3 and store.buffers().total_tokens == 3
+
+
+def test_streamed_copies_count_their_chunk_buffers_in_max_memory_and_back_off():
+    """A streamed copy holds STREAM_BUFFER, not a part: max_memory lets 16 streams run
+    (at most half of it), the buffers keep the rest once the store streams, and a
+    SlowDown halves the streams as it halves the buffers."""
+    from atdata_async._backends.s3_store import STREAM_BUFFER
+
+    creds = {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "b"}
+    store = S3DataStore(creds, bucket="b", part_size=16 << 20, multipart_threshold=32 << 20,
+                        max_concurrency=8, max_memory=100 << 20)
+    assert store.buffers().total_tokens == 3
+    assert store.stream_slots().total_tokens == 16  # 16 x 2 MiB, not 16 x 32 MiB
+    assert store.buffers().total_tokens == (100 << 20) - 16 * STREAM_BUFFER >> 25 == 2
+    tight = S3DataStore(creds, bucket="b", max_concurrency=8, max_memory=40 << 20)
+    assert tight.stream_slots().total_tokens == (20 << 20) // STREAM_BUFFER == 10
+    assert tight.buffers().total_tokens == 1
+    free = S3DataStore(creds, bucket="b", max_concurrency=8, max_streamed_copies=12)
+    assert free.stream_slots().total_tokens == 12 and free.buffers().total_tokens == 8
+    free._throttled()
+    assert free.stream_slots().total_tokens == 6 and free.buffers().total_tokens == 4

@@ -9,7 +9,9 @@ their own limiter, ``max_server_copies`` (the server's latency, not our memory, 
 they wait on), paced like the buffers.
 Copies of shards whose sha256 was recorded at insert hold no buffer at all: across
 endpoints their bytes stream from the source's GET into the PutObject or UploadPart, so
-their memory is a few socket buffers per request, whatever the shard's size.
+their memory is a few socket buffers per request, whatever the shard's size. They take
+tokens from a third limiter, ``max_streamed_copies``, paced the same way; ``max_memory``
+counts each as ``STREAM_BUFFER`` (its chunk buffers), not as a whole part.
 """
 
 from __future__ import annotations
@@ -62,11 +64,14 @@ from .._model.progress import ProgressCallback, ProgressTracker
 from .._model.redact import mask_key_id
 from .._model.urls import S3Location, parse_s3_url
 from .._model.validate import check_store_sizes, check_text, redact_userinfo, url_userinfo
-from .s3_light import LightRequests
+from .s3_light import GET_BUFSIZE, LightRequests
 from .streams import Pull, sha256_of_chunks
 from .tasks import run_per_shard, single_error
 
 log = logging.getLogger("atdata_async.s3")
+# What max_memory counts for a streamed copy in flight: the GET's read buffer (aiohttp
+# pauses the socket beyond it) and the chunk on its way into the PUT.
+STREAM_BUFFER = 2 * GET_BUFSIZE
 
 _REQUIRED_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
 # The sha256 of the body being sent, when we already know it (computed off the event loop,
@@ -566,6 +571,7 @@ class S3DataStore:
         max_memory: int | None = None,
         adaptive: bool = True,
         max_server_copies: int = 32,
+        max_streamed_copies: int = 16,
         light_requests: bool = True,
         addressing_style: str = "path",
         signed_payload: bool = True,
@@ -580,7 +586,8 @@ class S3DataStore:
                           min_part_size=min_part_size,
                           copy_multipart_threshold=copy_multipart_threshold,
                           copy_part_size=copy_part_size, max_concurrency=max_concurrency,
-                          max_attempts=max_attempts, max_server_copies=max_server_copies)
+                          max_attempts=max_attempts, max_server_copies=max_server_copies,
+                          max_streamed_copies=max_streamed_copies)
         if not isinstance(credentials, Mapping | str | os.PathLike):
             raise ConfigurationError("credentials must be a dict, or the path of a .env file, "
                                      f"got {type(credentials).__name__}")
@@ -601,6 +608,10 @@ class S3DataStore:
         # server-side copies: their own pace, halved on the same throttling answers
         self.copy_pace = Pace(max_server_copies) if adaptive else None
         self._copies: anyio.CapacityLimiter | None = None
+        # streamed copies (GET passed through to the PUT): their own pace and tokens too
+        self.max_streamed_copies = max_streamed_copies
+        self.stream_pace = Pace(max_streamed_copies) if adaptive else None
+        self._streams: anyio.CapacityLimiter | None = None
         # Small-object copies (GET -> PUT across endpoints) and HEADs signed and sent
         # without botocore's layers (``s3_light.py``); False: every request is botocore's.
         self.light_requests = light_requests
@@ -686,9 +697,10 @@ class S3DataStore:
                 self.addressing_style)
 
     def _pool_size(self) -> int:
-        # a streamed copy holds two connections per buffer token (GET and PUT); a
-        # server-side copy one per copy token
-        return max(10, 2 * self.max_concurrency + self.max_server_copies)
+        # a buffered copy may hold two connections per buffer token (GET and PUT), a
+        # streamed one two per stream token; a server-side copy one per copy token
+        return max(10, 2 * self.max_concurrency + 2 * self.max_streamed_copies
+                   + self.max_server_copies)
 
     async def _open_client(self) -> _SharedClient:
         creds = self.credentials
@@ -759,12 +771,46 @@ class S3DataStore:
             if self.copy_pace.transferred(nbytes, time.monotonic()) != before:
                 self.copy_slots().total_tokens = self._copy_tokens()
 
+    def stream_slots(self) -> anyio.CapacityLimiter:
+        """Tokens for streamed copy requests in flight (a GET passed through to a PUT:
+        each holds ``STREAM_BUFFER``, not a part), as many as their pace and
+        ``max_memory`` allow now. Once used, the buffers' share of ``max_memory`` is what
+        the streams leave."""
+        if self._streams is None:
+            self._streams = anyio.CapacityLimiter(self._stream_tokens())
+            if self._buffers is not None:
+                self._buffers.total_tokens = self._tokens()
+        return self._streams
+
+    def stream_memory_tokens(self) -> int:
+        """How many streamed copies may be in flight within ``max_memory``: at most
+        half of it, so buffers keep the other half."""
+        if self.max_memory is None:
+            return self.max_streamed_copies
+        return max(1, min(self.max_streamed_copies, self.max_memory // 2 // STREAM_BUFFER))
+
+    def _stream_tokens(self) -> int:
+        paced = (self.stream_pace.limit if self.stream_pace is not None
+                 else self.max_streamed_copies)
+        return max(1, min(paced, self.stream_memory_tokens()))
+
+    def _streamed(self, nbytes: int) -> None:
+        """A streamed copy request was sent: its bytes are the stream pace's throughput."""
+        if self.stream_pace is not None:
+            before = self.stream_pace.limit
+            if self.stream_pace.transferred(nbytes, time.monotonic()) != before:
+                self.stream_slots().total_tokens = self._stream_tokens()
+
     def memory_tokens(self) -> int:
-        """How many requests may hold a buffer at once within ``max_memory``."""
+        """How many requests may hold a buffer at once within ``max_memory`` (less what
+        the streamed copies may hold, once this store has streamed)."""
         if self.max_memory is None:
             return self.max_concurrency
         largest = max(self.part_size, self.multipart_threshold)
-        return max(1, min(self.max_concurrency, self.max_memory // largest))
+        budget = self.max_memory
+        if self._streams is not None:
+            budget -= self.stream_memory_tokens() * STREAM_BUFFER
+        return max(1, min(self.max_concurrency, budget // largest))
 
     def _tokens(self) -> int:
         paced = self.pace.limit if self.pace is not None else self.max_concurrency
@@ -783,6 +829,12 @@ class S3DataStore:
                 log.info("%s throttles: server-side copies %d -> %d", self.endpoint or "S3",
                          before, self.copy_pace.limit)
                 self.copy_slots().total_tokens = self._copy_tokens()
+        if self.stream_pace is not None:
+            before = self.stream_pace.limit
+            if self.stream_pace.throttled(time.monotonic()) != before:
+                log.info("%s throttles: streamed copies %d -> %d", self.endpoint or "S3",
+                         before, self.stream_pace.limit)
+                self.stream_slots().total_tokens = self._stream_tokens()
 
     def _paced(self, nbytes: int) -> None:
         if self.pace is not None:
@@ -1182,13 +1234,15 @@ class S3DataStore:
                     _body_sha256.reset(reset)
             if streamed:
                 data.check(response["ETag"], f"{target} {self.url(key)}")
+                self._streamed(len(data))
             etags[number] = response["ETag"]
             if log is not None:
                 log.part(number, response["ETag"])
             if tracker:
                 tracker.add_bytes(len(data))
         finally:
-            self.buffers().release_on_behalf_of(token)
+            slots = self.stream_slots() if isinstance(data, _StreamedBody) else self.buffers()
+            slots.release_on_behalf_of(token)
 
     async def complete_multipart(self, key: str, upload_id: str, etags: dict[int, str]) -> str:
         """The completed object's ETag. Some radosgw versions answer with an empty one:
@@ -1346,20 +1400,21 @@ class S3DataStore:
         body = _StreamedBody(source, src_url, size, source_etag)
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode()
         if self.light() is not None and source.light() is not None:
-            async with self.buffers():
+            async with self.stream_slots():
                 etag = await self._light_stream_put(key, body, size, sha256_hex, checksum)
             if tracker:
                 tracker.add_bytes(size)
             return ShardUpload(url, size, sha256_hex, etag, verified=True)
         reset = _body_sha256.set(sha256_hex)
         try:
-            async with self.buffers():
+            async with self.stream_slots():
                 for attempt in range(1, self.max_attempts + 1):
                     try:
                         with self.errors("PutObject", url):
                             response = await s3.put_object(
                                 Bucket=self.bucket, Key=key, Body=body, ContentLength=size,
                                 ChecksumAlgorithm="SHA256", ChecksumSHA256=checksum)
+                        self._streamed(size)
                         break
                     except Exception:
                         if body.error is None:
@@ -1388,7 +1443,7 @@ class S3DataStore:
 
         async def attempt() -> Any:
             await body.open()
-            self._paced(size)
+            self._streamed(size)
             headers = {"x-amz-checksum-sha256": checksum,
                        "x-amz-sdk-checksum-algorithm": "SHA256"}
             if md5 is not None:
@@ -1422,7 +1477,7 @@ class S3DataStore:
         log: UploadLog | None = None,
     ) -> ShardUpload:
         """A multipart upload whose parts are ranged GETs of the source streamed straight
-        into UploadPart: each part in flight holds a buffer token but only socket-sized
+        into UploadPart: each part in flight holds a stream token and only socket-sized
         chunks, so memory does not grow with the part or the shard.
 
         Every range is read from the version recorded at insert (If-Match
@@ -1442,7 +1497,7 @@ class S3DataStore:
                         if part.number in kept:
                             continue
                         token = object()
-                        await self.buffers().acquire_on_behalf_of(token)
+                        await self.stream_slots().acquire_on_behalf_of(token)
                         body = _StreamedBody(source, src_url, part.size, source_etag,
                                              start=part.start, md5=True)
                         tg.start_soon(self._send_part, key, upload_id, part.number, body,

@@ -217,7 +217,7 @@ def check_concurrency(field: str, value: Any) -> int:
 def check_store_sizes(*, part_size: Any, multipart_threshold: Any, min_part_size: Any,
                       copy_multipart_threshold: Any, copy_part_size: Any,
                       max_concurrency: Any, max_attempts: Any,
-                      max_server_copies: Any = 1) -> None:
+                      max_server_copies: Any = 1, max_streamed_copies: Any = 1) -> None:
     """S3DataStore's knobs within what S3 accepts (parts of 1 B..5 GiB, 10,000 at most;
     ``min_part_size`` below 5 MiB only for servers that allow smaller parts)."""
     check_int("min_part_size", min_part_size, minimum=1, maximum=MAX_PART_SIZE)
@@ -229,6 +229,7 @@ def check_store_sizes(*, part_size: Any, multipart_threshold: Any, min_part_size
               maximum=MAX_STORED_INT)
     check_concurrency("max_concurrency", max_concurrency)
     check_concurrency("max_server_copies", max_server_copies)
+    check_concurrency("max_streamed_copies", max_streamed_copies)
     check_int("max_attempts", max_attempts, minimum=1, maximum=100)
 
 
@@ -275,7 +276,7 @@ def _check_size(field: str, value: Any) -> None:
 def check_promotion_args(*, name: Any, description: Any, tags: Any, license: Any,
                          copy_prefix: Any, max_concurrency: Any = 1,
                          compute_checksums: Any = True, verify: Any = True,
-                         max_server_copies: Any = 1) -> None:
+                         max_server_copies: Any = 1, max_streamed_copies: Any = 1) -> None:
     """promote_to_atmosphere's and preview_promotion's own parameters."""
     check_text("name", name, optional=True, nonempty=True)
     check_text("description", description, optional=True, multiline=True)
@@ -286,6 +287,7 @@ def check_promotion_args(*, name: Any, description: Any, tags: Any, license: Any
         raise ValidationError("copy_prefix", "must not contain '..' segments")
     check_concurrency("max_concurrency", max_concurrency)
     check_concurrency("max_server_copies", max_server_copies)
+    check_concurrency("max_streamed_copies", max_streamed_copies)
     check_bool("compute_checksums", compute_checksums)
     check_bool("verify", verify)
 

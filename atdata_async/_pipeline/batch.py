@@ -116,6 +116,7 @@ async def promote_many(
     compute_checksums: bool = True,
     max_concurrency: int = 8,
     max_server_copies: int = 32,
+    max_streamed_copies: int = 16,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
@@ -137,7 +138,8 @@ async def promote_many(
     check_promotion_args(name=None, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
                          compute_checksums=compute_checksums, verify=verify,
-                         max_server_copies=max_server_copies)
+                         max_server_copies=max_server_copies,
+                         max_streamed_copies=max_streamed_copies)
     check_number("max_rate_limit_wait", max_rate_limit_wait)
     if isinstance(entries, str | bytes) or not isinstance(entries, Sequence):
         raise FieldTypeError("entries", f"must be a list of entries, got "
@@ -200,12 +202,13 @@ async def promote_many(
     limiter = anyio.CapacityLimiter(shard_limit)
     local_slots = (anyio.CapacityLimiter(max(1, max_concurrency)) if executor is not None
                    else None)
-    # server-side copies of every entry share their own, higher, limit
+    # server-side copies of every entry share their own, higher, limit; streamed ones too
     copies = copy_limits(max_server_copies, remote=executor is not None)
+    streams = copy_limits(max_streamed_copies, remote=executor is not None)
     # Entries in flight at once (their shards share ``limiter``): bounds the journals and
     # Redis connections a batch of thousands holds.
     entry_slots = anyio.CapacityLimiter(max(4, 4 * max_concurrency, shard_limit,
-                                            max_server_copies))
+                                            max_server_copies, max_streamed_copies))
     writer = _Writer(client, max_rate_limit_wait,
                      min(MAX_WRITE_BYTES, max_record_bytes * 9 // 10))
     ready: dict[int, _Settled] = {}
@@ -221,7 +224,7 @@ async def promote_many(
                 ready[job.index] = await _settle_entry(
                     job, local_schema, local_index, client, data_store, compute_checksums,
                     limiter, tracker, http, listed, verify, executor, source_store,
-                    local_slots, copies)
+                    local_slots, copies, streams)
         except Exception as exc:
             outcomes[job.index] = PromotionOutcome(job.entry.name, error=exc)
             return
@@ -351,6 +354,7 @@ async def _settle_entry(
     executor: DaskExecutor | None = None, source_store: S3DataStore | None = None,
     local_slots: anyio.CapacityLimiter | None = None,
     copies: anyio.CapacityLimiter | None = None,
+    streams: anyio.CapacityLimiter | None = None,
 ) -> _Settled:
     """One entry's shards settled under the batch's limiter (resumed from its journal
     when copying), its schema found or published after them, its record validated."""
@@ -409,7 +413,8 @@ async def _settle_entry(
                 try:
                     settled = await run_per_shard([s.source_url for s in plan.shards],
                                                   list(enumerate(plan.shards)), one, limiter,
-                                                  tracker, server_side_limiter(copies, resumes))
+                                                  tracker,
+                                                  server_side_limiter(copies, resumes, streams))
                 except ShardTransferError as exc:
                     raise_lost_cluster(exc)
                     raise

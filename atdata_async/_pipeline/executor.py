@@ -74,7 +74,7 @@ log = logging.getLogger("atdata_async.executor")
 
 _STORE_SETTINGS = ("part_size", "multipart_threshold", "max_concurrency", "min_part_size",
                    "max_attempts", "copy_multipart_threshold", "copy_part_size",
-                   "max_server_copies")
+                   "max_server_copies", "max_streamed_copies")
 
 
 # -- what a task may carry: names of secrets, never secrets ------------------------------

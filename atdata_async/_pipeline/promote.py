@@ -204,21 +204,34 @@ def with_copy_modes(plan: PromotionPlan, source: S3DataStore | None,
         for s in plan.shards])
 
 
-def copy_limits(max_server_copies: int, *, remote: bool = False
-                ) -> anyio.CapacityLimiter | None:
-    """The limiter of a promotion's server-side copies (None on a cluster: the workers'
-    own stores bound them there)."""
-    return None if remote else anyio.CapacityLimiter(max(1, max_server_copies))
+def copy_limits(max_copies: int, *, remote: bool = False) -> anyio.CapacityLimiter | None:
+    """The limiter of a promotion's server-side (or streamed) copies (None on a cluster:
+    the workers' own stores bound them there)."""
+    return None if remote else anyio.CapacityLimiter(max(1, max_copies))
 
 
-def server_side_limiter(copies: anyio.CapacityLimiter | None, resumes: Sequence[ShardResume]
+def streams_through(shard: ShardPlan) -> bool:
+    """True when the store will stream the shard's copy (GET passed through to the PUT,
+    no whole-shard buffer): another account's s3:// object whose sha256 and ETag insert
+    recorded (S3DataStore.copy_from)."""
+    return (shard.kind == "s3" and shard.dest_key is not None and not shard.server_side
+            and shard.sha256 is not None and shard.etag is not None)
+
+
+def server_side_limiter(copies: anyio.CapacityLimiter | None, resumes: Sequence[ShardResume],
+                        streams: anyio.CapacityLimiter | None = None,
                         ) -> Callable[[tuple[int, ShardPlan]], anyio.CapacityLimiter | None]:
-    """run_per_shard's ``limiter_for``: a server-side copy still to do takes ``copies``;
-    everything else (buffered, streamed, done, in place) the shard limit."""
+    """run_per_shard's ``limiter_for``: a server-side copy still to do takes ``copies``,
+    a streamed one ``streams``; everything else (buffered, done, in place) the shard
+    limit."""
     def limiter_for(item: tuple[int, ShardPlan]) -> anyio.CapacityLimiter | None:
         i, shard = item
-        if copies is not None and shard.server_side and resumes[i].done is None:
+        if resumes[i].done is not None:
+            return None
+        if copies is not None and shard.server_side:
             return copies
+        if streams is not None and streams_through(shard):
+            return streams
         return None
     return limiter_for
 
@@ -549,6 +562,7 @@ async def promote_to_atmosphere(
     compute_checksums: bool = True,
     max_concurrency: int = 8,
     max_server_copies: int = 32,
+    max_streamed_copies: int = 16,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
@@ -575,12 +589,16 @@ async def promote_to_atmosphere(
     the record waits rather than fails.
     ``max_concurrency`` shards are copied (or checked) at once; server-side copies (same
     endpoint and account) hold no buffer and run up to ``max_server_copies`` at once
-    instead (each request also within the store's own ``max_server_copies``).
+    instead (each request also within the store's own ``max_server_copies``); streamed
+    copies (another account, sha256 and ETag recorded at insert: the source's GET passed
+    straight into the PUT) hold only chunk buffers and run up to ``max_streamed_copies``
+    at once (likewise within the store's own).
     """
     check_promotion_args(name=name, description=description, tags=tags, license=license,
                          copy_prefix=copy_prefix, max_concurrency=max_concurrency,
                          compute_checksums=compute_checksums, verify=verify,
-                         max_server_copies=max_server_copies)
+                         max_server_copies=max_server_copies,
+                         max_streamed_copies=max_streamed_copies)
     check_number("max_rate_limit_wait", max_rate_limit_wait)
     check_handles(entry=entry, local_index=local_index, client=client, data_store=data_store,
                   progress=progress)
@@ -602,7 +620,7 @@ async def promote_to_atmosphere(
         return await _promote(entry, local_index, client, plan, local_schema, source,
                               location, data_store, compute_checksums, max_concurrency,
                               progress, verify, executor, max_rate_limit_wait,
-                              max_server_copies)
+                              max_server_copies, max_streamed_copies)
     raise AssertionError("unreachable")  # pragma: no cover  (the stack never swallows)
 
 
@@ -673,7 +691,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                    compute_checksums: bool, max_concurrency: int,
                    progress: ProgressCallback | None, verify: bool,
                    executor: DaskExecutor | None, max_rate_limit_wait: float = 3600.0,
-                   max_server_copies: int = 32) -> str:
+                   max_server_copies: int = 32, max_streamed_copies: int = 16) -> str:
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
@@ -724,9 +742,11 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                                            tracker, logs[i], resumes[i], verify)
 
         copies = copy_limits(max_server_copies, remote=remote is not None)
+        streams = copy_limits(max_streamed_copies, remote=remote is not None)
         try:
             settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
-                                          limit, tracker, server_side_limiter(copies, resumes))
+                                          limit, tracker,
+                                          server_side_limiter(copies, resumes, streams))
         except ShardTransferError as exc:
             raise_lost_cluster(exc)
             raise
