@@ -460,6 +460,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
          "redis": redis.url, "pds": pds.url, "session": session,
          "entry": entry, "store": store_options(a), "profile": profile,
          "server_copies": server_copies_of(variant, a)}
+    if a.streamed_copies:
+        p["streamed_copies"] = a.streamed_copies
     if variant == "ours, sequential":  # one copy at a time, whatever its kind
         p["server_copies"] = p["streamed_copies"] = 1
     if variant == BOTOCORE_VARIANT:  # the same promotion with every request botocore's
@@ -683,6 +685,8 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                 "--concurrency", str(p["concurrency"])]
         if p.get("server_copies"):
             args += ["--server-copies", str(p["server_copies"])]
+        if p.get("streamed_copies"):
+            args += ["--streamed-copies", str(p["streamed_copies"])]
         return timed(args, base_env)
     raise ValueError(variant)
 
@@ -787,6 +791,8 @@ def main() -> None:
     parser.add_argument("--server-copies", default=None, metavar="N[,N...]",
                         help="our max_server_copies (default: the library's); more values "
                              "add one warm variant each (same endpoint), in the same rounds")
+    parser.add_argument("--streamed-copies", type=int, default=None, metavar="N",
+                        help="our max_streamed_copies (default: the library's, 16)")
     parser.add_argument("--sequential", action="store_true",
                         help="also run ours at concurrency 1 for every case")
     parser.add_argument("--md5-too", action="store_true",
