@@ -92,7 +92,10 @@ def test_query_strings_are_canonical_like_botocore():
     ("virtual", None, "https://bkt.s3.eu-west-1.amazonaws.com/a/b%20c.tar"),
 ])
 async def test_requests_go_where_botocore_sends_them(style, endpoint, expect):
-    """Addressing style and region as configured: the URL and Host are botocore's."""
+    """Addressing style and region as configured: the URL and Host are botocore's. On
+    AWS's own endpoints the store keeps botocore for everything (AWS redirects requests
+    for a bucket in another region, which botocore follows and this path does not); the
+    path is built by hand there to check its addressing all the same."""
     creds = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "s3cr3t",
              "AWS_REGION": "eu-west-1", **({"AWS_ENDPOINT": endpoint} if endpoint else {})}
     async with S3DataStore(creds, bucket="bkt", addressing_style=style) as store:
@@ -106,7 +109,8 @@ async def test_requests_go_where_botocore_sends_them(style, endpoint, expect):
         s3.meta.events.register_first("before-send.s3", capture)
         with pytest.raises(Exception, match="captured"):
             await s3.head_object(Bucket="bkt", Key="a/b c.tar")
-        light = store.light()
+        assert (store.light() is None) == (endpoint is None)
+        light = store.light() or s3_light.LightRequests(s3, "AKIDEXAMPLE", "s3cr3t", None)
         url, headers = await light._signed("HEAD", "bkt", "a/b c.tar", {}, sigv4.EMPTY_SHA256)
     assert str(url) == sent["url"] == expect
     assert headers["Host"] == url.raw_authority

@@ -49,6 +49,7 @@ _CODE = re.compile(rb"<Code>([^<]*)</Code>")
 _MESSAGE = re.compile(rb"<Message>([^<]*)</Message>")
 _ETAG = re.compile(rb"<ETag>([^<]*)</ETag>")
 _PROBE_KEY = "atdata-probe"
+_AWS_HOST = re.compile(r"(^|\.)amazonaws\.com(\.cn)?$", re.IGNORECASE)
 # Above this a PUT first asks the server whether it will take the body (Expect:
 # 100-continue, one round trip): below it a refused body costs less than the wait (the
 # AWS SDKs draw the line at 2 MiB too).
@@ -122,13 +123,17 @@ class LightRequests:
     @classmethod
     def usable(cls, client: Any) -> bool:
         """Whether this client's session can be borrowed (no proxy; the private parts of
-        aiobotocore this relies on are there)."""
+        aiobotocore this relies on are there) and its endpoint is not AWS's own: AWS
+        answers a request for a bucket of another region with a redirect, which botocore
+        follows (and remembers) and this path, following none, could only refuse."""
         endpoint = getattr(client, "_endpoint", None)
         http = getattr(endpoint, "http_session", None)
         config = getattr(http, "_proxy_config", None)
         if not callable(getattr(http, "_get_session", None)) or config is None:
             return False
         host = getattr(endpoint, "host", "") or ""
+        if _AWS_HOST.search(urlsplit(host).hostname or ""):
+            return False
         return not config.proxy_url_for(host)
 
     async def _session(self) -> aiohttp.ClientSession:
