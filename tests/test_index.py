@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import anyio
 import fakeredis
 import msgspec
 import pytest
@@ -92,6 +93,41 @@ async def test_unreachable_redis_is_a_clear_error():
         await index.get_schema("atdata://local/schema/A@1.0.0")
     assert "Redis at redis://127.0.0.1:1/0" in str(info.value)
     await index.aclose()
+
+
+async def test_a_redis_that_stops_answering_is_a_clear_error_not_a_hang(monkeypatch):
+    """A server that answers, then hangs with the connection open (a stuck Redis, a
+    half-open connection after a failover): each attempt times out, and after the
+    retries the command fails with our error instead of waiting for good."""
+    import asyncio
+
+    from atdata_async._backends import redis_index
+
+    monkeypatch.setattr(redis_index, "REDIS_SOCKET_TIMEOUT", 0.2)
+    monkeypatch.setattr(redis_index, "REDIS_RETRIES", 1)
+    hung = asyncio.Event()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await reader.read(65536):  # "+OK" to each command, until hung
+            if not hung.is_set():
+                starts = data.count(b"\r\n*") + data.startswith(b"*")
+                writer.write(b"+OK\r\n" * starts)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    url = f"redis://127.0.0.1:{server.sockets[0].getsockname()[1]}/0"
+    index = LocalIndex(url)
+    try:
+        assert await index.redis.set("probe", "1") is True  # connected, answering
+        hung.set()
+        with anyio.fail_after(10):  # without a socket timeout it waits here for good
+            with pytest.raises(LocalIndexError) as info:
+                await index.get_schema("atdata://local/schema/A@1.0.0")
+    finally:
+        await index.aclose()
+        server.close()
+    assert f"Redis at {url}" in str(info.value)
 
 
 def test_repr_hides_the_redis_password():

@@ -68,6 +68,13 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 # all), and a connection idle for HEALTH_CHECK_SECONDS is PINGed before it is reused.
 REDIS_RETRIES = 6
 HEALTH_CHECK_SECONDS = 10
+# A Redis that accepts and never answers (a hung server, a half-open connection after a
+# failover) fails each attempt after this long instead of holding the command, and the
+# shielded journal writes and releases of a cancelled promotion with it, for good. No
+# command we send blocks on the server (no BLPOP or XREAD BLOCK): the slowest is a
+# journal compaction's script, milliseconds.
+REDIS_SOCKET_TIMEOUT = 20.0
+REDIS_CONNECT_TIMEOUT = 10.0
 
 
 REDIS_MAX_CONNECTIONS = 64
@@ -85,6 +92,8 @@ def connect_redis(url: str) -> aioredis.Redis:
         retry=Retry(EqualJitterBackoff(cap=1.0, base=0.1), REDIS_RETRIES),
         health_check_interval=HEALTH_CHECK_SECONDS,
         socket_keepalive=True,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
     )
     return aioredis.Redis.from_pool(pool)
 
