@@ -766,10 +766,7 @@ class S3DataStore:
 
     def _copied(self, nbytes: int) -> None:
         """A server-side copy finished: its bytes are the copy pace's throughput."""
-        if self.copy_pace is not None:
-            before = self.copy_pace.limit
-            if self.copy_pace.transferred(nbytes, time.monotonic()) != before:
-                self.copy_slots().total_tokens = self._copy_tokens()
+        self._sent(self.copy_pace, self.copy_slots, self._copy_tokens, nbytes)
 
     def stream_slots(self) -> anyio.CapacityLimiter:
         """Tokens for streamed copy requests in flight (a GET passed through to a PUT:
@@ -796,10 +793,7 @@ class S3DataStore:
 
     def _streamed(self, nbytes: int) -> None:
         """A streamed copy request was sent: its bytes are the stream pace's throughput."""
-        if self.stream_pace is not None:
-            before = self.stream_pace.limit
-            if self.stream_pace.transferred(nbytes, time.monotonic()) != before:
-                self.stream_slots().total_tokens = self._stream_tokens()
+        self._sent(self.stream_pace, self.stream_slots, self._stream_tokens, nbytes)
 
     def memory_tokens(self) -> int:
         """How many requests may hold a buffer at once within ``max_memory`` (less what
@@ -816,31 +810,35 @@ class S3DataStore:
         paced = self.pace.limit if self.pace is not None else self.max_concurrency
         return max(1, min(paced, self.memory_tokens()))
 
+    def _lanes(self) -> tuple[tuple[str, Pace | None, Callable[[], anyio.CapacityLimiter],
+                                    Callable[[], int]], ...]:
+        """Each kind of request in flight: its name, pace, slots and token count now."""
+        return (("concurrency", self.pace, self.buffers, self._tokens),
+                ("server-side copies", self.copy_pace, self.copy_slots, self._copy_tokens),
+                ("streamed copies", self.stream_pace, self.stream_slots, self._stream_tokens))
+
     def _throttled(self) -> None:
-        if self.pace is not None:
-            before = self.pace.limit
-            if self.pace.throttled(time.monotonic()) != before:
-                log.info("%s throttles: concurrency %d -> %d", self.endpoint or "S3", before,
-                         self.pace.limit)
-                self.buffers().total_tokens = self._tokens()
-        if self.copy_pace is not None:
-            before = self.copy_pace.limit
-            if self.copy_pace.throttled(time.monotonic()) != before:
-                log.info("%s throttles: server-side copies %d -> %d", self.endpoint or "S3",
-                         before, self.copy_pace.limit)
-                self.copy_slots().total_tokens = self._copy_tokens()
-        if self.stream_pace is not None:
-            before = self.stream_pace.limit
-            if self.stream_pace.throttled(time.monotonic()) != before:
-                log.info("%s throttles: streamed copies %d -> %d", self.endpoint or "S3",
-                         before, self.stream_pace.limit)
-                self.stream_slots().total_tokens = self._stream_tokens()
+        """A throttling answer (SlowDown, 503): every kind's pace halves, and its slots."""
+        for what, pace, slots, tokens in self._lanes():
+            if pace is None:
+                continue
+            before = pace.limit
+            if pace.throttled(time.monotonic()) != before:
+                log.info("%s throttles: %s %d -> %d", self.endpoint or "S3", what, before,
+                         pace.limit)
+                slots().total_tokens = tokens()
+
+    @staticmethod
+    def _sent(pace: Pace | None, slots: Callable[[], anyio.CapacityLimiter],
+              tokens: Callable[[], int], nbytes: int) -> None:
+        """``nbytes`` went out under ``pace``: its throughput; its slots follow its limit."""
+        if pace is not None:
+            before = pace.limit
+            if pace.transferred(nbytes, time.monotonic()) != before:
+                slots().total_tokens = tokens()
 
     def _paced(self, nbytes: int) -> None:
-        if self.pace is not None:
-            before = self.pace.limit
-            if self.pace.transferred(nbytes, time.monotonic()) != before:
-                self.buffers().total_tokens = self._tokens()
+        self._sent(self.pace, self.buffers, self._tokens, nbytes)
 
     async def aclose(self) -> None:
         """Let go of the client (closed when no other store uses it); the store can be
