@@ -158,6 +158,26 @@ async def test_copy_within_one_server_multi_shard_with_multipart(index, client, 
     assert seen[-1].shards_done == 22 and seen[-1].bytes_done == seen[-1].bytes_total > 0
 
 
+def test_only_small_streamed_shards_take_the_wide_streams_limit():
+    """Small streamed copies wait on latency (more in flight pays); big ones on bytes (more
+    in flight only adds buffers): the big ones stay under max_concurrency. Server-side,
+    unrecorded and unsized shards never take the streams limit."""
+    from atdata_async._pipeline.promote import WIDE_STREAMS_BELOW, ShardPlan, streams_through
+
+    def plan(size, **kw):
+        fields = {"sha256": "ab" * 32, "etag": "e", **kw}
+        return ShardPlan("s3://src/k.tar", "s3", "dst/k.tar", size, **fields)
+
+    assert streams_through(plan(1024 * 1024))
+    assert streams_through(plan(WIDE_STREAMS_BELOW - 1))
+    assert not streams_through(plan(WIDE_STREAMS_BELOW))
+    assert not streams_through(plan(32 * 1024 * 1024))
+    assert not streams_through(plan(None))
+    assert not streams_through(plan(1024, server_side=True))
+    assert not streams_through(plan(1024, sha256=None))
+    assert not streams_through(plan(1024, etag=None))
+
+
 async def test_server_side_and_streamed_copies_run_above_max_concurrency_buffered_within(
         index, client, tmp_path, moto_server, redis_url):
     """Same endpoint and account: the shards are copied by the server (no GET of a source
