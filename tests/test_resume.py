@@ -230,7 +230,7 @@ async def test_sigkill_mid_copy_then_rerun_sends_only_what_is_missing(
     args = ["promote", "killme", "--copy-to", f"s3://{dest_bucket}/promoted",
             "--credentials", write_env(tmp_path / "dst.env", second_moto_server.url),
             "--source-credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"]),
-            "--concurrency", "1"]
+            "--concurrency", "1", "--streamed-copies", "1"]  # one shard at a time
 
     def copied_one_and_three_parts(f: set[str]) -> bool:
         return "s:0" in f and len([x for x in f if x.startswith("p:1:")]) == 3
@@ -285,7 +285,7 @@ async def test_cleanup_after_a_kill_removes_only_what_nothing_refers_to(
     args = ["promote", "victim", "--copy-to", f"s3://{dest_bucket}/promoted",
             "--credentials", dst_env,
             "--source-credentials", write_env(tmp_path / "src.env", s3_credentials["AWS_ENDPOINT"]),
-            "--concurrency", "1"]
+            "--concurrency", "1", "--streamed-copies", "1"]  # one shard at a time
     parts0 = -(-victim.shard_sizes[victim.data_urls[0]] // TEST_PART)
     env = cli_env(redis_url, pds, pds_account, STALL_AFTER=parts0 + 2)
     key = journal_key(promotion_key(client.did, victim, "victim", dest))
