@@ -1441,7 +1441,6 @@ class S3DataStore:
 
         async def attempt() -> Any:
             await body.open()
-            self._streamed(size)
             headers = {"x-amz-checksum-sha256": checksum,
                        "x-amz-sdk-checksum-algorithm": "SHA256"}
             if md5 is not None:
@@ -1458,6 +1457,7 @@ class S3DataStore:
         try:
             with self.errors("PutObject", url):
                 response = await self.light_call("PutObject", attempt)
+            self._streamed(size)  # sent: the pace's throughput, as on botocore's path
         except StorageError:
             if body.error is not None:  # the source's body was cut every time
                 raise body.error from None

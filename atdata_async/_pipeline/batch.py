@@ -55,13 +55,13 @@ from .promote import (
     _open_journal,
     _settle_shard,
     _storage,
+    copy_kind_limiter,
     copy_limits,
     plan_promotion,
     promotion_key,
     raise_lost_cluster,
     resolve_source,
     schema_registry,
-    server_side_limiter,
     settle_elsewhere,
     source_location,
     with_copy_modes,
@@ -414,7 +414,7 @@ async def _settle_entry(
                     settled = await run_per_shard([s.source_url for s in plan.shards],
                                                   list(enumerate(plan.shards)), one, limiter,
                                                   tracker,
-                                                  server_side_limiter(copies, resumes, streams))
+                                                  copy_kind_limiter(copies, resumes, streams))
                 except ShardTransferError as exc:
                     raise_lost_cluster(exc)
                     raise

@@ -228,9 +228,9 @@ def streams_through(shard: ShardPlan) -> bool:
             and shard.size is not None and shard.size < WIDE_STREAMS_BELOW)
 
 
-def server_side_limiter(copies: anyio.CapacityLimiter | None, resumes: Sequence[ShardResume],
-                        streams: anyio.CapacityLimiter | None = None,
-                        ) -> Callable[[tuple[int, ShardPlan]], anyio.CapacityLimiter | None]:
+def copy_kind_limiter(copies: anyio.CapacityLimiter | None, resumes: Sequence[ShardResume],
+                      streams: anyio.CapacityLimiter | None = None,
+                      ) -> Callable[[tuple[int, ShardPlan]], anyio.CapacityLimiter | None]:
     """run_per_shard's ``limiter_for``: a server-side copy still to do takes ``copies``,
     a streamed one ``streams``; everything else (buffered, done, in place) the shard
     limit."""
@@ -756,7 +756,7 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
         try:
             settled = await run_per_shard([s.source_url for s in plan.shards], indexed, one,
                                           limit, tracker,
-                                          server_side_limiter(copies, resumes, streams))
+                                          copy_kind_limiter(copies, resumes, streams))
         except ShardTransferError as exc:
             raise_lost_cluster(exc)
             raise
