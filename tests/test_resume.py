@@ -16,6 +16,7 @@ import anyio
 import pytest
 
 from atdata_async import Dataset, PromotionBusyError, ShardTransferError, StorageError
+from atdata_async._backends.s3_store import _StreamedBody
 from atdata_async._pipeline.cleanup import cleanup_promotions
 from atdata_async._pipeline.insert import INSERT_KEY_PREFIX, insert_keys, insert_run_id
 from atdata_async._pipeline.journal import (
@@ -98,7 +99,8 @@ class Sent:
 
         async def send_part(self, key, upload_id, number, data, *args, **kw):
             if fail_on and key.endswith(fail_on) and number == 2:
-                self.buffers().release_on_behalf_of(args[1])
+                slots = self.stream_slots() if isinstance(data, _StreamedBody) else self.buffers()
+                slots.release_on_behalf_of(args[1])  # the token _send_part would give back
                 raise StorageError("injected: connection reset mid-upload")
             await part(self, key, upload_id, number, data, *args, **kw)
             sent.bytes += len(data)
@@ -138,7 +140,7 @@ async def test_a_failed_copy_reruns_only_the_missing_shards(index, client, tmp_p
         first = Sent(monkeypatch, fail_on=failing)
         with pytest.raises(ShardTransferError):
             await promote_to_atmosphere(entry, index, client, data_store=dest,
-                                        max_concurrency=1)
+                                        max_concurrency=1, max_streamed_copies=1)
         assert await dest.list_multipart_uploads() == []
         assert await records(client) == [] and await records(client, SCHEMA_COLLECTION) == []
         assert first.bytes >= sum(sizes[:3])
