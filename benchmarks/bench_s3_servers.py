@@ -468,6 +468,8 @@ def one_run(variant: str, servers: Servers, redis, pds, session: dict, seeded: d
         p["store"] = {**p["store"], "light_requests": False}
     if variant == MD5_VARIANT:  # small PUTs checked by Content-MD5, not a signed sha256
         p["store"] = {**p["store"], "signed_payload": False}
+    if variant == SIGNED_VARIANT:  # small PUTs signed with the recorded sha256 (forced)
+        p["store"] = {**p["store"], "signed_payload": True}
     try:
         req0, cpu0 = servers.requests(), servers.cpu()
         row = run_variant(variant, p, a, s5cmd, rclone, cli, base_env, env_files, dst_i, tmp)
@@ -617,6 +619,7 @@ def store_options(a: argparse.Namespace) -> dict:
 # small objects are GET -> PUT through it, on one endpoint CopyObject.
 BOTOCORE_VARIANT = "ours, botocore"
 MD5_VARIANT = "ours, md5-checked"
+SIGNED_VARIANT = "ours, signed"
 
 
 def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
@@ -628,6 +631,8 @@ def variants_for(case: str, same: bool, a: argparse.Namespace) -> list[str]:
         names.insert(names.index("ours, warm") + 1, BOTOCORE_VARIANT)
     if a.md5_too and not same:
         names.insert(names.index("ours, warm") + 1, MD5_VARIANT)
+    if a.signed_too and not same:
+        names.insert(names.index("ours, warm") + 1, SIGNED_VARIANT)
     if same:  # more values of --server-copies: one more warm variant each, same rounds
         extra = [f"ours, warm, {n} copies" for n in server_copies_list(a)[1:]]
         at = names.index("ours, warm") + 1
@@ -669,7 +674,7 @@ def run_variant(variant: str, p: dict, a: argparse.Namespace, s5cmd: str, rclone
                       "--checkers", "16", "--s3-no-check-bucket", "--no-check-dest",
                       "--config", "/dev/null"], env)
     if variant in ("bare aioboto3", "ours, warm", "ours, sequential", BOTOCORE_VARIANT,
-                   MD5_VARIANT) or \
+                   MD5_VARIANT, SIGNED_VARIANT) or \
             variant.startswith("ours, warm, "):
         child = "bare" if variant == "bare aioboto3" else "ours-warm"
         params = tmp / "params.json"
@@ -769,6 +774,12 @@ def markdown(rows: list[dict]) -> str:
                 f"{boto['call_cpu'] / rc['cpu']:.2f}x; light on / off: call "
                 f"{warm['call_wall'] / boto['call_wall']:.2f}x the time, "
                 f"{warm['call_cpu'] / boto['call_cpu']:.2f}x the CPU")
+        signed = get(case, "cross", SIGNED_VARIANT)
+        if rc and signed:
+            lines.append(f"- {case} cross, signed payload: throughput vs rclone = "
+                         f"{rc['wall'] / signed['call_wall']:.2f}x, server CPU "
+                         f"{fmt(signed.get('server_cpu'))} s (default: "
+                         f"{fmt(warm.get('server_cpu') if warm else None)} s)")
         for scenario in ("same", "cross"):
             seq, warm = get(case, scenario, "ours, sequential"), get(case, scenario,
                                                                     "ours, warm")
@@ -797,6 +808,9 @@ def main() -> None:
                         help="also run ours at concurrency 1 for every case")
     parser.add_argument("--md5-too", action="store_true",
                         help=f"cross endpoint: also {MD5_VARIANT!r} (signed_payload off)")
+    parser.add_argument("--signed-too", action="store_true",
+                        help=f"cross endpoint: also {SIGNED_VARIANT!r} (signed_payload on: "
+                             "the default before it became automatic)")
     parser.add_argument("--botocore-too", action="store_true",
                         help=f"also {BOTOCORE_VARIANT!r} (light_requests off)")
     parser.add_argument("--copy-threshold-mib", type=float, default=None,

@@ -12,11 +12,14 @@ Put it in front of moto S3 or the PDS and tell it what to break:
                     replace=(rb"<ETag>[^<]*</ETag>", b"<ETag></ETag>")))  # an answer rewritten
     proxy.add(Fault("status", method="PUT", status=503, payload=SLOW_DOWN, times=None,
                     inflight=4))  # S3 throttling: SlowDown beyond 4 requests in flight
+    proxy.add(Fault("tamper", method="PUT", replace=(rb"^.", b"X")))  # a request body
+                                        # changed on its way (same length), then forwarded
     proxy.add(Fault("delay", method="PUT", seconds=0.3, times=None))  # .peak: most at once
 
 Each fault fires ``times`` times (None: always), after letting ``skip`` matches pass.
 Requests are forwarded one per upstream connection (``Connection: close``), so a fault
-never poisons a kept-alive connection. ``proxy.seen`` lists (method, path, fault kind).
+never poisons a kept-alive connection. ``proxy.seen`` lists (method, path, fault kind),
+``proxy.headers`` each request's headers (names lower-cased) in the same order.
 It runs its own event loop in a daemon thread, so sync and async tests can use it.
 """
 
@@ -33,14 +36,15 @@ from urllib.parse import urlsplit
 
 @dataclass
 class Fault:
-    kind: str  # status | lose | cut | reset | headers | delay | body
+    kind: str  # status | lose | cut | reset | headers | delay | body | tamper
     method: str | None = None
     path: str = ""
     status: int = 502
     after: int = 0  # cut: body bytes sent before the cut
     headers: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0  # delay
-    replace: tuple[bytes, bytes] | None = None  # body: (regex, replacement) on the answer
+    replace: tuple[bytes, bytes] | None = None  # body: (regex, replacement) on the answer,
+    # tamper: on the request's body (the first match; keep its length)
     payload: bytes | None = None  # status: the answer's body (default: a JSON error)
     inflight: int | None = None  # fire only while more requests than this are in flight
     times: int | None = 1
@@ -71,6 +75,7 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.faults: list[Fault] = []
         self.seen: list[tuple[str, str, str | None]] = []
+        self.headers: list[dict[str, str]] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -97,6 +102,12 @@ class FaultProxy:
         with self._lock:
             return sum(1 for m, p, _ in self.seen
                        if (method is None or m == method) and re.search(path, p))
+
+    def sent(self, method: str | None = None, path: str = "") -> list[dict[str, str]]:
+        """The headers of the requests seen whose method and path match, in order."""
+        with self._lock:
+            return [h for (m, p, _), h in zip(self.seen, self.headers, strict=True)
+                    if (method is None or m == method) and re.search(path, p)]
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -138,8 +149,9 @@ class FaultProxy:
 
     # -- one client connection ---------------------------------------------------------
 
-    def _pick(self, method: str, path: str) -> Fault | None:
+    def _pick(self, method: str, path: str, headers: list[tuple[str, str]]) -> Fault | None:
         with self._lock:
+            self.headers.append({k.lower(): v for k, v in headers})
             fault = next((f for f in self.faults if f.matches(method, path, self._inflight)),
                          None)
             if fault is not None:
@@ -192,7 +204,7 @@ class FaultProxy:
     async def _answer(self, request_line: bytes, method: str, path: str,
                       headers: list[tuple[str, str]], body: bytes,
                       writer: asyncio.StreamWriter) -> bool:
-        fault = self._pick(method, path)
+        fault = self._pick(method, path, headers)
         try:
             return await self._answer_with(fault, request_line, method, path, headers, body,
                                            writer)
@@ -219,6 +231,8 @@ class FaultProxy:
         if kind == "reset" and fault is not None:
             _abort(writer)
             return False
+        if kind == "tamper" and fault is not None and fault.replace is not None:
+            body = re.sub(fault.replace[0], fault.replace[1], body, count=1, flags=re.DOTALL)
         forwarded = [(k, v) for k, v in headers
                      if k.lower() not in ("connection", "expect", "keep-alive")]
         head = request_line + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in forwarded)

@@ -6,6 +6,7 @@ against a moto server that checks signatures; failures through tests/faultproxy.
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
@@ -162,39 +163,51 @@ async def _seeded(source: S3DataStore, key: str, data: bytes) -> tuple[str, str,
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("signed_payload", [None, True])
 async def test_a_light_copy_lands_byte_for_byte_signed_as_moto_accepts(moto_server,
-                                                                      strict_moto):
-    """GET on one server, PUT on a signature-checking one: the bytes read back by boto3
-    (an independent reader) are the source's, with the recorded sha256 as checksum."""
+                                                                      strict_moto,
+                                                                      signed_payload):
+    """GET on one server, PUT on a signature-checking one (unsigned with Content-MD5 by
+    default, or signed with the recorded sha256): the bytes read back by boto3 (an
+    independent reader) are the source's, with the recorded sha256 as checksum."""
     strict, creds = strict_moto
     data = os.urandom(3 * 1024 * 1024 + 17)  # above EXPECT_ABOVE: the 100-continue PUT too
     small = os.urandom(1000)
-    async with S3DataStore(make_credentials(moto_server.url),
-                           bucket=make_bucket(moto_server.url)) as source, \
-            S3DataStore(creds, bucket="strict-light") as dest:
-        urls = [await _seeded(source, f"in/{n}.tar", d) for n, d in (("big", data),
-                                                                      ("small", small))]
-        _no_botocore_for(await source.client(), "get_object", "head_object")
-        _no_botocore_for(await dest.client(), "put_object", "head_object")
-        before = (source.request_count, dest.request_count)
-        done = [await dest.copy_from(source, url, f"out/é {i}.tar", size, known_sha256=digest,
-                                     source_etag=etag)
-                for i, ((url, digest, etag), size) in enumerate(zip(urls, (len(data),
-                                                                           len(small)),
-                                                                    strict=True))]
-        assert (source.request_count - before[0], dest.request_count - before[1]) == (2, 2)
-        head = await dest.head(done[0].url)  # a light HEAD, signed too
-        assert (head["ContentLength"], head["ETag"].strip('"')) == (len(data), done[0].etag)
-        with pytest.raises(ObjectNotFoundError):
-            await dest.head(dest.url("out/missing"))
+    with FaultProxy(strict.url) as proxy:
+        async with S3DataStore(make_credentials(moto_server.url),
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore({**creds, "AWS_ENDPOINT": proxy.url}, bucket="strict-light",
+                            signed_payload=signed_payload) as dest:
+            done = await _copy_two(source, dest, data, small)
+    assert [h["x-amz-content-sha256"] for h in proxy.sent("PUT")] == (
+        [sigv4.UNSIGNED_PAYLOAD] * 2 if signed_payload is None
+        else [hashlib.sha256(b).hexdigest() for b in (data, small)])
     raw = _raw(strict.url, creds)
     for copied, body in zip(done, (data, small), strict=True):
         assert copied.verified and copied.sha256 == hashlib.sha256(body).hexdigest()
         got = raw.get_object(Bucket="strict-light", Key=copied.url.split("/", 3)[3],
                              ChecksumMode="ENABLED")
         assert got["Body"].read() == body
-        assert got["ChecksumSHA256"] == __import__("base64").b64encode(
-            hashlib.sha256(body).digest()).decode()
+        assert got["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
+
+
+async def _copy_two(source: S3DataStore, dest: S3DataStore, data: bytes, small: bytes):
+    urls = [await _seeded(source, f"in/{n}.tar", d) for n, d in (("big", data),
+                                                                  ("small", small))]
+    _no_botocore_for(await source.client(), "get_object", "head_object")
+    _no_botocore_for(await dest.client(), "put_object", "head_object")
+    before = (source.request_count, dest.request_count)
+    done = [await dest.copy_from(source, url, f"out/é {i}.tar", size, known_sha256=digest,
+                                 source_etag=etag)
+            for i, ((url, digest, etag), size) in enumerate(zip(urls, (len(data),
+                                                                       len(small)),
+                                                                strict=True))]
+    assert (source.request_count - before[0], dest.request_count - before[1]) == (2, 2)
+    head = await dest.head(done[0].url)  # a light HEAD, signed too
+    assert (head["ContentLength"], head["ETag"].strip('"')) == (len(data), done[0].etag)
+    with pytest.raises(ObjectNotFoundError):
+        await dest.head(dest.url("out/missing"))
+    return done
 
 
 @pytest.mark.anyio
@@ -355,43 +368,187 @@ async def test_a_redirect_is_an_error_never_followed(moto_server, second_moto_se
     assert "token-not-to-send" not in str(info.value) + repr(info.value)
 
 
+BAD_DIGEST = (b"<Error><Code>BadDigest</Code><Message>The Content-MD5 you specified did not "
+              b"match what we received.</Message></Error>")
+
+
+def _signing(headers: dict[str, str]) -> tuple[str, str | None]:
+    """How a PUT went out, as the proxy saw it: its payload hash and its Content-MD5."""
+    return headers["x-amz-content-sha256"], headers.get("content-md5")
+
+
+def _b64md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+async def _seeded_multipart(endpoint: str, bucket: str, key: str, data: bytes) -> str:
+    """An object of two parts (put by boto3): its ETag is "<md5 of md5s>-2", no md5."""
+    raw = _raw(endpoint)
+    upload = raw.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    half = 300 * 1024  # above the tests' S3_UPLOAD_PART_MIN_SIZE
+    etags = [raw.upload_part(Bucket=bucket, Key=key, UploadId=upload, PartNumber=n,
+                             Body=chunk)["ETag"]
+             for n, chunk in ((1, data[:half]), (2, data[half:]))]
+    raw.complete_multipart_upload(Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={
+        "Parts": [{"ETag": e, "PartNumber": n} for n, e in enumerate(etags, 1)]})
+    return raw.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
 @pytest.mark.anyio
-async def test_an_unsigned_payload_is_checked_by_its_md5(moto_server, second_moto_server,
-                                                         monkeypatch):
-    """signed_payload=False: UNSIGNED-PAYLOAD with Content-MD5 (the source version's
-    ETag), like rclone; the bytes land, and an answer whose ETag is not that md5 fails
-    (moto does not check Content-MD5, so the store checks the ETag itself)."""
-    data = os.urandom(200_000)
-    dst_bucket = make_bucket(second_moto_server.url)
-    sent = []
-    put = s3_light.LightRequests.put
-
-    async def spy(self, bucket, key, headers, payload_hash, *args):
-        sent.append((dict(headers), payload_hash))
-        return await put(self, bucket, key, headers, payload_hash, *args)
-
-    monkeypatch.setattr(s3_light.LightRequests, "put", spy)
+@pytest.mark.parametrize("recorded,signed_payload,unsigned", [
+    ("md5", None, True),          # the default: unsigned, the recorded md5 as Content-MD5
+    ("md5", True, False),         # forced
+    ("md5", False, True),
+    ("none", None, False),        # no ETag recorded (an entry of the upstream library)
+    ("multipart", None, False),   # "<...>-2": no md5 of the body
+])
+async def test_a_streamed_put_is_unsigned_only_with_the_md5_recorded_at_insert(
+        moto_server, second_moto_server, recorded, signed_payload, unsigned):
+    """What the destination received (through the proxy): UNSIGNED-PAYLOAD with the
+    recorded ETag as Content-MD5, or signed with the recorded sha256 (no Content-MD5);
+    the recorded sha256 as x-amz-checksum-sha256 either way; boto3 reads back the bytes."""
+    data = os.urandom(400 * 1024)
+    digest = hashlib.sha256(data).hexdigest()
+    src_bucket, dst_bucket = make_bucket(moto_server.url), make_bucket(second_moto_server.url)
     with FaultProxy(second_moto_server.url) as proxy:
+        async with S3DataStore(make_credentials(moto_server.url), bucket=src_bucket) as source, \
+                S3DataStore(make_credentials(proxy.url), bucket=dst_bucket,
+                            signed_payload=signed_payload) as dest:
+            if recorded == "multipart":
+                etag = await _seeded_multipart(moto_server.url, src_bucket, "in/x.tar", data)
+                url = source.url("in/x.tar")
+                assert etag.endswith("-2")
+            else:
+                url, _, etag = await _seeded(source, "in/x.tar", data)
+            done = await dest.copy_from(source, url, "out/x.tar", len(data),
+                                        known_sha256=digest,
+                                        source_etag=None if recorded == "none" else etag)
+    (put,) = proxy.sent("PUT", "out/x.tar")
+    assert _signing(put) == ((sigv4.UNSIGNED_PAYLOAD, _b64md5(data)) if unsigned
+                             else (digest, None))
+    assert put["x-amz-checksum-sha256"] == base64.b64encode(bytes.fromhex(digest)).decode()
+    assert done.verified and done.sha256 == digest and done.etag == hashlib.md5(data).hexdigest()
+    assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
+                                                   Key="out/x.tar")["Body"].read() == data
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("where", ["PUT body", "GET body"])
+async def test_a_body_damaged_on_its_way_is_refused_and_not_left(moto_server,
+                                                                 second_moto_server, where):
+    """One byte changed between the servers (on the PUT's way, or the GET's): the
+    unsigned PUT's answer has another ETag than the recorded md5 (moto checks neither the
+    Content-MD5 nor the payload's hash; radosgw would refuse it with BadDigest), so the
+    copy fails and the object it wrote is deleted."""
+    data = b"A" + os.urandom(200_000)
+    dst_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(moto_server.url) as src_proxy, FaultProxy(second_moto_server.url) as proxy:
+        if where == "PUT body":
+            damage = proxy.add(Fault("tamper", method="PUT", path="out/", replace=(rb"^A", b"B"),
+                                     times=None))
+        else:
+            damage = src_proxy.add(Fault("body", method="GET", path="in/",
+                                         replace=(rb"^A", b"B"), times=None))
+        async with S3DataStore(make_credentials(src_proxy.url),
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore(make_credentials(proxy.url), bucket=dst_bucket) as dest:
+            url, digest, etag = await _seeded(source, "in/x.tar", data)
+            with pytest.raises(StorageError, match="other bytes than the source") as info:
+                await dest.copy_from(source, url, "out/x.tar", len(data), known_sha256=digest,
+                                     source_etag=etag)
+            assert damage.fired >= 1
+            assert _signing(proxy.sent("PUT", "out/x.tar")[0])[0] == sigv4.UNSIGNED_PAYLOAD
+            with pytest.raises(ObjectNotFoundError):
+                await dest.head(dest.url("out/x.tar"))
+    assert hashlib.md5(data).hexdigest() in str(info.value)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("signed_payload", [None, False])
+async def test_a_refused_content_md5_is_sent_signed_by_default(moto_server, second_moto_server,
+                                                               signed_payload):
+    """BadDigest to the unsigned PUT (what a server says when the recorded ETag was not
+    the body's md5, SSE-C/KMS, or the body was damaged): by default sent again signed with
+    the recorded sha256, and the store's later PUTs signed from the start; with
+    signed_payload=False, the copy fails."""
+    data = os.urandom(100_000)
+    dst_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(second_moto_server.url) as proxy:
+        refused = proxy.add(Fault("status", method="PUT", status=400, payload=BAD_DIGEST))
         async with S3DataStore(make_credentials(moto_server.url),
                                bucket=make_bucket(moto_server.url)) as source, \
                 S3DataStore(make_credentials(proxy.url), bucket=dst_bucket,
-                            signed_payload=False) as dest:
+                            signed_payload=signed_payload) as dest:
             url, digest, etag = await _seeded(source, "in/x.tar", data)
-            done = await dest.copy_from(source, url, "out/x.tar", len(data),
-                                        known_sha256=digest, source_etag=etag)
-            assert done.etag == etag == hashlib.md5(data).hexdigest()
-            headers, payload_hash = sent[0]
-            assert payload_hash == sigv4.UNSIGNED_PAYLOAD
-            assert headers["Content-MD5"] == __import__("base64").b64encode(
-                hashlib.md5(data).digest()).decode()
-            assert "x-amz-checksum-sha256" in headers  # still, for servers that check it
+            if signed_payload is False:
+                with pytest.raises(StorageError, match="BadDigest") as info:
+                    await dest.copy_from(source, url, "out/x.tar", len(data),
+                                         known_sha256=digest, source_etag=etag)
+                assert info.value.code == "BadDigest" and proxy.count("PUT") == 1
+                return
+            for key in ("out/x.tar", "out/y.tar"):
+                await dest.copy_from(source, url, key, len(data), known_sha256=digest,
+                                     source_etag=etag)
+    assert refused.fired == 1
+    assert [_signing(h) for h in proxy.sent("PUT")] == [
+        (sigv4.UNSIGNED_PAYLOAD, _b64md5(data)), (digest, None), (digest, None)]
+    for key in ("out/x.tar", "out/y.tar"):
+        assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
+                                                       Key=key)["Body"].read() == data
+
+
+@pytest.mark.anyio
+async def test_an_answer_with_another_etag_fails_the_unsigned_copy(moto_server,
+                                                                  second_moto_server):
+    """An answer whose ETag is not the recorded md5 (a server ignoring Content-MD5 that
+    stored other bytes, as moto would): the copy fails, nothing is left under the key."""
+    data = os.urandom(50_000)
+    with FaultProxy(second_moto_server.url) as proxy:
+        async with S3DataStore(make_credentials(moto_server.url),
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore(make_credentials(proxy.url),
+                            bucket=make_bucket(second_moto_server.url)) as dest:
+            url, digest, etag = await _seeded(source, "in/x.tar", data)
             proxy.add(Fault("headers", method="PUT", headers={"ETag": '"0123456789abcdef'
                                                                      '0123456789abcdef"'}))
             with pytest.raises(StorageError, match="other bytes than the source"):
                 await dest.copy_from(source, url, "out/y.tar", len(data),
                                      known_sha256=digest, source_etag=etag)
-    assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
-                                                   Key="out/x.tar")["Body"].read() == data
+            with pytest.raises(ObjectNotFoundError):
+                await dest.head(dest.url("out/y.tar"))
+
+
+@pytest.mark.anyio
+@pytest.mark.pds
+async def test_a_promotion_whose_shard_is_damaged_on_its_way_writes_no_record(
+        index, client, tmp_path, second_moto_server):
+    """The pipeline over the unsigned default: the damaged shard fails the promotion
+    (ShardTransferError naming it), no record, and no object under its key."""
+    from atdata_async import Dataset, ShardTransferError
+    from atdata_async.atmosphere import DATASET_COLLECTION
+    from atdata_async.promote import promote_to_atmosphere
+    from tests.samples import FeatureSample, write_shards
+
+    (tmp_path / "shards").mkdir()
+    paths = write_shards(tmp_path / "shards", 3, 200)
+    entry = await index.insert_dataset(Dataset[FeatureSample]([str(p) for p in paths]),
+                                       name="damaged")
+    assert all(len(entry.etags[u]) == 32 for u in entry.data_urls)  # md5s: unsigned PUTs
+    dst_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(second_moto_server.url) as proxy:
+        damage = proxy.add(Fault("tamper", method="PUT", path=r"-000001\.tar",
+                                 replace=(rb"(?s)^.", b"\x00"), times=None))
+        async with S3DataStore(make_credentials(proxy.url), bucket=dst_bucket) as dest:
+            with pytest.raises(ShardTransferError) as info:
+                await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                            name="damaged")
+        puts = proxy.sent("PUT")
+    assert damage.fired >= 1 and list(info.value.failures) == [entry.data_urls[1]]
+    assert "other bytes than the source" in str(info.value)
+    assert {h["x-amz-content-sha256"] for h in puts} == {sigv4.UNSIGNED_PAYLOAD}
+    assert [r async for r in client.list_records(DATASET_COLLECTION)] == []
+    left = _raw(second_moto_server.url).list_objects_v2(Bucket=dst_bucket).get("Contents", [])
+    assert not [o["Key"] for o in left if o["Key"].endswith("-000001.tar")]
 
 
 @pytest.mark.anyio

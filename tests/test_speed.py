@@ -125,7 +125,8 @@ def test_login_once_then_commands_use_the_saved_session(redis_url, pds, pds_acco
 async def test_a_shard_with_a_recorded_sha256_streams_across_endpoints(
         moto_server, second_moto_server, monkeypatch):
     """GET -> PUT straight through: no buffer of the shard's size, nothing hashed here,
-    the PUT signed with the recorded digest; the source must still be that version."""
+    the PUT checked by the recorded digest (or the recorded ETag's md5, unsigned); the
+    source must still be that version."""
     import hashlib
 
     from atdata_async import SourceChangedError

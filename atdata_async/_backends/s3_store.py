@@ -346,6 +346,8 @@ class _ShortBody(StorageError):
 
 
 _MD5_HEX = re.compile(r"[0-9a-f]{32}")
+# S3's answers to a Content-MD5 that is not the md5 of the body it received
+_MD5_REFUSED = ("BadDigest", "InvalidDigest")
 # Sent as the payload hash of a streamed part: its sha256 cannot be known before it is
 # sent (only the whole shard's is recorded); the part's md5 is checked against its ETag.
 _UNSIGNED = "UNSIGNED-PAYLOAD"
@@ -574,7 +576,7 @@ class S3DataStore:
         max_streamed_copies: int = 16,
         light_requests: bool = True,
         addressing_style: str = "path",
-        signed_payload: bool = True,
+        signed_payload: bool | None = None,
     ) -> None:
         check_text("bucket", bucket)
         if addressing_style not in _ADDRESSING_STYLES:
@@ -616,11 +618,17 @@ class S3DataStore:
         # without botocore's layers (``s3_light.py``); False: every request is botocore's.
         self.light_requests = light_requests
         self.addressing_style = addressing_style
-        # False: a streamed small copy goes out as UNSIGNED-PAYLOAD with Content-MD5 (the
-        # source version's ETag) instead of signed with the recorded sha256, as rclone
-        # does: the server checks the md5 it computes anyway, not a second hash of every
-        # body (radosgw: ~1.2 s of its CPU per GiB). Weaker: an md5, not the sha256.
+        # A streamed single PUT (light path) whose source ETag recorded at insert is an
+        # md5 goes out as UNSIGNED-PAYLOAD with that md5 as Content-MD5, as rclone's do:
+        # the server checks the md5 it computes anyway instead of hashing every body a
+        # second time (radosgw: ~1.2 s of its CPU per GiB). No weaker: insert's server
+        # checked the sha256-signed body and gave it that md5 as ETag, the GET is If-Match
+        # that ETag, and the answer's ETag is compared too (``_light_stream_put``).
+        # Without such an ETag it is signed with the recorded sha256. None: that rule, and
+        # a refused md5 (BadDigest: an ETag that is no md5) sends it signed from then on;
+        # True: always signed; False: the rule without that fallback.
         self.signed_payload = signed_payload
+        self._md5_refused = False  # None: a BadDigest answer turned unsigned PUTs off
         self._client: Any = None
         self._light: LightRequests | None = None
         self._shared: tuple[Any, tuple[Any, ...]] | None = None  # (loop, key) while held
@@ -1390,8 +1398,10 @@ class S3DataStore:
     ) -> ShardUpload:
         """One PutObject whose body is the source's GET body streamed straight through:
         memory is a few socket buffers whatever the shard's size, and nothing is hashed
-        here. The request is signed with the recorded sha256 (and carries it as its
-        checksum), so S3 refuses the object unless the bytes are the ones inserted."""
+        here. The request carries the recorded sha256 as its checksum and is signed with
+        it, so S3 refuses the object unless the bytes are the ones inserted; on the light
+        path it goes unsigned with the recorded ETag as Content-MD5 instead when that
+        ETag is an md5 (``signed_payload``): checked by the server and against its answer."""
         s3 = await self.client()
         await source.client()
         url = self.url(key)
@@ -1437,7 +1447,7 @@ class S3DataStore:
         assert light is not None
         url = self.url(key)
 
-        md5 = None if self.signed_payload else _md5_of_etag(body.etag)
+        md5 = self._content_md5(body.etag)
 
         async def attempt() -> Any:
             await body.open()
@@ -1456,7 +1466,19 @@ class S3DataStore:
 
         try:
             with self.errors("PutObject", url):
-                response = await self.light_call("PutObject", attempt)
+                try:
+                    response = await self.light_call("PutObject", attempt)
+                except ClientError as exc:
+                    if md5 is None or self.signed_payload is not None or \
+                            exc.response.get("Error", {}).get("Code") not in _MD5_REFUSED:
+                        raise
+                    # the recorded ETag is not the body's md5 after all (SSE-C/KMS), or
+                    # the body was damaged on its way: signed, the sha256 decides
+                    log.warning("PutObject %s: %s to the source ETag's Content-MD5; this "
+                                "store signs its streamed PUTs from now on", url,
+                                exc.response["Error"]["Code"])
+                    self._md5_refused, md5 = True, None
+                    response = await self.light_call("PutObject", attempt)
             self._streamed(size)  # sent: the pace's throughput, as on botocore's path
         except StorageError:
             if body.error is not None:  # the source's body was cut every time
@@ -1464,10 +1486,23 @@ class S3DataStore:
             raise
         etag = etag_of(response.headers)
         if md5 is not None and etag != (body.etag or "").strip('"'):
-            # what a server that ignores Content-MD5 would let through (moto does)
+            # what a server that ignores Content-MD5 would let through (moto does): not
+            # left there for a rerun or a reader to take for the shard
+            with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                await self.delete(url)
             raise StorageError(f"PutObject {url}: S3 stored other bytes than the source's "
-                               f"(ETag {etag}, the source version's md5 {body.etag})")
+                               f"(ETag {etag}, the source version's md5 {body.etag}; a "
+                               "destination whose ETags are no md5s needs "
+                               "signed_payload=True)")
         return etag
+
+    def _content_md5(self, recorded_etag: str | None) -> str | None:
+        """The Content-MD5 a streamed PUT goes out with, unsigned (None: signed with the
+        recorded sha256 instead): the md5 that the ETag recorded at insert is, if it is
+        one (see ``signed_payload``)."""
+        if self.signed_payload or (self.signed_payload is None and self._md5_refused):
+            return None
+        return _md5_of_etag(recorded_etag)
 
     async def stream_parts_copy(
         self, source: S3DataStore, src_url: str, key: str, size: int, sha256_hex: str,
