@@ -41,6 +41,19 @@ import logging
 
 logging.getLogger("werkzeug").setLevel(logging.WARNING)
 SECRET_ENV = {"BENCH_AWS_ACCESS_KEY_ID": "bench-key", "BENCH_AWS_SECRET_ACCESS_KEY": "bench-s"}
+# the cluster's configuration, in the environment of `dask scheduler` and `dask worker`:
+# "recommended" is docs/scale-out.md's for copy workers (their periodic callbacks at most
+# once a second, the worker's profiler off; benchmarks/bench_dask_idle.py measures each)
+DASK_CONFIGS: dict[str, dict[str, str]] = {
+    "default": {},
+    "recommended": {
+        "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+        "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+        "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "1s",
+        "DASK_DISTRIBUTED__WORKER__MEMORY__MONITOR_INTERVAL": "1s",
+    },
+}
+CLUSTER_ROLES = ("scheduler", "workers")
 
 
 def creds(url: str) -> dict[str, str]:
@@ -48,9 +61,39 @@ def creds(url: str) -> dict[str, str]:
             "AWS_SECRET_ACCESS_KEY": "bench-s"}
 
 
+async def idle_rate(client, seconds: float, quiet: bool) -> dict[str, float]:
+    """CPU seconds per second the cluster's processes (scheduler, nannies, workers) burn
+    idle, measured just before a copy, in the state they copy in: with the engine's
+    quieting (``quiet``) applied to the workers meanwhile, as during a copy."""
+    if seconds <= 0:
+        return {}
+    if quiet:
+        await client.run(_quiet_on)
+    try:
+        before, t0 = tree_cpu(), time.perf_counter()
+        await asyncio.sleep(seconds)
+        after, took = tree_cpu(), time.perf_counter() - t0
+    finally:
+        if quiet:
+            await client.run(_quiet_off)
+    return {k: (after.get(k, 0.0) - before.get(k, 0.0)) / took for k in CLUSTER_ROLES}
+
+
+def _quiet_on(dask_worker) -> None:
+    from atdata_async._pipeline.executor import _quiet_enter
+
+    _quiet_enter(dask_worker)
+
+
+def _quiet_off(dask_worker) -> None:
+    from atdata_async._pipeline.executor import _quiet_exit
+
+    _quiet_exit(dask_worker, grace=0)
+
+
 async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str,
-                     keys: list[str], sums: dict[str, str], executor, concurrency: int
-                     ) -> dict:
+                     keys: list[str], sums: dict[str, str], executor, concurrency: int,
+                     idle: dict[str, float] | None = None) -> dict:
     from atdata_async._backends.redis_index import LocalIndex
     from atdata_async._backends.s3_store import S3DataStore
     from atdata_async._backends.tasks import run_per_shard
@@ -113,8 +156,14 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
         await dest.delete_keys([p.dest_key for p in plans])
         await s3.delete_bucket(Bucket=dst_bucket)
         group = remote.group_size if remote is not None else 1
+        # the engine-attributable CPU: the total less what the cluster's processes burn
+        # idle over the same wall time (measured just before); never the total itself
+        attributable = None
+        if idle:
+            attributable = cpu["cpu"] - sum(rate * wall for rate in idle.values())
         return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit,
-                "group": group, **cpu}
+                "group": group, "attributable": attributable,
+                "idle": sum(idle.values()) if idle else None, **cpu}
 
 
 ROLES: dict[int, str] = {}  # pid of a direct child -> what it is (moto src, scheduler, ...)
@@ -173,12 +222,13 @@ class Cluster:
     """``dask scheduler`` and ``dask worker --nworkers n`` as processes of their own,
     stopped by their PIDs."""
 
-    def __init__(self, work: Path, n: int, threads: int) -> None:
+    def __init__(self, work: Path, n: int, threads: int, env: dict[str, str]) -> None:
         import subprocess
 
         self.file = work / f"scheduler-{n}-{uuid.uuid4().hex[:6]}.json"
         cli = [sys.executable, "-m"]
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                 "env": {**os.environ, **env}}
         self.scheduler = subprocess.Popen(
             [*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
                    "--no-dashboard", "--scheduler-file", str(self.file)], **quiet)
@@ -220,7 +270,17 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="paired rounds per worker count")
     ap.add_argument("--before", action="store_true",
                     help="also run the cluster with one task per shard (before groups)")
+    ap.add_argument("--dask-config", choices=sorted(DASK_CONFIGS), default="recommended",
+                    help="the cluster processes' environment (docs/scale-out.md)")
+    ap.add_argument("--no-quiet", action="store_true",
+                    help="DaskExecutor(quiet_workers=False): the workers' profiler and "
+                         "watchdog left as configured while they copy")
+    ap.add_argument("--idle-seconds", type=float, default=3.0,
+                    help="the cluster's idle CPU measured this long before each cluster "
+                         "run (for the engine-attributable column; 0: not measured)")
     args = ap.parse_args()
+    quiet = not args.no_quiet
+    load_before = os.getloadavg()
     os.environ.update(SECRET_ENV)  # the workers' own environment (LocalCluster inherits it)
 
     import statistics
@@ -260,7 +320,8 @@ def main() -> None:
         locals_all: list[dict] = []
         rows = []
         for n in [int(x) for x in args.workers.split(",") if x]:
-            cluster = Cluster(work, n, max(1, args.concurrency // n))
+            cluster = Cluster(work, n, max(1, args.concurrency // n),
+                              DASK_CONFIGS[args.dask_config])
             try:
                 address = cluster.address()
 
@@ -269,9 +330,10 @@ def main() -> None:
                     async with Client(address, asynchronous=True) as dc:
                         await dc.wait_for_workers(n)
                         ex = DaskExecutor(dc, credentials=CredentialSource(env_prefix="BENCH_"),
-                                          group_size=group)
+                                          group_size=group, quiet_workers=quiet)
+                        idle = await idle_rate(dc, args.idle_seconds, quiet)
                         return await copy_phase(redis.url, src.url, dst.url, bucket, keys,
-                                                sums, ex, args.concurrency)
+                                                sums, ex, args.concurrency, idle)
 
                 asyncio.run(on_cluster())  # warm: worker imports, S3 clients
                 paired_local, paired_dask, paired_plain = [], [], []
@@ -294,21 +356,38 @@ def main() -> None:
         print(f"{args.shards} shards x {args.kib} KiB ({total:.0f} MiB), cross-endpoint "
               f"streamed copy, concurrency {args.concurrency}, {os.cpu_count()} cores, moto "
               f"in its own processes; median of {args.repeat} paired round(s)")
+        print(f"load average (1/5/15 min) at the start {load_before[0]:.2f} "
+              f"{load_before[1]:.2f} {load_before[2]:.2f}, at the end "
+              + " ".join(f"{x:.2f}" for x in os.getloadavg()))
+        config = DASK_CONFIGS[args.dask_config]
+        print(f"cluster config: {args.dask_config} "
+              f"({' '.join(f'{k}={v}' for k, v in config.items()) or 'Dask defaults'}); "
+              f"DaskExecutor(quiet_workers={quiet})")
         print("wall: median wall time of the copy phase; CPU: median CPU seconds in that "
               "window of every process involved (this one, moto, redis, and on the cluster "
               "the scheduler and workers; the idle cluster is left out of local runs); vs "
-              "local: over the local median of the same rounds")
+              "local: over the local median of the same rounds. THE TOTAL CPU IS THE "
+              "NUMBER THAT COUNTS.")
+        print("attrib. CPU (a separate column, not the total): the cluster run's CPU less "
+              "its scheduler's and workers' idle CPU over the same wall time (idle rate "
+              f"measured {args.idle_seconds:g} s just before, workers in the state they copy "
+              "in); idle: that rate, CPU s per s")
         print(f"{'engine':<28} {'workers':>7} {'wall s':>8} {'MiB/s':>7} {'vs local':>9} "
               f"{'CPU s':>7} {'vs local':>9} {'runs (s)':>20} {'identical':>10} "
-              f"{'open uploads':>12}")
+              f"{'open uploads':>12} {'| attrib. CPU s':>15} {'vs local':>9} {'idle':>6}")
 
         def row(name: str, n: str, runs: list[dict], base: list[dict]) -> None:
             wall, cpu = median(runs), median(runs, "cpu")
             ok, uploads = checked(runs)
             each = " ".join(f"{r['wall']:.2f}" for r in runs)
+            extra = ""
+            if all(r.get("attributable") is not None for r in runs):
+                attrib = median(runs, "attributable")
+                extra = (f" | {attrib:>13.2f} {attrib / median(base, 'cpu'):>8.3f}x "
+                         f"{median(runs, 'idle'):>6.3f}")
             print(f"{name:<28} {n:>7} {wall:>8.2f} {total / wall:>7.1f} "
                   f"{wall / median(base):>8.3f}x {cpu:>7.2f} {cpu / median(base, 'cpu'):>8.3f}x "
-                  f"{each:>20} {ok:>5}/{args.shards:<4} {uploads:>12}")
+                  f"{each:>20} {ok:>5}/{args.shards:<4} {uploads:>12}{extra}")
 
         row("local task group", "-", locals_all, locals_all)
         for n, paired_local, paired_dask, paired_plain in rows:

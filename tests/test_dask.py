@@ -469,8 +469,13 @@ def test_bench_dask_smoke():
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]
-    assert len(rows) == 3 and all(" 16/16 " in r and r.endswith(" 0") for r in rows), \
-        done.stdout
+    # every copy identical, 0 open uploads (the cluster rows go on with the
+    # engine-attributable CPU after a "|")
+    assert len(rows) == 3 and all(" 16/16 " in r and r.split(" |")[0].endswith(" 0")
+                                  for r in rows), done.stdout
+    assert all(" | " in r for r in rows[1:]), done.stdout
+    assert "cluster config: recommended (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" \
+        in done.stdout
     assert "dask, 1/task, 4 in flight" in rows[1], done.stdout
     assert "dask, 4/task, 8 in flight" in rows[2], done.stdout
 
