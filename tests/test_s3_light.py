@@ -571,6 +571,19 @@ async def test_the_light_path_can_be_turned_off(moto_server, second_moto_server,
         assert dest.light() is None and source.light() is None
 
 
+@pytest.mark.parametrize("signed_payload", [None, True, False])
+def test_a_workers_store_signs_as_the_callers_does(tmp_path, signed_payload):
+    """A Dask worker rebuilds the store from its StoreSpec: the same signed_payload."""
+    from atdata_async._pipeline.executor import CredentialSource, StoreSpec
+
+    env = tmp_path / "s3.env"
+    env.write_text("AWS_ACCESS_KEY_ID=x\nAWS_SECRET_ACCESS_KEY=y\n")
+    store = S3DataStore(make_credentials("http://127.0.0.1:9"), bucket="b",
+                        signed_payload=signed_payload)
+    rebuilt = StoreSpec.of(store, CredentialSource(path=str(env))).open()
+    assert rebuilt.signed_payload is signed_payload
+
+
 def test_unknown_addressing_style_is_refused():
     from atdata_async import ConfigurationError
 

@@ -118,8 +118,10 @@ class StoreSpec:
 
     @classmethod
     def of(cls, store: S3DataStore, credentials: CredentialSource) -> StoreSpec:
-        return cls(store.bucket, store.endpoint, store.region, credentials,
-                   tuple((k, int(getattr(store, k))) for k in _STORE_SETTINGS))
+        settings = tuple((k, int(getattr(store, k))) for k in _STORE_SETTINGS)
+        if store.signed_payload is not None:  # forced: so are the workers' stores
+            settings += (("signed_payload", store.signed_payload),)
+        return cls(store.bucket, store.endpoint, store.region, credentials, settings)
 
     def open(self) -> S3DataStore:
         values = self.credentials.load()
