@@ -300,13 +300,16 @@ async def test_slowdown_past_the_attempts_is_a_storage_error(moto_server, second
 
 
 @pytest.mark.anyio
-async def test_a_changed_source_is_refused_before_any_put(moto_server, second_moto_server):
+@pytest.mark.parametrize("signed_payload", [None, True])  # unsigned (the default), signed
+async def test_a_changed_source_is_refused_before_any_put(moto_server, second_moto_server,
+                                                          signed_payload):
     data = bytes(range(256)) * 80
     with FaultProxy(second_moto_server.url) as proxy:
         async with S3DataStore(make_credentials(moto_server.url),
                                bucket=make_bucket(moto_server.url)) as source, \
                 S3DataStore(make_credentials(proxy.url),
-                            bucket=make_bucket(second_moto_server.url)) as dest:
+                            bucket=make_bucket(second_moto_server.url),
+                            signed_payload=signed_payload) as dest:
             url, digest, etag = await _seeded(source, "in/x.tar", data)
             await source.put_bytes("in/x.tar", data[::-1])  # another version now
             with pytest.raises(SourceChangedError, match="GetObject"):
