@@ -402,6 +402,19 @@ def main() -> None:
                   / args.shards for k in roles}
             return f"  {name:<26} " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items())
 
+        print("CPU s of each run (in round order; the local runs of every worker count):")
+        print(f"  {'local task group':<26} " + " ".join(f"{r['cpu']:.2f}" for r in locals_all))
+        for n, paired_local, paired_dask, paired_plain in rows:
+            for runs in (paired_plain, paired_dask):
+                if runs:
+                    # each cluster run over the local run of its own round (just before it)
+                    ratios = [r["cpu"] / b["cpu"] for r, b in zip(runs, paired_local,
+                                                                   strict=True)]
+                    print(f"  {f'dask {n} worker(s), ' + str(runs[0]['group']) + '/task':<26} "
+                          + " ".join(f"{r['cpu']:.2f}" for r in runs)
+                          + "   over its round's local run: "
+                          + " ".join(f"{x:.3f}" for x in ratios)
+                          + f" (median {statistics.median(ratios):.3f}x)")
         print("CPU ms per shard by process (medians):")
         print(per_shard("local task group", locals_all))
         for n, _, paired_dask, paired_plain in rows:
