@@ -280,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("--copy-to", metavar="s3://BUCKET[/PREFIX]",
                          help="copy the shards to this S3 location first")
     store_flags(promote, "the --copy-to store", parts="multipart part size for copies")
-    promote.add_argument("--server-copies", type=positive_int, default=32, metavar="N",
+    promote.add_argument("--server-copies", type=positive_int, default=256, metavar="N",
                          help="server-side copies (same endpoint and account) at once; they "
-                              "hold no buffer, so more than --concurrency (default 32)")
+                              "hold no buffer, so more than --concurrency (default 256)")
     promote.add_argument("--streamed-copies", type=positive_int, default=16, metavar="N",
                          help="streamed copies (another store, sha256 recorded at insert: "
                               "the source's GET passed into the PUT) at once; they hold "
@@ -711,7 +711,7 @@ def make_store(credentials: str | dict[str, str], bucket: str,
     part = getattr(args, "part_size", 16 * MIB)
     return S3DataStore(credentials, bucket=bucket, max_concurrency=args.concurrency,
                        part_size=part, multipart_threshold=max(2 * part, 32 * MIB),
-                       max_server_copies=getattr(args, "server_copies", 32),
+                       max_server_copies=getattr(args, "server_copies", 256),
                        max_streamed_copies=getattr(args, "streamed_copies", 16))
 
 

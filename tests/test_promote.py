@@ -178,6 +178,24 @@ def test_only_small_streamed_shards_take_the_wide_streams_limit():
     assert not streams_through(plan(1024, etag=None))
 
 
+def test_evolve_is_dataclasses_replace():
+    """The pipeline's fast copy of a ShardPlan with some fields changed: equal to
+    dataclasses.replace's, the original untouched, an unknown field refused."""
+    import dataclasses
+
+    from atdata_async._pipeline.promote import ShardPlan, evolve
+
+    shard = ShardPlan("s3://src/k.tar", "s3", "dst/k.tar", 10, "ab" * 32, "e")
+    changed = evolve(shard, size=11, server_side=True)
+    assert changed == dataclasses.replace(shard, size=11, server_side=True)
+    assert shard.size == 10 and not shard.server_side
+    assert hash(changed) == hash(dataclasses.replace(shard, size=11, server_side=True))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        changed.size = 12  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        evolve(shard, sizes=1)
+
+
 async def test_server_side_and_streamed_copies_run_above_max_concurrency_buffered_within(
         index, client, tmp_path, moto_server, redis_url):
     """Same endpoint and account: the shards are copied by the server (no GET of a source

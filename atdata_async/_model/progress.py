@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
@@ -26,15 +26,22 @@ class ProgressTracker:
         self._callback = callback
         self.state = TransferProgress(shards_total=shards, bytes_total=total_bytes)
 
+    # (each snapshot built directly: dataclasses.replace cost ~10 us, twice per shard)
     def learn_size(self, n: int) -> None:
         """A shard the totals did not count turned out to have ``n`` bytes."""
-        self._emit(replace(self.state, bytes_total=self.state.bytes_total + n))
+        s = self.state
+        self._emit(TransferProgress(s.shards_done, s.shards_total, s.bytes_done,
+                                    s.bytes_total + n))
 
     def add_bytes(self, n: int) -> None:
-        self._emit(replace(self.state, bytes_done=self.state.bytes_done + n))
+        s = self.state
+        self._emit(TransferProgress(s.shards_done, s.shards_total, s.bytes_done + n,
+                                    s.bytes_total))
 
     def shard_done(self) -> None:
-        self._emit(replace(self.state, shards_done=self.state.shards_done + 1))
+        s = self.state
+        self._emit(TransferProgress(s.shards_done + 1, s.shards_total, s.bytes_done,
+                                    s.bytes_total))
 
     def _emit(self, state: TransferProgress) -> None:
         self.state = state
