@@ -441,8 +441,8 @@ async def test_a_body_damaged_on_its_way_is_refused_and_not_left(moto_server,
                                                                  second_moto_server, where):
     """One byte changed between the servers (on the PUT's way, or the GET's): the
     unsigned PUT's answer has another ETag than the recorded md5 (moto checks neither the
-    Content-MD5 nor the payload's hash; radosgw would refuse it with BadDigest), so the
-    copy fails and the object it wrote is deleted."""
+    Content-MD5 nor the payload's hash; radosgw refuses it with BadDigest), the bytes read
+    back are not the recorded sha256's, so the copy fails and the object is deleted."""
     data = b"A" + os.urandom(200_000)
     dst_bucket = make_bucket(second_moto_server.url)
     with FaultProxy(moto_server.url) as src_proxy, FaultProxy(second_moto_server.url) as proxy:
@@ -501,24 +501,34 @@ async def test_a_refused_content_md5_is_sent_signed_by_default(moto_server, seco
 
 
 @pytest.mark.anyio
-async def test_an_answer_with_another_etag_fails_the_unsigned_copy(moto_server,
-                                                                  second_moto_server):
-    """An answer whose ETag is not the recorded md5 (a server ignoring Content-MD5 that
-    stored other bytes, as moto would): the copy fails, nothing is left under the key."""
+@pytest.mark.parametrize("signed_payload", [None, False])
+async def test_an_answer_whose_etag_is_no_md5_is_proven_by_the_bytes_read_back(
+        moto_server, second_moto_server, signed_payload):
+    """An answer whose ETag is not the recorded md5 although the bytes are right (a
+    destination whose ETags are no md5s: SSE-KMS): the object is read back and hashed,
+    the copy stands; by default the store signs its later streamed PUTs."""
     data = os.urandom(50_000)
+    digest = hashlib.sha256(data).hexdigest()
+    dst_bucket = make_bucket(second_moto_server.url)
     with FaultProxy(second_moto_server.url) as proxy:
         async with S3DataStore(make_credentials(moto_server.url),
                                bucket=make_bucket(moto_server.url)) as source, \
-                S3DataStore(make_credentials(proxy.url),
-                            bucket=make_bucket(second_moto_server.url)) as dest:
-            url, digest, etag = await _seeded(source, "in/x.tar", data)
+                S3DataStore(make_credentials(proxy.url), bucket=dst_bucket,
+                            signed_payload=signed_payload) as dest:
+            url, _, etag = await _seeded(source, "in/x.tar", data)
             proxy.add(Fault("headers", method="PUT", headers={"ETag": '"0123456789abcdef'
                                                                      '0123456789abcdef"'}))
-            with pytest.raises(StorageError, match="other bytes than the source"):
-                await dest.copy_from(source, url, "out/y.tar", len(data),
-                                     known_sha256=digest, source_etag=etag)
-            with pytest.raises(ObjectNotFoundError):
-                await dest.head(dest.url("out/y.tar"))
+            done = await dest.copy_from(source, url, "out/y.tar", len(data),
+                                        known_sha256=digest, source_etag=etag)
+            assert done.etag == "0123456789abcdef" * 2 and done.sha256 == digest
+            assert proxy.count("GET", "out/y.tar") == 1  # read back
+            await dest.copy_from(source, url, "out/z.tar", len(data), known_sha256=digest,
+                                 source_etag=etag)
+    assert [_signing(h)[0] for h in proxy.sent("PUT")] == [
+        sigv4.UNSIGNED_PAYLOAD, digest if signed_payload is None else sigv4.UNSIGNED_PAYLOAD]
+    for key in ("out/y.tar", "out/z.tar"):
+        assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
+                                                       Key=key)["Body"].read() == data
 
 
 @pytest.mark.anyio

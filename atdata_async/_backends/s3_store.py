@@ -630,9 +630,11 @@ class S3DataStore:
         # second time (radosgw: ~1.2 s of its CPU per GiB). No weaker: insert's server
         # checked the sha256-signed body and gave it that md5 as ETag, the GET is If-Match
         # that ETag, and the answer's ETag is compared too (``_light_stream_put``).
-        # Without such an ETag it is signed with the recorded sha256. None: that rule, and
-        # a refused md5 (BadDigest: an ETag that is no md5) sends it signed from then on;
-        # True: always signed; False: the rule without that fallback.
+        # Without such an ETag it is signed with the recorded sha256. An answer with
+        # another ETag is read back and hashed (right bytes: the destination's ETags are
+        # no md5s). None: that rule, and a refused md5 (BadDigest: a source ETag that is
+        # no md5) is sent again signed; either makes the store sign from then on. True:
+        # always signed; False: the rule without the signed fallback.
         self.signed_payload = signed_payload
         self._md5_refused = False  # None: a BadDigest answer turned unsigned PUTs off
         self._client: Any = None
@@ -1492,14 +1494,21 @@ class S3DataStore:
             raise
         etag = etag_of(response.headers)
         if md5 is not None and etag != (body.etag or "").strip('"'):
-            # what a server that ignores Content-MD5 would let through (moto does): not
-            # left there for a rerun or a reader to take for the shard
-            with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                await self.delete(url)
-            raise StorageError(f"PutObject {url}: S3 stored other bytes than the source's "
-                               f"(ETag {etag}, the source version's md5 {body.etag}; a "
-                               "destination whose ETags are no md5s needs "
-                               "signed_payload=True)")
+            # other bytes than the recorded md5's (a server that ignores Content-MD5 lets
+            # them through: moto does), or this server's ETags are no md5s (SSE-KMS):
+            # the bytes read back decide
+            landed, _ = await self.sha256_of(url)
+            if landed != sha256_hex:
+                with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await self.delete(url)  # not left for a rerun or a reader to take
+                raise StorageError(f"PutObject {url}: S3 stored other bytes than the "
+                                   f"source's (ETag {etag}, the source version's md5 "
+                                   f"{body.etag}; read back, sha256 {landed})")
+            if self.signed_payload is None and not self._md5_refused:
+                log.warning("PutObject %s: ETag %s is not the body's md5 (read back: the "
+                            "bytes are right); this store signs its streamed PUTs from now "
+                            "on", url, etag)
+                self._md5_refused = True
         return etag
 
     def _content_md5(self, recorded_etag: str | None) -> str | None:
