@@ -121,6 +121,7 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
                                    source=source, compute_checksums=True)
         from atdata_async._backends.http_reader import HttpShardReader
 
+        commands_before = await redis_commands(index)
         cpu_before = tree_cpu()
         started = time.perf_counter()
         async with HttpShardReader() as http:
@@ -144,6 +145,8 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
             wall = time.perf_counter() - started
             cpu = window_cpu(cpu_before, tree_cpu(), executor is not None)
             flusher.cancel()
+        await journal.flush()
+        commands = await redis_commands(index) - commands_before - 1  # less the INFO
         await journal.release()
         ok = 0
         for plan, got in zip(plans, settled, strict=True):
@@ -162,8 +165,14 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
         if idle:
             attributable = cpu["cpu"] - sum(rate * wall for rate in idle.values())
         return {"wall": wall, "ok": ok, "uploads": len(uploads), "limit": limit,
-                "group": group, "attributable": attributable,
+                "group": group, "attributable": attributable, "commands": commands,
                 "idle": sum(idle.values()) if idle else None, **cpu}
+
+
+async def redis_commands(index) -> int:
+    """Commands Redis has run so far (INFO commandstats, every client)."""
+    stats = await index.redis.info("commandstats")
+    return sum(int(v["calls"]) for v in stats.values() if isinstance(v, dict))
 
 
 ROLES: dict[int, str] = {}  # pid of a direct child -> what it is (moto src, scheduler, ...)
@@ -415,6 +424,10 @@ def main() -> None:
                           + "   over its round's local run: "
                           + " ".join(f"{x:.3f}" for x in ratios)
                           + f" (median {statistics.median(ratios):.3f}x)")
+        print("Redis commands per shard in the copy window (every client; medians): "
+              + f"local {median(locals_all, 'commands') / args.shards:.2f}; "
+              + "; ".join(f"dask {n} worker(s) {median(d, 'commands') / args.shards:.2f}"
+                          for n, _, d, _ in rows))
         print("CPU ms per shard by process (medians):")
         print(per_shard("local task group", locals_all))
         for n, _, paired_dask, paired_plain in rows:

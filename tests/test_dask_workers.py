@@ -126,3 +126,33 @@ async def test_quiet_workers_false_leaves_the_callbacks_alone(
                 entry, index, client, data_store=dest,
                 executor=DaskExecutor(dc, credentials=ON_WORKERS, quiet_workers=False))
     assert during == [(True, 20.0)]
+
+
+class _Fence:
+    """What _EpochProbe uses of a Fence: a clock and the epoch's GET (counted)."""
+
+    def __init__(self, answers: list[bool]) -> None:
+        self.now, self.answers, self.gets = 100.0, answers, 0
+
+    def clock(self) -> float:
+        return self.now
+
+    async def holds(self) -> bool:
+        self.gets += 1
+        return self.answers.pop(0)
+
+
+async def test_the_epoch_probe_reuses_a_fresh_answer_and_never_a_refusal():
+    from atdata_async._pipeline.executor import PROBE_FRESH, _EpochProbe
+
+    fence = _Fence([True, True, False, False])
+    probe = _EpochProbe(fence)  # type: ignore[arg-type]
+    assert await probe.holds() and await probe.holds()  # shards one after another
+    assert fence.gets == 1
+    fence.now += PROBE_FRESH - 0.01
+    assert await probe.holds() and fence.gets == 1
+    fence.now += 0.02  # the answer is older than PROBE_FRESH (from before its GET)
+    assert await probe.holds() and fence.gets == 2
+    fence.now += PROBE_FRESH
+    assert not await probe.holds()  # taken over
+    assert not await probe.holds() and fence.gets == 4  # a refusal is asked again

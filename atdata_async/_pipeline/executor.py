@@ -301,16 +301,27 @@ async def settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Except
     raise failure  # outside the handler: no __context__ to carry
 
 
+PROBE_FRESH = 0.5  # s a "still ours" answer serves the shards that start after it
+
+
 class _EpochProbe:
-    """The epoch checked for shards about to start, one GET shared by those starting at
-    the same moment."""
+    """The epoch checked for shards about to start after waiting for a slot: one GET
+    shared by those starting at the same moment, and a "still ours" answer reused for
+    ``PROBE_FRESH`` seconds from before its GET was sent (without it a group's shards,
+    finishing one by one, asked once each: a Redis round trip per shard). The check only
+    spares a stale task's work; what fences it are the journal writes, completes and
+    aborts, each checked on its own (docs/scale-out.md, Fencing)."""
 
     def __init__(self, fence: Fence) -> None:
         self.fence = fence
         self._running: anyio.Event | None = None
         self._answer: bool | None = None
+        self._fresh_until = float("-inf")
+        self.asked = 0  # GETs sent
 
     async def holds(self) -> bool:
+        if self._answer and self.fence.clock() < self._fresh_until:
+            return True
         running = self._running
         if running is not None:
             await running.wait()
@@ -318,8 +329,11 @@ class _EpochProbe:
                 return self._answer
         self._running = done = anyio.Event()
         self._answer = None
+        sent = self.fence.clock()
         try:
+            self.asked += 1
             self._answer = await self.fence.holds()
+            self._fresh_until = sent + PROBE_FRESH
             return self._answer
         finally:
             self._running = None
