@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import base64
 import datetime
+import functools
 import hashlib
 import json
 import os
 
+import anyio
 import boto3
 import pytest
 from botocore.auth import S3SigV4Auth
@@ -464,6 +466,41 @@ async def test_a_body_damaged_on_its_way_is_refused_and_not_left(moto_server,
             with pytest.raises(ObjectNotFoundError):
                 await dest.head(dest.url("out/x.tar"))
     assert hashlib.md5(data).hexdigest() in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_the_delete_of_a_damaged_copy_spares_a_good_one_put_there_since(
+        moto_server, second_moto_server):
+    """The damaged object is deleted If-Match the ETag its PUT's answer gave: when another
+    run (a rerun beside a stale one: single PUTs are not fenced) has put the good bytes
+    at the key between the read-back and the delete, the server keeps them."""
+    data = b"A" + os.urandom(100_000)
+    dst_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(second_moto_server.url) as proxy:
+        proxy.add(Fault("tamper", method="PUT", path="out/", replace=(rb"^A", b"B"),
+                        times=None))
+        held = proxy.add(Fault("delay", method="DELETE", path="out/", seconds=1.0))
+        async with S3DataStore(make_credentials(moto_server.url),
+                               bucket=make_bucket(moto_server.url)) as source, \
+                S3DataStore(make_credentials(proxy.url), bucket=dst_bucket) as dest:
+            url, digest, etag = await _seeded(source, "in/x.tar", data)
+
+            async def other_run() -> None:
+                while not held.fired:
+                    await anyio.sleep(0.01)
+                await anyio.to_thread.run_sync(functools.partial(
+                    _raw(second_moto_server.url).put_object, Bucket=dst_bucket,
+                    Key="out/x.tar", Body=data))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(other_run)
+                with pytest.raises(StorageError, match="other bytes than the source"):
+                    await dest.copy_from(source, url, "out/x.tar", len(data),
+                                         known_sha256=digest, source_etag=etag)
+    (delete,) = proxy.sent("DELETE", "out/x.tar")
+    assert delete["if-match"] == '"' + hashlib.md5(b"B" + data[1:]).hexdigest() + '"'
+    assert _raw(second_moto_server.url).get_object(Bucket=dst_bucket,
+                                                   Key="out/x.tar")["Body"].read() == data
 
 
 @pytest.mark.anyio

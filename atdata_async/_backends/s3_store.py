@@ -1050,11 +1050,15 @@ class S3DataStore:
             _body_sha256.reset(reset)
         return etag_of(response)
 
-    async def delete(self, url: str) -> None:
+    async def delete(self, url: str, if_match: str | None = None) -> None:
+        """DeleteObject; with ``if_match`` (an ETag) only while the key holds that
+        version (else 412, a SourceChangedError; a server without conditional deletes
+        deletes whatever is there)."""
         loc = parse_s3_url(url)
         s3 = await self.client()
+        condition = {"IfMatch": _quoted(if_match)} if if_match else {}
         with self.errors("DeleteObject", url):
-            await s3.delete_object(Bucket=loc.bucket, Key=loc.key)
+            await s3.delete_object(Bucket=loc.bucket, Key=loc.key, **condition)
 
     async def delete_keys(self, keys: Sequence[str]) -> None:
         """Delete ``keys`` (missing ones are fine), 1,000 per DeleteObjects request."""
@@ -1500,7 +1504,9 @@ class S3DataStore:
             landed, _ = await self.sha256_of(url)
             if landed != sha256_hex:
                 with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                    await self.delete(url)  # not left for a rerun or a reader to take
+                    # not left for a rerun or a reader to take; only the object this PUT
+                    # wrote (its ETag): a good copy another run put there since stays
+                    await self.delete(url, if_match=etag or None)
                 raise StorageError(f"PutObject {url}: S3 stored other bytes than the "
                                    f"source's (ETag {etag}, the source version's md5 "
                                    f"{body.etag}; read back, sha256 {landed})")
