@@ -545,3 +545,23 @@ async def test_server_side_copies_run_above_max_concurrency_and_back_off_under_s
             assert store.copy_pace.limit == 12 and slots.total_tokens == 12
             listed = await store.list_objects("copies/")
     assert len(listed) == done
+
+
+def test_server_copies_stay_within_a_quarter_of_the_open_files_limit(monkeypatch):
+    """Each server-side copy in flight holds a connection: a low soft limit on open files
+    (macOS's default is 256) bounds the default 256 copies, never below 8."""
+    import resource
+
+    from atdata_async._backends import s3_store
+
+    assert s3_store.copies_within_open_files(256) == 64
+    assert s3_store.copies_within_open_files(1024) == 256
+    assert s3_store.copies_within_open_files(12) == 8
+    creds = {"AWS_ENDPOINT": "http://127.0.0.1:1", "AWS_ACCESS_KEY_ID": "k",
+             "AWS_SECRET_ACCESS_KEY": "s"}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (256, 4096))
+    store = S3DataStore(creds, bucket="b")
+    assert store.max_server_copies == 64 and store.copy_slots().total_tokens == 64
+    assert S3DataStore(creds, bucket="b", max_server_copies=12).max_server_copies == 12
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (100_000, 100_000))
+    assert S3DataStore(creds, bucket="b").max_server_copies == s3_store.SERVER_COPIES

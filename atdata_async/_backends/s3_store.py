@@ -551,6 +551,24 @@ class _SharedClient:
 # of each), docs/benchmarks.md. A copy holds a connection and no buffer.
 SERVER_COPIES = 256
 
+
+def copies_within_open_files(soft_limit: int | None = None) -> int:
+    """How many server-side copies (one connection each) fit in a quarter of the
+    process's soft limit on open files (``RLIMIT_NOFILE``, or ``soft_limit``), at least 8;
+    unbounded where there is no limit (or no ``resource`` module)."""
+    unbounded = 1 << 30
+    if soft_limit is None:
+        try:
+            import resource
+        except ImportError:  # pragma: no cover  (Windows)
+            return unbounded
+        soft_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        if soft_limit == resource.RLIM_INFINITY:
+            return unbounded
+    if soft_limit < 0:
+        return unbounded
+    return max(8, soft_limit // 4)
+
 _ADDRESSING_STYLES = ("path", "virtual", "auto")
 
 
@@ -612,7 +630,10 @@ class S3DataStore:
         # The pace: concurrency adjusted to the endpoint's answers and throughput (never
         # above max_concurrency, nor above what max_memory allows for buffers).
         self.pace = Pace(max_concurrency) if adaptive else None
-        self.max_server_copies = max_server_copies
+        # each copy in flight holds a connection: at most a quarter of the process's open
+        # files (macOS's default soft limit is 256, less than the default 256 copies)
+        self.max_server_copies = max_server_copies = min(max_server_copies,
+                                                         copies_within_open_files())
         # server-side copies: their own pace, halved on the same throttling answers
         self.copy_pace = Pace(max_server_copies) if adaptive else None
         self._copies: anyio.CapacityLimiter | None = None
