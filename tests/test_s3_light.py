@@ -634,6 +634,20 @@ def test_a_workers_store_signs_as_the_callers_does(tmp_path, signed_payload):
     assert rebuilt.signed_payload is signed_payload
 
 
+@pytest.mark.parametrize("style,light", [("virtual", True), ("auto", False), ("path", False)])
+def test_a_workers_store_addresses_its_requests_as_the_callers_does(tmp_path, style, light):
+    """A Dask worker's rebuilt store keeps the caller's addressing_style (a server that
+    answers only virtual-hosted requests) and light_requests, not the defaults."""
+    from atdata_async._pipeline.executor import CredentialSource, StoreSpec
+
+    env = tmp_path / "s3.env"
+    env.write_text("AWS_ACCESS_KEY_ID=x\nAWS_SECRET_ACCESS_KEY=y\n")
+    store = S3DataStore(make_credentials("http://127.0.0.1:9"), bucket="b",
+                        addressing_style=style, light_requests=light)
+    rebuilt = StoreSpec.of(store, CredentialSource(path=str(env))).open()
+    assert (rebuilt.addressing_style, rebuilt.light_requests) == (style, light)
+
+
 def test_unknown_addressing_style_is_refused():
     from atdata_async import ConfigurationError
 

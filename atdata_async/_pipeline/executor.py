@@ -114,13 +114,19 @@ class StoreSpec:
     endpoint: str | None
     region: str | None
     credentials: CredentialSource
-    settings: tuple[tuple[str, int], ...] = ()
+    settings: tuple[tuple[str, int | bool | str], ...] = ()
 
     @classmethod
     def of(cls, store: S3DataStore, credentials: CredentialSource) -> StoreSpec:
         settings = tuple((k, int(getattr(store, k))) for k in _STORE_SETTINGS)
         if store.signed_payload is not None:  # forced: so are the workers' stores
             settings += (("signed_payload", store.signed_payload),)
+        # where requests go (a server that answers only virtual-hosted ones) and how
+        # they are made: as the caller's store does, not the defaults
+        if store.addressing_style != "path":
+            settings += (("addressing_style", store.addressing_style),)
+        if not store.light_requests:
+            settings += (("light_requests", False),)
         return cls(store.bucket, store.endpoint, store.region, credentials, settings)
 
     def open(self) -> S3DataStore:
