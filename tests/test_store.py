@@ -345,10 +345,11 @@ async def test_a_failed_insert_indexes_nothing_and_its_rerun_completes_it(
 
 
 async def test_a_big_shard_streams_its_parts_across_endpoints(
-        s3_credentials, bucket, second_moto_server, monkeypatch):
+        s3_credentials, bucket, second_moto_server, monkeypatch, tmp_path):
     """Above the multipart threshold, with a recorded sha256 and ETag: ranged GETs go
     straight into UploadPart (no part buffer filled, nothing hashed but each part's md5,
-    checked against its ETag), every range conditional on the recorded version."""
+    checked against its ETag), every range conditional on the recorded version. Inserted
+    with the same part layout, the copy's ETag is the recorded one: nothing read back."""
     from tests.faultproxy import Fault, FaultProxy
 
     data = bytes(range(256)) * 4500  # ~1.1 MiB: 5 parts of 256 KiB
@@ -362,7 +363,9 @@ async def test_a_big_shard_streams_its_parts_across_endpoints(
         source = small_store(make_credentials(proxy.url), bucket)
         dest = small_store(make_credentials(second_moto_server.url), dest_bucket)
         async with source, dest:
-            etag = await source.put_bytes("in/big.tar", data, digest)
+            (tmp_path / "big.tar").write_bytes(data)  # as insert uploads a big shard
+            etag = (await source.upload_file(tmp_path / "big.tar", "in/big.tar")).etag
+            assert etag.endswith("-5")
             url = source.url("in/big.tar")
             monkeypatch.setattr(S3DataStore, "get_bytes", refuse)
             monkeypatch.setattr("atdata_async._backends.s3_store._hash_into", refuse)
@@ -370,7 +373,7 @@ async def test_a_big_shard_streams_its_parts_across_endpoints(
             proxy.add(Fault("cut", method="GET", path=r"big\.tar", after=100_000, times=2))
             done = await dest.copy_from(source, url, "out/big.tar", len(data),
                                         known_sha256=digest, source_etag=etag)
-            assert (done.size, done.sha256) == (len(data), digest)
+            assert (done.size, done.sha256, done.etag) == (len(data), digest, etag)
             assert sum(1 for *_, kind in proxy.seen if kind == "cut") == 2
             assert proxy.count("GET", r"big\.tar") == 5 + 2
             assert dest.buffers().borrowed_tokens == 0
@@ -383,6 +386,55 @@ async def test_a_big_shard_streams_its_parts_across_endpoints(
                 await dest.copy_from(source, url, "out/again.tar", len(data),
                                      known_sha256=digest, source_etag=etag)
             assert await dest.list_multipart_uploads() == []
+
+
+@pytest.mark.parametrize("inserted", ["one PUT", "same parts"])
+async def test_a_range_damaged_on_its_way_from_the_source_is_refused(
+        s3_credentials, bucket, second_moto_server, tmp_path, inserted):
+    """One byte of a ranged GET changed between the source and us: the part's md5 is
+    that of the damaged bytes, so S3's part ETag agrees; the copy's ETag is not the
+    recorded one (another layout, or other bytes in a part), the object read back does
+    not hash to the recorded sha256: refused, deleted, no upload left open. (It was
+    accepted and named by the recorded sha256.)"""
+    from tests.faultproxy import Fault, FaultProxy
+
+    data = b"A" + bytes(range(256)) * 4500
+    digest = hashlib.sha256(data).hexdigest()
+    dest_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(s3_credentials["AWS_ENDPOINT"]) as proxy:
+        source = small_store(make_credentials(proxy.url), bucket)
+        dest = small_store(make_credentials(second_moto_server.url), dest_bucket)
+        async with source, dest:
+            if inserted == "one PUT":
+                etag = await source.put_bytes("in/big.tar", data, digest)
+            else:
+                (tmp_path / "big.tar").write_bytes(data)
+                etag = (await source.upload_file(tmp_path / "big.tar", "in/big.tar")).etag
+            damage = proxy.add(Fault("body", method="GET", path=r"big\.tar",
+                                     replace=(rb"^A", b"B"), times=None))
+            with pytest.raises(StorageError, match="other bytes than the source"):
+                await dest.copy_from(source, source.url("in/big.tar"), "out/big.tar",
+                                     len(data), known_sha256=digest, source_etag=etag)
+            assert damage.fired >= 1
+            with pytest.raises(ObjectNotFoundError):
+                await dest.head(dest.url("out/big.tar"))
+            assert await dest.list_multipart_uploads() == []
+
+
+async def test_a_big_shard_inserted_in_other_parts_is_read_back_once(
+        s3_credentials, bucket, second_moto_server):
+    """A source ETag that is no md5 of the copy's parts' md5s (one PUT at insert, another
+    part size): the copy is read back and hashed, and stands."""
+    data = bytes(range(256)) * 4500
+    digest = hashlib.sha256(data).hexdigest()
+    async with small_store(s3_credentials, bucket) as source, \
+            small_store(make_credentials(second_moto_server.url),
+                        make_bucket(second_moto_server.url)) as dest:
+        etag = await source.put_bytes("in/big.tar", data, digest)
+        done = await dest.copy_from(source, source.url("in/big.tar"), "out/big.tar",
+                                    len(data), known_sha256=digest, source_etag=etag)
+        assert done.verified and done.sha256 == digest and done.etag.endswith("-5")
+        assert await dest.get_bytes(done.url) == data
 
 
 async def test_a_streamed_part_that_lands_as_other_bytes_is_refused(

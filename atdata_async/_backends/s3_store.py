@@ -1557,8 +1557,12 @@ class S3DataStore:
 
         Every range is read from the version recorded at insert (If-Match
         ``source_etag``), whose sha256 is ``sha256_hex``; each part's md5 is checked
-        against the ETag S3 gives it, so nothing is hashed twice or read back. A journaled
-        upload (``log``) is continued like a buffered one."""
+        against the ETag S3 gives it. That proves S3 stored what was sent, not that what
+        was sent is what insert stored (a range damaged on its way from the source is
+        hashed as it arrived): the completed object's ETag must be the recorded one (the
+        same part layout as insert's: the md5 of the same parts' md5s), or else the
+        object is read back and its sha256 must be the recorded one. A journaled upload
+        (``log``) is continued like a buffered one."""
         url = self.url(key)
         parts = plan_parts(size, self.part_size, self.min_part_size)
         etags: dict[int, str] = {}
@@ -1578,7 +1582,15 @@ class S3DataStore:
                         tg.start_soon(self._send_part, key, upload_id, part.number, body,
                                       None, token, etags, tracker, log)
             etag = await self.complete_multipart(key, upload_id, etags)
-        return ShardUpload(url, size, sha256_hex, etag)
+        if etag != source_etag.strip('"'):  # another layout, or an ETag of no md5s
+            landed, _ = await self.sha256_of(url)
+            if landed != sha256_hex:
+                with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                    await self.delete(url, if_match=etag)  # that object only (see above)
+                raise StorageError(f"{url}: S3 stored other bytes than the source's (read "
+                                   f"back, sha256 {landed}, recorded {sha256_hex}; a range "
+                                   "damaged on its way from the source?)")
+        return ShardUpload(url, size, sha256_hex, etag, verified=True)
 
     async def server_side_copy(
         self, src_url: str, key: str, size: int, tracker: ProgressTracker | None = None,
