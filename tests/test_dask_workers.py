@@ -156,3 +156,31 @@ async def test_the_epoch_probe_reuses_a_fresh_answer_and_never_a_refusal():
     fence.now += PROBE_FRESH
     assert not await probe.holds()  # taken over
     assert not await probe.holds() and fence.gets == 4  # a refusal is asked again
+
+
+async def test_a_cancelled_promotion_restores_the_workers_callbacks(
+        index, client, tmp_path, second_moto_server, dc):
+    """The promotion cancelled while its shards copy (PUTs held at the proxy): the
+    worker was quiet, and once its groups end (cancelled or run out) its callbacks are
+    back as they were."""
+    entry = await insert(index, tmp_path, "cancelled", shards=4, per_shard=3,
+                         stem="cancelled")
+    dest_bucket = make_bucket(second_moto_server.url)
+    during: list[tuple[bool, float]] = []
+    with FaultProxy(second_moto_server.url) as proxy:
+        held = proxy.add(Fault("delay", method="PUT", path=rf"^/{dest_bucket}/",
+                               seconds=2.0, times=None))
+        async with store_for(make_credentials(proxy.url), dest_bucket) as dest, \
+                anyio.create_task_group() as tg:
+
+            async def promote() -> None:
+                await promote_to_atmosphere(entry, index, client, data_store=dest,
+                                            executor=DaskExecutor(dc, credentials=ON_WORKERS))
+
+            tg.start_soon(promote)
+            await until(lambda: held.active > 0, "a PUT held at the proxy")
+            during.append(await callbacks(dc))
+            tg.cancel_scope.cancel()
+        await until(lambda: restored(dc), "the worker's callbacks restored")
+    assert during == [(False, 1000.0)]
+    assert await datasets(client) == []
