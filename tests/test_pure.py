@@ -10,7 +10,7 @@ import pytest
 
 from atdata_async import ConfigurationError
 from atdata_async._model.cid import cid_for, dag_cbor, entry_cid
-from atdata_async._model.parts import MIB, plan_parts
+from atdata_async._model.parts import MIB, part_size_of_etag, plan_parts
 from atdata_async._model.schema import parse_schema_ref, schema_record, schema_ref
 from atdata_async._model.urls import expand_braces, parse_s3_url
 from tests.samples import FeatureSample, RichSample
@@ -87,3 +87,22 @@ def test_part_plans_cover_the_object_and_respect_limits():
     huge = plan_parts(1024 * 1024 * MIB, 8 * MIB)  # 1 TiB: the part size grows
     assert len(huge) <= 10_000
     assert plan_parts(1, 8 * MIB, 1) == [(1, 0, 1)]
+
+
+@pytest.mark.parametrize(("size", "parts", "expected"), [
+    (1024 * MIB, 64, 16 * MIB),  # our insert's own part size, preferred
+    (2048 * MIB, 32, 64 * MIB),  # boto3 with 64 MiB chunks
+    (2048 * MIB + 5, 257, 8 * MIB),  # aws s3 cp's 8 MiB, a last part of 5 bytes
+    (1000 * MIB, 200, 5 * MIB),  # rclone's 5 MiB: the only whole MiB that fits
+    (100 * MIB, 13, 8 * MIB),  # 8 and 9 MiB fit: the rounder one
+    (6 * MIB, 1, 6 * MIB),  # one part
+    (3 * MIB + 1, 3, None),  # no whole MiB of at least 5 MiB fits
+])
+def test_the_part_size_a_multipart_etag_implies(size, parts, expected):
+    etag = f"{'ab' * 16}-{parts}"
+    got = part_size_of_etag(size, f'"{etag}"', 16 * MIB)
+    assert got == expected
+    if got is not None:
+        assert len(plan_parts(size, got)) == parts
+    assert part_size_of_etag(size, "ab" * 16, 16 * MIB) is None  # one PUT: no layout
+    assert part_size_of_etag(size, None, 16 * MIB) is None

@@ -421,6 +421,35 @@ async def test_a_range_damaged_on_its_way_from_the_source_is_refused(
             assert await dest.list_multipart_uploads() == []
 
 
+async def test_a_big_shard_is_cut_as_its_recorded_etag_says_it_was_inserted(
+        s3_credentials, bucket, second_moto_server, tmp_path):
+    """A source inserted in 1 MiB parts (another store's part size than the copy's 256 KiB):
+    the copy cuts its parts as the recorded ETag's "-6" implies, so S3 gives the copy the
+    recorded ETag and nothing is read back (each range GET once, no whole GET)."""
+    from tests.faultproxy import FaultProxy
+
+    data = bytes(range(256)) * (5 * 4096 + 400)  # 5 MiB + 100 KiB: 6 parts of 1 MiB
+    digest = hashlib.sha256(data).hexdigest()
+    with FaultProxy(s3_credentials["AWS_ENDPOINT"]) as proxy:
+        inserter = small_store(make_credentials(proxy.url), bucket, part_size=1 << 20,
+                               multipart_threshold=2 << 20)
+        source = small_store(make_credentials(proxy.url), bucket)
+        dest = small_store(make_credentials(second_moto_server.url),
+                           make_bucket(second_moto_server.url))
+        async with inserter, source, dest:
+            (tmp_path / "big.tar").write_bytes(data)
+            etag = (await inserter.upload_file(tmp_path / "big.tar", "in/big.tar")).etag
+            assert etag.endswith("-6")
+            gets_before = proxy.count("GET", r"big\.tar")
+            done = await dest.copy_from(source, source.url("in/big.tar"), "out/big.tar",
+                                        len(data), known_sha256=digest, source_etag=etag)
+            assert done.verified and (done.sha256, done.etag) == (digest, etag)
+            assert proxy.count("GET", r"big\.tar") - gets_before == 6
+    copied = boto3.client("s3", endpoint_url=second_moto_server.url, region_name="us-east-1",
+                          aws_access_key_id="x", aws_secret_access_key="y")
+    assert copied.get_object(Bucket=dest.bucket, Key="out/big.tar")["Body"].read() == data
+
+
 async def test_a_big_shard_inserted_in_other_parts_is_read_back_once(
         s3_credentials, bucket, second_moto_server):
     """A source ETag that is no md5 of the copy's parts' md5s (one PUT at insert, another

@@ -59,7 +59,7 @@ from .._errors import (
     StorageError,
 )
 from .._model.pace import Pace, is_throttle
-from .._model.parts import MAX_SINGLE_COPY, MIB, Part, plan_parts
+from .._model.parts import MAX_SINGLE_COPY, MIB, Part, part_size_of_etag, plan_parts
 from .._model.progress import ProgressCallback, ProgressTracker
 from .._model.redact import mask_key_id
 from .._model.urls import S3Location, parse_s3_url
@@ -1560,11 +1560,15 @@ class S3DataStore:
         against the ETag S3 gives it. That proves S3 stored what was sent, not that what
         was sent is what insert stored (a range damaged on its way from the source is
         hashed as it arrived): the completed object's ETag must be the recorded one (the
-        same part layout as insert's: the md5 of the same parts' md5s), or else the
+        parts are cut as the recorded ETag says insert cut them, ``part_size_of_etag``:
+        the md5 of the same parts' md5s), or else the
         object is read back and its sha256 must be the recorded one. A journaled upload
         (``log``) is continued like a buffered one."""
         url = self.url(key)
-        parts = plan_parts(size, self.part_size, self.min_part_size)
+        # cut as insert cut it, so that the ETags agree and nothing is read back
+        layout = part_size_of_etag(size, source_etag, self.part_size,
+                                   self.min_part_size) or self.part_size
+        parts = plan_parts(size, layout, self.min_part_size)
         etags: dict[int, str] = {}
         async with self.resumable_upload(key, parts, log) as (upload_id, kept):
             etags.update(kept)
