@@ -231,7 +231,8 @@ class Cluster:
     """``dask scheduler`` and ``dask worker --nworkers n`` as processes of their own,
     stopped by their PIDs."""
 
-    def __init__(self, work: Path, n: int, threads: int, env: dict[str, str]) -> None:
+    def __init__(self, work: Path, n: int, threads: int, env: dict[str, str],
+                 worker_args: tuple[str, ...] = ()) -> None:
         import subprocess
 
         self.file = work / f"scheduler-{n}-{uuid.uuid4().hex[:6]}.json"
@@ -244,7 +245,7 @@ class Cluster:
         self.workers = subprocess.Popen(
             [*cli, "distributed.cli.dask_worker", "--scheduler-file", str(self.file),
                    "--nworkers", str(n), "--nthreads", str(threads), "--host", "127.0.0.1",
-                   "--no-dashboard"], **quiet)
+                   "--no-dashboard", *worker_args], **quiet)
         self.n = n
         ROLES[self.scheduler.pid] = "scheduler"
         ROLES[self.workers.pid] = "workers"

@@ -19,15 +19,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.bench_dask import Cluster as DaskProcesses
 
 # periodic callbacks by what they are (names as in each Server's periodic_callbacks)
 SOURCES: dict[str, tuple[str, ...]] = {
@@ -74,38 +75,12 @@ def measure(pids: dict[str, int], seconds: float) -> dict[str, float]:
     return {k: (cpu_seconds(p) - before[k]) * 1000 / took for k, p in pids.items()}
 
 
-class Cluster:
-    def __init__(self, work: Path, env: dict[str, str], nanny: bool = True) -> None:
-        self.file = work / f"s-{uuid.uuid4().hex[:6]}.json"
-        full = {**os.environ, **env}
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": full}
-        cli = [sys.executable, "-m"]
-        self.scheduler = subprocess.Popen(
-            [*cli, "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(self.file)], **quiet)
-        self.workers = subprocess.Popen(
-            [*cli, "distributed.cli.dask_worker", "--scheduler-file", str(self.file),
-             "--nworkers", "1", "--nthreads", "8", "--host", "127.0.0.1", "--no-dashboard",
-             *([] if nanny else ["--no-nanny"])], **quiet)
-        self.nanny = nanny
-
-    def address(self) -> str:
-        deadline = time.monotonic() + 120
-        while not (self.file.exists() and self.file.read_text()):
-            if time.monotonic() > deadline:
-                raise RuntimeError("the dask scheduler did not start")
-            time.sleep(0.1)
-        return json.loads(self.file.read_text())["address"]
-
-    def stop(self) -> None:
-        for proc in (self.workers, self.scheduler):
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+def Cluster(work: Path, env: dict[str, str], nanny: bool = True) -> DaskProcesses:
+    """One scheduler and one ``dask worker`` (8 slots; ``nanny=False``: no nanny), as
+    bench_dask starts them."""
+    cluster = DaskProcesses(work, 1, 8, env, () if nanny else ("--no-nanny",))
+    cluster.nanny = nanny
+    return cluster
 
 
 def _switch(names: tuple[str, ...], on: bool, dask_worker=None, dask_scheduler=None) -> list:
