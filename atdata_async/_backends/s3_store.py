@@ -550,6 +550,9 @@ class _SharedClient:
 # on both sides (0.55 vs 0.70 s ours, 3.8 vs 4.2 s the gateway's: more requests per wake-up
 # of each), docs/benchmarks.md. A copy holds a connection and no buffer.
 SERVER_COPIES = 256
+# Streamed copies (GET -> PUT across endpoints) in flight by default: rclone's --transfers
+# is 16, and 24 or 32 measured no better on radosgw (docs/benchmarks.md).
+STREAMED_COPIES = 16
 
 
 def copies_within_open_files(soft_limit: int | None = None) -> int:
@@ -597,7 +600,7 @@ class S3DataStore:
         max_memory: int | None = None,
         adaptive: bool = True,
         max_server_copies: int = SERVER_COPIES,
-        max_streamed_copies: int = 16,
+        max_streamed_copies: int = STREAMED_COPIES,
         light_requests: bool = True,
         addressing_style: str = "path",
         signed_payload: bool | None = None,
@@ -1522,21 +1525,27 @@ class S3DataStore:
             # other bytes than the recorded md5's (a server that ignores Content-MD5 lets
             # them through: moto does), or this server's ETags are no md5s (SSE-KMS):
             # the bytes read back decide
-            landed, _ = await self.sha256_of(url)
-            if landed != sha256_hex:
-                with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                    # not left for a rerun or a reader to take; only the object this PUT
-                    # wrote (its ETag): a good copy another run put there since stays
-                    await self.delete(url, if_match=etag or None)
-                raise StorageError(f"PutObject {url}: S3 stored other bytes than the "
-                                   f"source's (ETag {etag}, the source version's md5 "
-                                   f"{body.etag}; read back, sha256 {landed})")
+            await self._read_back(url, etag, sha256_hex,
+                                  f"PutObject {url}: ETag {etag}, the source version's md5 "
+                                  f"{body.etag}")
             if self.signed_payload is None and not self._md5_refused:
                 log.warning("PutObject %s: ETag %s is not the body's md5 (read back: the "
                             "bytes are right); this store signs its streamed PUTs from now "
                             "on", url, etag)
                 self._md5_refused = True
         return etag
+
+    async def _read_back(self, url: str, etag: str, sha256_hex: str, what: str) -> None:
+        """A copy whose ETag does not prove its bytes: read it back and hash it. Other
+        bytes than the recorded sha256's fail the shard and are deleted (not left for a
+        rerun or a reader to take): only the object this copy wrote, If-Match its ETag,
+        so a good copy another run put there since stays."""
+        landed, _ = await self.sha256_of(url)
+        if landed != sha256_hex:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                await self.delete(url, if_match=etag or None)
+            raise StorageError(f"{what}: S3 stored other bytes than the source's (read "
+                               f"back, sha256 {landed}, recorded {sha256_hex})")
 
     def _content_md5(self, recorded_etag: str | None) -> str | None:
         """The Content-MD5 a streamed PUT goes out with, unsigned (None: signed with the
@@ -1561,9 +1570,9 @@ class S3DataStore:
         was sent is what insert stored (a range damaged on its way from the source is
         hashed as it arrived): the completed object's ETag must be the recorded one (the
         parts are cut as the recorded ETag says insert cut them, ``part_size_of_etag``:
-        the md5 of the same parts' md5s), or else the
-        object is read back and its sha256 must be the recorded one. A journaled upload
-        (``log``) is continued like a buffered one."""
+        the md5 of the same parts' md5s), or else the object is read back and its sha256
+        must be the recorded one. A journaled upload (``log``) is continued like a
+        buffered one."""
         url = self.url(key)
         # cut as insert cut it, so that the ETags agree and nothing is read back
         layout = part_size_of_etag(size, source_etag, self.part_size,
@@ -1587,13 +1596,8 @@ class S3DataStore:
                                       None, token, etags, tracker, log)
             etag = await self.complete_multipart(key, upload_id, etags)
         if etag != source_etag.strip('"'):  # another layout, or an ETag of no md5s
-            landed, _ = await self.sha256_of(url)
-            if landed != sha256_hex:
-                with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
-                    await self.delete(url, if_match=etag)  # that object only (see above)
-                raise StorageError(f"{url}: S3 stored other bytes than the source's (read "
-                                   f"back, sha256 {landed}, recorded {sha256_hex}; a range "
-                                   "damaged on its way from the source?)")
+            await self._read_back(url, etag, sha256_hex,
+                                  f"{url}: a range damaged on its way from the source?")
         return ShardUpload(url, size, sha256_hex, etag, verified=True)
 
     async def server_side_copy(

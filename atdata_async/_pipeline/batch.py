@@ -28,7 +28,7 @@ import msgspec
 
 from .._backends.http_reader import HttpShardReader
 from .._backends.redis_index import LocalDatasetEntry, LocalIndex
-from .._backends.s3_store import SERVER_COPIES, S3DataStore
+from .._backends.s3_store import SERVER_COPIES, STREAMED_COPIES, S3DataStore
 from .._backends.tasks import backoff, run_per_shard, single_error
 from .._backends.xrpc import MAX_WRITES_PER_CALL, AtmosphereClient, RateLimit
 from .._errors import (
@@ -116,7 +116,7 @@ async def promote_many(
     compute_checksums: bool = True,
     max_concurrency: int = 8,
     max_server_copies: int = SERVER_COPIES,
-    max_streamed_copies: int = 16,
+    max_streamed_copies: int = STREAMED_COPIES,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,

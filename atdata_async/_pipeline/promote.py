@@ -32,7 +32,7 @@ import msgspec
 from .._backends.aws_env import ambient_credentials
 from .._backends.http_reader import HttpShardReader
 from .._backends.redis_index import LocalDatasetEntry, LocalIndex, StoreLocation
-from .._backends.s3_store import SERVER_COPIES, S3DataStore, ShardUpload, etag_of
+from .._backends.s3_store import SERVER_COPIES, STREAMED_COPIES, S3DataStore, ShardUpload, etag_of
 from .._backends.tasks import run_per_shard, single_error
 from .._backends.xrpc import AtmosphereClient
 from .._errors import (
@@ -586,7 +586,7 @@ async def promote_to_atmosphere(
     compute_checksums: bool = True,
     max_concurrency: int = 8,
     max_server_copies: int = SERVER_COPIES,
-    max_streamed_copies: int = 16,
+    max_streamed_copies: int = STREAMED_COPIES,
     copy_prefix: str = "promoted",
     progress: ProgressCallback | None = None,
     verify: bool = True,
@@ -715,7 +715,8 @@ async def _promote(entry: LocalDatasetEntry, local_index: LocalIndex,
                    compute_checksums: bool, max_concurrency: int,
                    progress: ProgressCallback | None, verify: bool,
                    executor: DaskExecutor | None, max_rate_limit_wait: float = 3600.0,
-                   max_server_copies: int = SERVER_COPIES, max_streamed_copies: int = 16) -> str:
+                   max_server_copies: int = SERVER_COPIES,
+                   max_streamed_copies: int = STREAMED_COPIES) -> str:
     tracker = ProgressTracker(progress, len(plan.shards),
                               sum(s.size or 0 for s in plan.shards))
     pkey = promotion_key(client.did, entry, plan.record.name, data_store)
