@@ -35,6 +35,7 @@ import logging
 import os
 import pickle
 import secrets
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -63,6 +64,7 @@ from .journal import (
     fingerprint,
     holds_epoch,
     journal_key,
+    run_name,
     stale_run,
 )
 
@@ -202,6 +204,11 @@ class _WorkerState:
     indexes: dict[str, LocalIndex] = field(default_factory=dict)
     # (promotion, epoch) -> [the worker's shard slots for it, groups using them]
     slots: dict[tuple[str, int | None], list[Any]] = field(default_factory=dict)
+    # a run (ShardGroup.run) -> the cancel scopes of its groups running here
+    running: dict[str, set[anyio.CancelScope]] = field(default_factory=dict)
+    # runs their coordinator stopped (failed or cancelled) -> when: a group of one that
+    # starts afterwards (already on its way when it was released) ends at once
+    stopped: dict[str, float] = field(default_factory=dict)
 
 
 _per_loop: weakref.WeakKeyDictionary[Any, _WorkerState] = weakref.WeakKeyDictionary()
@@ -245,6 +252,9 @@ class ShardGroup:
     concurrency: int = 8
     tune_malloc: bool = True  # see _tune_malloc
     quiet: bool = True  # see _quiet_enter
+    run: str = ""  # the coordinator's run (ShardRunner.run_token): what _stop_run stops
+    fail_fast: bool = False  # no retry left: a shard's failure fails the promotion, so
+    # it cancels the group's other shards at once (as a local run's first failure does)
 
 
 JournaledState = tuple[tuple[str, str | None, int] | None, OpenUpload | None]
@@ -386,7 +396,8 @@ _PROFILER = ("profile", "profile-cycle")  # the worker's periodic callbacks, by 
 class _Quiet:
     """What one worker paused while it copies (see ``_quiet_enter``)."""
 
-    groups: int = 0  # this worker's groups (of any promotion) running now
+    groups: int = 0  # this worker's groups (of any promotion) that asked for quiet
+    loud: int = 0  # and those that did not (quiet_workers=False): none may run quiet
     stopped: list[str] = field(default_factory=list)  # callbacks stopped, to start again
     tick: float | None = None  # the watchdog's own interval (ms), to set back
     timer: Any = None  # the pending restore
@@ -395,22 +406,38 @@ class _Quiet:
 _quiet_of: weakref.WeakKeyDictionary[Any, _Quiet] = weakref.WeakKeyDictionary()
 
 
-def _quiet_enter(worker: Any) -> None:
-    """A group starts on ``worker``: while any of its groups run, pause its statistical
-    profiler (100 wake-ups a second that sample only thread tasks, never a coroutine task
-    like a copy) and slow its event-loop watchdog (``tick``, 50 a second, kept for its
-    warning about a loop blocked over ``distributed.admin.tick.limit``, 3 s) to once a
-    second. Measured idle on this machine: ~31 -> ~8 ms of CPU a second per worker
-    process (benchmarks/bench_dask_idle.py). Counted per worker, so overlapping groups
-    and promotions share one pause; ``_quiet_exit`` restores what was changed."""
+def _quiet_enter(worker: Any, quiet: bool = True) -> None:
+    """A group starts on ``worker``: while its groups run, pause its statistical profiler
+    (100 wake-ups a second that sample only thread tasks, never a coroutine task like a
+    copy) and slow its event-loop watchdog (``tick``, 50 a second, kept for its warning
+    about a loop blocked over ``distributed.admin.tick.limit``, 3 s) to once a second.
+    Measured idle on this machine: ~31 -> ~8 ms of CPU a second per worker process
+    (benchmarks/bench_dask_idle.py). Counted per worker, so overlapping groups and
+    promotions share one pause; ``_quiet_exit`` restores what was changed.
+
+    The rule is per executor, not per worker: the worker is quiet only while every
+    engine group running on it asked for it. A group with ``quiet=False`` (an executor
+    made with ``quiet_workers=False``) restores the callbacks as it starts, beside quiet
+    groups too, and the worker is quieted again when the last such group ends while
+    quiet ones still run."""
     q = _quiet_of.get(worker)
     if q is None:
         q = _quiet_of[worker] = _Quiet()
-    q.groups += 1
-    if q.timer is not None:  # the next group came within the grace: still quiet
+    if quiet:
+        q.groups += 1
+    else:
+        q.loud += 1
+    if q.timer is not None:  # the next group came within the grace
         q.timer.cancel()
         q.timer = None
-    if q.stopped or q.tick is not None:
+    if q.loud:
+        _quiet_restore(worker)
+    else:
+        _quiet_pause(worker, q)
+
+
+def _quiet_pause(worker: Any, q: _Quiet) -> None:
+    if q.stopped or q.tick is not None:  # paused already
         return
     callbacks = getattr(worker, "periodic_callbacks", {})
     for name in _PROFILER:
@@ -423,14 +450,24 @@ def _quiet_enter(worker: Any) -> None:
         q.tick, tick.callback_time = tick.callback_time, QUIET_TICK_MS
 
 
-def _quiet_exit(worker: Any, grace: float = QUIET_GRACE) -> None:
+def _quiet_exit(worker: Any, grace: float = QUIET_GRACE, quiet: bool = True) -> None:
     """A group ended (copied, failed or cancelled): once none has run on ``worker`` for
-    ``grace`` seconds, start what ``_quiet_enter`` paused and set the watchdog back."""
+    ``grace`` seconds, start what ``_quiet_enter`` paused and set the watchdog back; the
+    last group with ``quiet=False`` ending beside quiet ones quiets the worker again."""
     q = _quiet_of.get(worker)
-    if q is None or q.groups <= 0:
+    if q is None:
+        return
+    if not quiet:
+        if q.loud <= 0:
+            return
+        q.loud -= 1
+        if not q.loud and q.groups:
+            _quiet_pause(worker, q)
+        return
+    if q.groups <= 0:
         return
     q.groups -= 1
-    if q.groups:
+    if q.groups or q.loud:
         return
     if grace <= 0:
         _quiet_restore(worker)
@@ -440,7 +477,7 @@ def _quiet_exit(worker: Any, grace: float = QUIET_GRACE) -> None:
 
 def _quiet_restore(worker: Any) -> None:
     q = _quiet_of.get(worker)
-    if q is None or q.groups:
+    if q is None or (q.groups and not q.loud):
         return
     q.timer = None
     stopped, q.stopped = q.stopped, []
@@ -478,16 +515,74 @@ def _worker_slots(default: int) -> int:
 
 async def _settle_group(group: ShardGroup) -> list[tuple[ShardPlan, str] | Exception]:
     first = group.tasks[0]
+    state = _state()
+    if group.run and group.run in state.stopped:  # released on its way here: not run
+        return [_stopped_error(t) for t in group.tasks]
     if group.tune_malloc:
         _tune_malloc(dict(first.dest.settings).get("part_size", 16 * 1024 * 1024))
-    worker = _this_worker() if group.quiet else None
-    if worker is None:
-        return await _settle_group_on(group)
-    _quiet_enter(worker)
+    worker = _this_worker()
+    if worker is not None:
+        _quiet_enter(worker, group.quiet)
+    scope = anyio.CancelScope()
+    running = state.running.setdefault(group.run, set())
+    running.add(scope)
     try:
-        return await _settle_group_on(group)
+        with scope:
+            return await _settle_group_on(group)
+        # stopped by _stop_run: every outcome so far is journaled (_settle_group_on
+        # flushes, shielded); the coordinator released the task and wants no answer
+        return [_stopped_error(t) for t in group.tasks]
     finally:
-        _quiet_exit(worker)
+        running.discard(scope)
+        if not running and state.running.get(group.run) is running:
+            del state.running[group.run]
+        if worker is not None:
+            _quiet_exit(worker, quiet=group.quiet)
+
+
+STOPPED_KEPT = 600.0  # s a worker remembers a stopped run (its released tasks may still come)
+
+
+class GroupStopped(AtdataError):
+    """A shard's copy stopped on the worker before it settled: its promotion failed (shard
+    ``failed`` of the same group, when known) or was cancelled. Not an ExecutorError: the
+    cluster did not fail it (and raise_lost_cluster must not take it for a lost one)."""
+
+    def __init__(self, promotion: str, index: int, failed: int | None = None) -> None:
+        why = (f"shard {failed} of its group failed" if failed is not None
+               else "its promotion failed or was cancelled")
+        super().__init__(f"{run_name(promotion)}: shard {index}'s copy stopped: {why}")
+        self.promotion, self.index, self.failed = promotion, index, failed
+
+    def __reduce__(self) -> Any:
+        return type(self), (self.promotion, self.index, self.failed)
+
+
+def _stopped_error(task: ShardTask) -> GroupStopped:
+    return GroupStopped(task.promotion, task.index)
+
+
+async def _stop_run(run: str, wait: float = 2.0) -> tuple[int, int]:
+    """Run on each worker (``Client.run``) by a coordinator whose promotion failed or was
+    cancelled: cancel that run's groups copying here and wait, at most ``wait`` seconds,
+    until they have ended. A cancelled shard ends as a cancelled local copy does: its
+    multipart upload aborted (under the coordinator's lease, which it holds until this
+    returns), its journal fields closed and flushed. Groups of the run that reach this
+    worker later end at once. Dask itself cannot do this: a released (or
+    ``Client.cancel``-ed) task that is executing only turns "cancelled" on the worker
+    and runs to its end. (groups stopped, groups still running after ``wait``)"""
+    state = _state()
+    now = time.monotonic()
+    for old in [r for r, t in state.stopped.items() if now - t > STOPPED_KEPT]:
+        del state.stopped[old]
+    state.stopped[run] = now
+    scopes = list(state.running.get(run, ()))
+    for scope in scopes:
+        scope.cancel()
+    with anyio.move_on_after(wait):
+        while state.running.get(run):
+            await anyio.sleep(0.01)
+    return len(scopes), len(state.running.get(run, ()))
 
 
 async def _settle_group_on(group: ShardGroup) -> list[tuple[ShardPlan, str] | Exception]:
@@ -527,6 +622,8 @@ async def _settle_group_on(group: ShardGroup) -> list[tuple[ShardPlan, str] | Ex
                 break
             acquired.add(token)
         fresh = len(acquired)
+        stop: list[int] = []  # the shard whose failure stopped the group (fail_fast)
+        siblings = anyio.CancelScope()
 
         async def member(k: int, http: HttpShardReader) -> None:
             token = tokens[k]
@@ -542,6 +639,9 @@ async def _settle_group_on(group: ShardGroup) -> list[tuple[ShardPlan, str] | Ex
                                                   journal)
             except Exception as exc:
                 results[k] = _portable(exc)
+                if group.fail_fast and not stop:  # the promotion fails: so do the others
+                    stop.append(tasks[k].index)
+                    siblings.cancel()
             finally:
                 if token in acquired:
                     acquired.discard(token)
@@ -558,15 +658,19 @@ async def _settle_group_on(group: ShardGroup) -> list[tuple[ShardPlan, str] | Ex
                                 await journal.run_flusher(lease=False)
 
                         tg.start_soon(flush)
-                        async with anyio.create_task_group() as members:
-                            for k in range(len(tasks)):
-                                members.start_soon(member, k, http)
+                        with siblings:
+                            async with anyio.create_task_group() as members:
+                                for k in range(len(tasks)):
+                                    members.start_soon(member, k, http)
                         flusher.cancel()
         finally:
             for token in list(acquired):  # shards that never started (the group failed)
                 slots.release_on_behalf_of(token)
             acquired.clear()
             await journal.flush()  # every outcome journaled before any is reported
+        if stop:  # the siblings the failure cancelled (their uploads aborted)
+            results = [GroupStopped(t.promotion, t.index, stop[0]) if r is None else r
+                       for t, r in zip(tasks, results, strict=True)]
         return results  # type: ignore[return-value]
     finally:
         held[1] -= 1
@@ -715,6 +819,7 @@ class DaskExecutor:
                            verify, dest)
 
 
+STOP_WAIT = 3.0  # s a failed or cancelled promotion waits for its groups to stop
 GroupOutcome = list[Any] | BaseException  # per shard (settled, etag) or its failure
 
 
@@ -729,6 +834,7 @@ class _Pending:
         self.leader = False
         self.changed = anyio.Event()
         self.waiters = 0
+        self.asked: set[int] = set()  # members whose shard asked for the outcome
 
 
 class ShardRunner:
@@ -750,6 +856,8 @@ class ShardRunner:
         self.concurrency = 8
         self._shards: dict[int, tuple[ShardPlan, ShardResume]] = {}
         self._groups: dict[int, _Pending] = {}
+        self.stopping: anyio.Event | None = None  # set once abandon() is done
+        self.stopped: dict[str, Any] = {}  # worker -> what _stop_run answered there
 
     async def _workers(self) -> int:
         if self.workers is None:
@@ -796,11 +904,19 @@ class ShardRunner:
         if pending is None:
             self._shards[i] = (shard, resume)
             pending = self._groups[i] = _Pending((i,))
+        pending.asked.add(i)
         outcome = await self._outcome(pending)
         if isinstance(outcome, BaseException):
             raise (outcome if isinstance(outcome, AtdataError)
                    else _translate(outcome, i, self.executor.scheduler_address))
         got = outcome[pending.members.index(i)]
+        if isinstance(got, GroupStopped) and got.failed in pending.members:
+            # stopped because a shard of its group failed: that shard's error is the
+            # promotion's. Its own coroutine raises it (then run_per_shard cancels this
+            # one) if it asked for the group; else this one raises it in its place.
+            if got.failed in pending.asked:
+                await anyio.sleep_forever()
+            got = outcome[pending.members.index(got.failed)]
         if isinstance(got, BaseException):
             raise (got if isinstance(got, AtdataError)
                    else _translate(got, i, self.executor.scheduler_address))
@@ -825,8 +941,10 @@ class ShardRunner:
         finally:
             pending.waiters -= 1
             if pending.waiters == 0 and pending.outcome is None and pending.future is not None:
-                _cancel(self.executor.client, pending.future)
-                pending.future = None
+                # every shard of the group was cancelled: the promotion failed or was
+                # cancelled (run_per_shard cancels all shards on the first failure)
+                with anyio.CancelScope(shield=True):
+                    await self.abandon()
 
     async def _run(self, pending: _Pending) -> GroupOutcome:
         """The group's per-shard outcomes; shards that raised are sent again (alone
@@ -855,9 +973,12 @@ class ShardRunner:
                       attempt: int) -> list[Any]:
         client = self.executor.client
         if pending.future is None:  # else submitted by a waiter that was cancelled since
+            if self.stopping is not None:  # the run is over: nothing more goes out
+                raise GroupStopped(self.promotion, members[0])
             group = ShardGroup(tuple(self.task(i, *self._shards[i]) for i in members),
                                self.concurrency, self.executor.tune_worker_malloc,
-                               self.executor.quiet_workers)
+                               self.executor.quiet_workers, self.run_token,
+                               fail_fast=attempt >= self.executor.retries)
             key = (f"atdata-shard-{self.promotion[:12]}-{members[0]}-{len(members)}-"
                    f"{self.run_token}" + (f"-r{attempt}" if attempt else ""))
             where = self.executor.scheduler_address
@@ -876,6 +997,62 @@ class ShardRunner:
                                                  abandon_on_cancel=True)
         pending.future = None
         return list(got)
+
+    async def abandon(self) -> None:
+        """The promotion failed or was cancelled with groups still at the cluster: let
+        go of every one of them at the scheduler (the queued ones are dropped there),
+        then stop the run's groups that are copying on the workers (``_stop_run``,
+        through ``Client.run``) and wait for them to end, at most ``STOP_WAIT``
+        seconds: their multipart uploads are aborted and their journal flushed under
+        this run's lease, which the coordinator releases only after this returns. The
+        first caller does it; the others wait for it (bounded the same way)."""
+        client = self.executor.client
+        for pending in {id(p): p for p in self._groups.values()}.values():
+            # (a group whose shards still wait releases its own when they are cancelled)
+            if pending.waiters == 0 and pending.outcome is None and pending.future is not None:
+                _cancel(client, pending.future)
+                pending.future = None
+        if self.stopping is not None:
+            with anyio.move_on_after(STOP_WAIT):
+                await self.stopping.wait()
+            return
+        self.stopping = done = anyio.Event()
+        try:
+            if self.submitted:
+                await self._stop_on_workers()
+        finally:
+            done.set()
+
+    async def _stop_on_workers(self) -> None:
+        client = self.executor.client
+        where = self.executor.scheduler_address
+        wait = STOP_WAIT - 0.5  # what a worker waits for its groups; the rest is travel
+        with anyio.move_on_after(STOP_WAIT) as late:
+            try:
+                if getattr(client, "asynchronous", False):
+                    got = await client.run(_stop_run, self.run_token, wait, on_error="return")
+                else:
+                    got = await anyio.to_thread.run_sync(
+                        lambda: client.run(_stop_run, self.run_token, wait,
+                                           on_error="return"),
+                        abandon_on_cancel=True)
+            except Exception as exc:  # the cluster may be gone (then so are its groups)
+                log.warning("could not stop the groups of %s on the Dask cluster at %s: "
+                            "%s: %s", run_name(self.promotion), where, type(exc).__name__,
+                            exc)
+                return
+        if late.cancelled_caught:
+            log.warning("the Dask cluster at %s did not confirm within %gs that the groups "
+                        "of %s stopped", where, STOP_WAIT, run_name(self.promotion))
+            return
+        self.stopped = dict(got)
+        answered = {w: v for w, v in got.items() if isinstance(v, tuple | list)}
+        left = sum(int(v[1]) for v in answered.values())
+        failed = [w for w in got if w not in answered]
+        if left or failed:
+            log.warning("%s: %d group(s) still running on the Dask cluster at %s after "
+                        "%gs, %d worker(s) did not answer", run_name(self.promotion), left,
+                        where, wait, len(failed))
 
     async def sweep(self, keys: Sequence[str]) -> list[tuple[str, str]]:
         """Every shard has settled: abort any upload still open under the plan's keys
