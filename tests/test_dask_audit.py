@@ -604,3 +604,41 @@ async def test_correct_with_1_2_and_4_worker_processes(index, client, tmp_path, 
     assert open_uploads(second_moto_server.url, dest_bucket) == []
     assert len(await datasets(client)) == 1
     assert (await index.redis.hgetall(key))[b"status"] == b"published"
+
+
+# -- the extra, and a credentials file on the worker's disk ---------------------------------
+
+
+def test_the_dask_extra_is_declared():
+    """``pip install 'atdata-async[dask]'`` brings distributed (the installed metadata)."""
+    import importlib.metadata
+
+    meta = importlib.metadata.metadata("atdata-async")
+    assert "dask" in meta.get_all("Provides-Extra")
+    assert any(r.startswith("dask[distributed]") and r.endswith('extra == "dask"')
+               for r in meta.get_all("Requires-Dist"))
+
+
+async def test_workers_read_credentials_from_a_file_named_in_the_task(
+        index, client, tmp_path, second_moto_server, s3_credentials, dc):
+    """``CredentialSource(path=...)``: the task names the file, a worker reads it from
+    its own disk (here the same machine's); its contents never reach the scheduler."""
+    entry = await insert(index, tmp_path, "byfile", shards=2, per_shard=300, stem="byfile")
+    dest_bucket = make_bucket(second_moto_server.url)
+    creds = tmp_path / "worker-only.env"
+    creds.write_text(f"AWS_ACCESS_KEY_ID=file-key-id\nAWS_SECRET_ACCESS_KEY={SECRET}\n")
+    await dc.register_plugin(RunSpecs())
+    try:
+        async with store_for(make_credentials(second_moto_server.url), dest_bucket) as dest:
+            uri = await promote_to_atmosphere(
+                entry, index, client, data_store=dest,
+                executor=DaskExecutor(dc, credentials=CredentialSource(path=str(creds))))
+        specs = await run_specs_of(dc)
+    finally:
+        await dc.unregister_scheduler_plugin(RunSpecs.name)
+    assert specs and all(str(creds).encode() in s for s in specs.values())
+    assert_no_secret(list(specs.values()), secrets_of(client))
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
+                     dest_bucket)
+    assert open_uploads(second_moto_server.url, dest_bucket) == []
