@@ -1,20 +1,26 @@
 """The Dask engine against the local task group: the copy phase of one promotion.
 
     .venv/bin/python benchmarks/bench_dask.py [--shards 256] [--kib 64] [--workers 1,2,4]
-                                              [--repeat 3] [--before]
+                                              [--repeat 3] [--before] [--no-control]
+                                              [--moto keep-alive|moto_server]
 
 Starts its own redis-server and two moto S3 servers, each a process of its own on
-127.0.0.1 (so that neither engine shares a GIL with S3), puts N shards in one, and copies
-them into the other (streamed cross-endpoint, journaled) with the promotion's own shard
-step: in this process's task group, and on a Dask cluster (DaskExecutor) whose scheduler
-and workers are processes of their own (``dask scheduler``, ``dask worker --nworkers N``:
-a LocalCluster would run its scheduler on a thread of this process, competing with the
-coordinator for its GIL), paired: per worker count, one warm-up run on the cluster, then
-``--repeat`` rounds of (local, cluster), so that both engines see the same machine.
-Medians; "vs local" is the cluster's median over the local median of the same rounds.
+127.0.0.1 (so that neither engine shares a GIL with S3; moto's app served with keep-alive
+by default, as real S3 servers do: moto_server closes every connection, and then a
+quarter of a copy's client CPU is TCP connects and closes), puts N shards in one, and
+copies them into the other (streamed cross-endpoint, journaled) with the promotion's own
+shard step: in this process's task group, and on a Dask cluster (DaskExecutor) whose
+scheduler and workers are processes of their own (``dask scheduler``, ``dask worker
+--nworkers N``: a LocalCluster would run its scheduler on a thread of this process,
+competing with the coordinator for its GIL), paired: per worker count, one warm-up run on
+the cluster, then ``--repeat`` rounds of (local, control, cluster), so that all see the
+same machine. The control is the local task group split over N plain processes (no
+Dask), each with its share of the shards and of the concurrency: what N processes on
+these cores cost by themselves, so that the cluster over the control is what the engine
+adds. Medians; "vs local" is over the local median of the same rounds.
 Wall and CPU are those of the copy phase alone (set-up and the byte checks after are
-left out), CPU per process too: ms per shard of the coordinator, each moto, redis, the
-scheduler and the workers.
+left out), CPU and context switches per process too: per shard, of the coordinator, each
+moto, redis, the scheduler, the workers and the control's processes.
 The coordinator groups the shards and keeps ``in_flight(concurrency)`` of them at the
 cluster, as a promotion does; ``--before`` adds a cluster run per round with one task per
 shard (``group_size=1``, the engine before issue 13's groups), so both are measured side
@@ -93,7 +99,11 @@ def _quiet_off(dask_worker) -> None:
 
 async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str,
                      keys: list[str], sums: dict[str, str], executor, concurrency: int,
-                     idle: dict[str, float] | None = None) -> dict:
+                     idle: dict[str, float] | None = None, processes: int = 0) -> dict:
+    """One copy phase: in this process's task group, on the cluster (``executor``), or
+    (``processes``, the control) in that many processes of plain local task groups, each
+    with its share of the shards and of ``concurrency``."""
+    from atdata_async._backends.http_reader import HttpShardReader
     from atdata_async._backends.redis_index import LocalIndex
     from atdata_async._backends.s3_store import S3DataStore
     from atdata_async._backends.tasks import run_per_shard
@@ -119,33 +129,41 @@ async def copy_phase(redis_url: str, src_url: str, dst_url: str, src_bucket: str
         if executor is not None:
             remote = executor.bind(promotion=pkey, local_index=index, dest=dest,
                                    source=source, compute_checksums=True)
-        from atdata_async._backends.http_reader import HttpShardReader
 
         commands_before = await redis_commands(index)
-        cpu_before = tree_cpu()
-        started = time.perf_counter()
-        async with HttpShardReader() as http:
-            flusher = asyncio.ensure_future(journal.run_flusher())
+        if processes:
+            limit = max(1, concurrency // processes)
+            wall, cpu, settled = await split_phase(
+                processes, (redis_url, src_url, dst_url, src_bucket, dst_bucket, pkey,
+                            journal.epoch),
+                list(enumerate(plans)), limit)
+        else:
+            before = tree_cpu()
+            started = time.perf_counter()
+            async with HttpShardReader() as http:
+                flusher = asyncio.ensure_future(journal.run_flusher())
 
-            async def one(item):
-                i, plan = item
+                async def one(item):
+                    i, plan = item
+                    if remote is not None:
+                        return await settle_elsewhere(remote, i, plan, _resume(), logs[i],
+                                                      tracker)
+                    return await _settle_shard(plan, source, http, dest, True, tracker,
+                                               logs[i], _resume())
+
+                limit = concurrency  # the local task group's
+                if remote is not None:  # as promote.py plans and keeps them
+                    await remote.plan([(i, p, _resume()) for i, p in enumerate(plans)],
+                                      journal)
+                    limit = await remote.in_flight(concurrency)
+                settled = await run_per_shard([p.source_url for p in plans],
+                                              list(enumerate(plans)), one, limit, tracker)
                 if remote is not None:
-                    return await settle_elsewhere(remote, i, plan, _resume(), logs[i], tracker)
-                return await _settle_shard(plan, source, http, dest, True, tracker, logs[i],
-                                           _resume())
-
-            limit = concurrency  # the local task group's
-            if remote is not None:  # as promote.py plans and keeps them
-                await remote.plan([(i, p, _resume()) for i, p in enumerate(plans)], journal)
-                limit = await remote.in_flight(concurrency)
-            settled = await run_per_shard([p.source_url for p in plans],
-                                          list(enumerate(plans)), one, limit, tracker)
-            if remote is not None:
-                await remote.sweep([p.dest_key for p in plans])
-            wall = time.perf_counter() - started
-            cpu = window_cpu(cpu_before, tree_cpu(), executor is not None)
-            flusher.cancel()
-        await journal.flush()
+                    await remote.sweep([p.dest_key for p in plans])
+                wall = time.perf_counter() - started
+                cpu = window_cpu(before, tree_cpu(), executor is not None)
+                flusher.cancel()
+            await journal.flush()
         commands = await redis_commands(index) - commands_before - 1  # less the INFO
         await journal.release()
         ok = 0
@@ -182,7 +200,9 @@ def tree_cpu() -> dict[str, float]:
     """CPU seconds used so far by this process and every descendant (moto, redis, the
     Dask scheduler and workers), per role (a direct child's name in ROLES, its
     descendants counted with it; this process is "coordinator") and in all ("total"):
-    less at the mercy of a shared machine than wall time."""
+    less at the mercy of a shared machine than wall time. Also each role's context
+    switches so far (``switches`` + role): a process woken for fewer events at a time
+    pays its cold caches more often."""
     ticks = os.sysconf("SC_CLK_TCK")
     parents: dict[int, int] = {}
     used: dict[int, float] = {}
@@ -205,20 +225,127 @@ def tree_cpu() -> dict[str, float]:
             role = "coordinator" if pid == me else ROLES.get(child, "other")
             out[role] = out.get(role, 0.0) + cpu
             out["total"] += cpu
+            out[SWITCHES + role] = out.get(SWITCHES + role, 0.0) + _switches(pid)
     return out
+
+
+SWITCHES = "switches "  # tree_cpu's keys of context switches, per role
+
+
+def _switches(pid: int) -> int:
+    """A process's context switches so far (voluntary and not, every thread's: a Dask
+    worker's comm and offload threads too), 0 if it is gone."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            lines = status.read_text().splitlines()
+        except OSError:
+            continue
+        total += sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)
+    return total
 
 
 def window_cpu(before: dict[str, float], after: dict[str, float],
                cluster: bool) -> dict:
-    """The copy window's CPU seconds, per role and in all. A local run leaves the idle
-    cluster's scheduler and workers out of its total (they exist only for the cluster's
-    runs; shown apart as "idle")."""
-    roles = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "total"}
+    """The copy window's CPU seconds, per role and in all, and context switches per role.
+    A local run leaves the idle cluster's scheduler and workers out of its total (they
+    exist only for the cluster's runs; shown apart as "idle")."""
+    delta = {k: v - before.get(k, 0.0) for k, v in after.items() if k != "total"}
+    roles = {k: v for k, v in delta.items() if not k.startswith(SWITCHES)}
+    switches = {k[len(SWITCHES):]: v for k, v in delta.items() if k.startswith(SWITCHES)}
     if not cluster:  # shown apart: what the idle cluster burns meanwhile (heartbeats, ...)
         roles = {(f"idle {k}" if k in ("scheduler", "workers") else k): v
                  for k, v in roles.items()}
     return {"cpu": sum(v for k, v in roles.items() if not k.startswith("idle ")),
-            "roles": roles}
+            "roles": roles, "switches": switches}
+
+
+async def split_phase(processes: int, where: tuple, items: list, limit: int
+                      ) -> tuple[float, dict, list]:
+    """The control for the cluster's runs: the same copies by plain local task groups in
+    ``processes`` processes of their own (no Dask), each with a contiguous share of the
+    shards and ``limit`` slots, started together once each is ready (imports, clients):
+    what splitting the work over processes on these cores costs by itself. Returns the
+    window's wall, CPU (window_cpu) and the settled plans in order."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    shares = [items[k::processes] for k in range(processes)]
+    pipes, procs = [], []
+    for share in shares:
+        mine, theirs = ctx.Pipe()
+        proc = ctx.Process(target=_split_child, args=(theirs, where, share, limit))
+        proc.start()
+        ROLES[proc.pid] = "local processes"
+        pipes.append(mine)
+        procs.append(proc)
+    try:
+        for pipe in pipes:
+            await asyncio.to_thread(_expect, pipe, "ready")
+        before = tree_cpu()
+        started = time.perf_counter()
+        for pipe in pipes:
+            pipe.send("go")
+        done = [await asyncio.to_thread(_expect, pipe, "done") for pipe in pipes]
+        wall = time.perf_counter() - started
+        cpu = window_cpu(before, tree_cpu(), False)
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+    settled = dict(pair for got in done for pair in got[1])
+    return wall, cpu, [settled[i] for i, _ in items]
+
+
+def _expect(pipe, what: str):
+    got = pipe.recv()
+    if isinstance(got, BaseException):
+        raise got
+    assert got == what or got[0] == what, got
+    return got
+
+
+def _split_child(pipe, where: tuple, share: list, limit: int) -> None:
+    try:
+        asyncio.run(_split_copy(pipe, where, share, limit))
+    except BaseException as exc:  # to the parent, which raises it
+        pipe.send(RuntimeError(f"{type(exc).__name__}: {exc}"))
+
+
+async def _split_copy(pipe, where: tuple, share: list, limit: int) -> None:
+    """One process of split_phase: its share copied as the local task group copies."""
+    from atdata_async._backends.http_reader import HttpShardReader
+    from atdata_async._backends.redis_index import LocalIndex
+    from atdata_async._backends.s3_store import S3DataStore
+    from atdata_async._backends.tasks import run_per_shard
+    from atdata_async._model.progress import ProgressTracker
+    from atdata_async._pipeline.journal import PromotionJournal
+    from atdata_async._pipeline.promote import _settle_shard
+
+    redis_url, src_url, dst_url, src_bucket, dst_bucket, pkey, epoch = where
+    async with S3DataStore(creds(dst_url), bucket=dst_bucket) as dest, \
+            S3DataStore(creds(src_url), bucket=src_bucket) as source, \
+            LocalIndex(redis_url) as index, HttpShardReader() as http:
+        journal = PromotionJournal(index, pkey, epoch)  # as a worker's
+        logs = {i: journal.shard(i, p, _resume()) for i, p in share}
+        tracker = ProgressTracker(None, len(share), 0)
+        await dest.client(), await source.client()
+        await index.redis.ping()
+        pipe.send("ready")
+        await asyncio.to_thread(pipe.recv)
+        flusher = asyncio.ensure_future(journal.run_flusher(lease=False))
+
+        async def one(item):
+            i, plan = item
+            return i, await _settle_shard(plan, source, http, dest, True, tracker, logs[i],
+                                          _resume())
+
+        got = await run_per_shard([p.source_url for _, p in share], share, one, limit,
+                                  tracker)
+        flusher.cancel()
+        await journal.flush()
+        pipe.send(("done", got))
 
 
 def _resume():
@@ -285,6 +412,12 @@ def main() -> None:
     ap.add_argument("--no-quiet", action="store_true",
                     help="DaskExecutor(quiet_workers=False): the workers' profiler and "
                          "watchdog left as configured while they copy")
+    ap.add_argument("--moto", choices=("keep-alive", "moto_server"), default="keep-alive",
+                    help="moto's app served with keep-alive (waitress, as real S3 servers "
+                         "do) or by moto_server, which closes every connection")
+    ap.add_argument("--no-control", action="store_true",
+                    help="skip the control run per round: the local task group split over "
+                         "as many plain processes as the cluster has workers (no Dask)")
     ap.add_argument("--idle-seconds", type=float, default=3.0,
                     help="the cluster's idle CPU measured this long before each cluster "
                          "run (for the engine-attributable column; 0: not measured)")
@@ -303,8 +436,9 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="bench-dask-"))
     redis = services.start_redis(work)
-    src = services.start_moto(in_process=False)
-    dst = services.start_moto(in_process=False)
+    keep_alive = args.moto == "keep-alive"
+    src = services.start_moto(in_process=False, keep_alive=keep_alive)
+    dst = services.start_moto(in_process=False, keep_alive=keep_alive)
     for service, role in ((redis, "redis"), (src, "moto src"), (dst, "moto dst")):
         if service.proc is not None:
             ROLES[service.proc.pid] = role
@@ -346,16 +480,20 @@ def main() -> None:
                                                 sums, ex, args.concurrency, idle)
 
                 asyncio.run(on_cluster())  # warm: worker imports, S3 clients
-                paired_local, paired_dask, paired_plain = [], [], []
+                paired_local, paired_dask, paired_plain, paired_split = [], [], [], []
                 for _ in range(args.repeat):
                     paired_local.append(local())
+                    if not args.no_control:
+                        paired_split.append(asyncio.run(copy_phase(
+                            redis.url, src.url, dst.url, bucket, keys, sums, None,
+                            args.concurrency, processes=n)))
                     if args.before:
                         paired_plain.append(asyncio.run(on_cluster(group=1)))
                     paired_dask.append(asyncio.run(on_cluster()))
             finally:
                 cluster.stop()
             locals_all += paired_local
-            rows.append((n, paired_local, paired_dask, paired_plain))
+            rows.append((n, paired_local, paired_dask, paired_plain, paired_split))
 
         def median(runs: list[dict], what: str = "wall") -> float:
             return statistics.median(r[what] for r in runs)
@@ -365,7 +503,7 @@ def main() -> None:
 
         print(f"{args.shards} shards x {args.kib} KiB ({total:.0f} MiB), cross-endpoint "
               f"streamed copy, concurrency {args.concurrency}, {os.cpu_count()} cores, moto "
-              f"in its own processes; median of {args.repeat} paired round(s)")
+              f"in its own processes ({args.moto}); median of {args.repeat} paired round(s)")
         print(f"load average (1/5/15 min) at the start {load_before[0]:.2f} "
               f"{load_before[1]:.2f} {load_before[2]:.2f}, at the end "
               + " ".join(f"{x:.2f}" for x in os.getloadavg()))
@@ -400,41 +538,59 @@ def main() -> None:
                   f"{each:>20} {ok:>5}/{args.shards:<4} {uploads:>12}{extra}")
 
         row("local task group", "-", locals_all, locals_all)
-        for n, paired_local, paired_dask, paired_plain in rows:
+        for n, paired_local, paired_dask, paired_plain, paired_split in rows:
+            if paired_split:
+                row(f"local, {n} process(es)", str(n), paired_split, paired_local)
             for runs in (paired_plain, paired_dask):
                 if runs:
                     row(f"dask, {runs[0]['group']}/task, {runs[0]['limit']} in flight", str(n),
                         runs, paired_local)
 
-        def per_shard(name: str, runs: list[dict]) -> str:
-            roles = sorted({k for r in runs for k in r["roles"]})
-            ms = {k: statistics.median(r["roles"].get(k, 0.0) for r in runs) * 1000
+        def per_shard(name: str, runs: list[dict], what: str = "roles",
+                      unit: float = 1000.0) -> str:
+            roles = sorted({k for r in runs for k in r[what]})
+            ms = {k: statistics.median(r[what].get(k, 0.0) for r in runs) * unit
                   / args.shards for k in roles}
             return f"  {name:<26} " + "  ".join(f"{k} {v:.2f}" for k, v in ms.items())
 
+        def over(runs: list[dict], base: list[dict]) -> str:
+            """Each run over the base run of its own round (just before it)."""
+            ratios = [r["cpu"] / b["cpu"] for r, b in zip(runs, base, strict=True)]
+            return (" ".join(f"{x:.3f}" for x in ratios)
+                    + f" (median {statistics.median(ratios):.3f}x)")
+
+        labelled = []  # (label, runs, the local runs of its rounds, the controls)
+        for n, paired_local, paired_dask, paired_plain, paired_split in rows:
+            if paired_split:
+                labelled.append((f"local, {n} process(es)", paired_split, paired_local, []))
+            for runs in (paired_plain, paired_dask):
+                if runs:
+                    labelled.append((f"dask {n} worker(s), {runs[0]['group']}/task", runs,
+                                     paired_local, paired_split))
         print("CPU s of each run (in round order; the local runs of every worker count):")
         print(f"  {'local task group':<26} " + " ".join(f"{r['cpu']:.2f}" for r in locals_all))
-        for n, paired_local, paired_dask, paired_plain in rows:
-            for runs in (paired_plain, paired_dask):
-                if runs:
-                    # each cluster run over the local run of its own round (just before it)
-                    ratios = [r["cpu"] / b["cpu"] for r, b in zip(runs, paired_local,
-                                                                   strict=True)]
-                    print(f"  {f'dask {n} worker(s), ' + str(runs[0]['group']) + '/task':<26} "
-                          + " ".join(f"{r['cpu']:.2f}" for r in runs)
-                          + "   over its round's local run: "
-                          + " ".join(f"{x:.3f}" for x in ratios)
-                          + f" (median {statistics.median(ratios):.3f}x)")
+        for label, runs, paired_local, _ in labelled:
+            print(f"  {label:<26} " + " ".join(f"{r['cpu']:.2f}" for r in runs)
+                  + "   over its round's local run: " + over(runs, paired_local))
+        if any(split for *_, split in labelled):
+            print("The engine over its control (total CPU; the same copies split over as "
+                  "many plain processes as workers, no Dask, in the same rounds):")
+            for label, runs, _, paired_split in labelled:
+                if paired_split:
+                    print(f"  {label:<26} {median(runs, 'cpu') / median(paired_split, 'cpu'):.3f}x"
+                          f" of the control's median; per round " + over(runs, paired_split))
         print("Redis commands per shard in the copy window (every client; medians): "
               + f"local {median(locals_all, 'commands') / args.shards:.2f}; "
-              + "; ".join(f"dask {n} worker(s) {median(d, 'commands') / args.shards:.2f}"
-                          for n, _, d, _ in rows))
+              + "; ".join(f"{label} {median(runs, 'commands') / args.shards:.2f}"
+                          for label, runs, *_ in labelled))
         print("CPU ms per shard by process (medians):")
         print(per_shard("local task group", locals_all))
-        for n, _, paired_dask, paired_plain in rows:
-            for runs in (paired_plain, paired_dask):
-                if runs:
-                    print(per_shard(f"dask {n} worker(s), {runs[0]['group']}/task", runs))
+        for label, runs, *_ in labelled:
+            print(per_shard(label, runs))
+        print("Context switches per shard by process (medians; voluntary and not):")
+        print(per_shard("local task group", locals_all, "switches", 1.0))
+        for label, runs, *_ in labelled:
+            print(per_shard(label, runs, "switches", 1.0))
     finally:
         src.stop()
         dst.stop()

@@ -109,11 +109,14 @@ def start_redis(workdir: Path, *, detach: bool = False) -> Service:
 
 
 def start_moto(in_process: bool = True, *, auth_after: int | None = None,
-               detach: bool = False) -> Service:
+               detach: bool = False, keep_alive: bool = False) -> Service:
     """A moto S3 server: in this process (tests) or as its own process (benchmarks).
 
     ``auth_after=N`` (own process only): after N unchecked requests (enough to create an
     IAM user, its key and a bucket) moto checks every signature like AWS does.
+    ``keep_alive`` (own process only): moto's app served by waitress, which keeps
+    connections open as real S3 servers do (tests/moto_keepalive.py), not by
+    ``moto_server``, which closes each one.
     """
     if in_process:
         from moto.server import ThreadedMotoServer
@@ -127,7 +130,10 @@ def start_moto(in_process: bool = True, *, auth_after: int | None = None,
     env = dict(os.environ)
     if auth_after is not None:
         env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], env=env,
+    argv = [str(moto), "-H", "127.0.0.1", "-p", str(port)]
+    if keep_alive:
+        argv = [sys.executable, str(Path(__file__).with_name("moto_keepalive.py")), str(port)]
+    proc = subprocess.Popen(argv, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=detach)
     url = f"http://127.0.0.1:{port}"

@@ -462,7 +462,8 @@ async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, whe
 
 def test_bench_dask_smoke():
     """benchmarks/bench_dask.py runs end to end (tiny): every copy identical, none open;
-    one task per shard (--before) and in groups (16 shards, 1 worker: 4 per task)."""
+    locally, in the control's plain process, one task per shard (--before) and in groups
+    (16 shards, 1 worker: 4 per task), against moto served with keep-alive."""
     done = subprocess.run([sys.executable, "benchmarks/bench_dask.py", "--shards", "16",
                            "--kib", "16", "--workers", "1", "--concurrency", "2",
                            "--repeat", "1", "--before"],
@@ -471,13 +472,15 @@ def test_bench_dask_smoke():
     rows = [line for line in done.stdout.splitlines() if line.startswith(("local", "dask"))]
     # every copy identical, 0 open uploads (the cluster rows go on with the
     # engine-attributable CPU after a "|")
-    assert len(rows) == 3 and all(" 16/16 " in r and r.split(" |")[0].endswith(" 0")
+    assert len(rows) == 4 and all(" 16/16 " in r and r.split(" |")[0].endswith(" 0")
                                   for r in rows), done.stdout
-    assert all(" | " in r for r in rows[1:]), done.stdout
+    assert any(r.startswith("local, 1 process(es)") for r in rows), done.stdout
+    assert "(keep-alive)" in done.stdout and "The engine over its control" in done.stdout
+    assert all(" | " in r for r in rows if r.startswith("dask")), done.stdout
     assert "cluster config: recommended (DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False" \
         in done.stdout
-    assert "dask, 1/task, 4 in flight" in rows[1], done.stdout
-    assert "dask, 4/task, 8 in flight" in rows[2], done.stdout
+    assert "dask, 1/task, 4 in flight" in rows[2], done.stdout
+    assert "dask, 4/task, 8 in flight" in rows[3], done.stdout
 
 
 async def test_a_group_whose_worker_is_killed_keeps_its_finished_shards(
