@@ -252,7 +252,7 @@ class ShardGroup:
     concurrency: int = 8
     tune_malloc: bool = True  # see _tune_malloc
     quiet: bool = True  # see _quiet_enter
-    run: str = ""  # the coordinator's run (ShardRunner.run_token): what _stop_run stops
+    run: str = ""  # the coordinator's run (ShardRunner.run_id): what _stop_run stops
     fail_fast: bool = False  # no retry left: a shard's failure fails the promotion, so
     # it cancels the group's other shards at once (as a local run's first failure does)
 
@@ -849,6 +849,10 @@ class ShardRunner:
         self.compute_checksums, self.verify = compute_checksums, verify
         self.dest_store = dest_store
         self.run_token = secrets.token_hex(4)
+        # what the workers know this run by (_stop_run): a 32-bit token alone is shared
+        # by two entries of a 10,000-entry promote_many with a chance of ~1%, and one's
+        # stop would then stop the other's groups
+        self.run_id = f"{promotion}-{self.run_token}"
         self.submitted = 0  # tasks sent to the scheduler
         self.journal: PromotionJournal | None = None  # the coordinator's (lease, epoch)
         self.workers: int | None = None  # read once, by plan or in_flight
@@ -977,7 +981,7 @@ class ShardRunner:
                 raise GroupStopped(self.promotion, members[0])
             group = ShardGroup(tuple(self.task(i, *self._shards[i]) for i in members),
                                self.concurrency, self.executor.tune_worker_malloc,
-                               self.executor.quiet_workers, self.run_token,
+                               self.executor.quiet_workers, self.run_id,
                                fail_fast=attempt >= self.executor.retries)
             key = (f"atdata-shard-{self.promotion[:12]}-{members[0]}-{len(members)}-"
                    f"{self.run_token}" + (f"-r{attempt}" if attempt else ""))
@@ -1030,10 +1034,10 @@ class ShardRunner:
         with anyio.move_on_after(STOP_WAIT) as late:
             try:
                 if getattr(client, "asynchronous", False):
-                    got = await client.run(_stop_run, self.run_token, wait, on_error="return")
+                    got = await client.run(_stop_run, self.run_id, wait, on_error="return")
                 else:
                     got = await anyio.to_thread.run_sync(
-                        lambda: client.run(_stop_run, self.run_token, wait,
+                        lambda: client.run(_stop_run, self.run_id, wait,
                                            on_error="return"),
                         abandon_on_cancel=True)
             except Exception as exc:  # the cluster may be gone (then so are its groups)
