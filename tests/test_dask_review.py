@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import anyio
 import pytest
 from distributed import Client
 
@@ -66,3 +67,71 @@ async def test_a_failed_entry_stops_only_its_own_groups_even_when_run_tokens_agr
     got = await AtmosphereIndex(client).get_dataset(outcomes[1].uri)
     assert_copied(good, got, second_moto_server.url)
     assert open_uploads(second_moto_server.url, dest_bucket) == []
+
+
+class _Answer:
+    """A group's task as the coordinator sees it: its answer after ``delay`` seconds."""
+
+    def __init__(self, outcome: list, delay: float) -> None:
+        self.outcome, self.delay = outcome, delay
+
+    def __await__(self):
+        return self._wait().__await__()
+
+    async def _wait(self) -> list:
+        await anyio.sleep(self.delay)
+        return self.outcome
+
+    def release(self) -> None:
+        pass
+
+
+class _Cluster:
+    """The Dask client's side a ShardRunner uses, answering each group with what the
+    test prepared (the fault injected: a worker's answer), no scheduler behind it."""
+
+    asynchronous = True
+    scheduler = SimpleNamespace(address="tcp://nowhere:8786")
+
+    def __init__(self, outcome: list) -> None:
+        self.outcome = outcome
+        self.submitted: list[str] = []
+
+    def scheduler_info(self, n_workers: int = 0) -> dict:
+        return {"n_workers": 1}
+
+    def submit(self, fn, group, key: str, pure: bool, retries: int) -> _Answer:
+        self.submitted.append(key)
+        return _Answer(self.outcome, 0.05)
+
+
+async def test_a_failed_shard_that_had_not_asked_yet_is_reported_once():
+    """A group of 4 whose shard 3 failed on the worker (the others answer GroupStopped
+    naming it), while only shards 0-2 had asked for the group: shard 3 still waited for
+    a slot of the shared limit (promote_many's, or a promotion's when groups finish
+    unevenly). Its error is the promotion's, reported once (one of the waiting shards
+    raises it in its place, the others are cancelled with the rest). Before the fix each
+    of the 3 raised it: "3 of 4 shard(s) failed", the one 403 listed three times under
+    three shards that did not fail."""
+    from atdata_async import StorageError
+    from atdata_async._backends.tasks import run_per_shard
+    from atdata_async._errors import ShardTransferError
+    from atdata_async._pipeline.journal import ShardResume
+    from atdata_async._pipeline.promote import ShardPlan
+
+    promotion = "p" * 64
+    refused = StorageError("UploadPart 1 s3://dest/a3.tar: S3 refused the credentials")
+    cluster = _Cluster([engine.GroupStopped(promotion, i, 3) for i in range(3)] + [refused])
+    runner = engine.ShardRunner(DaskExecutor(cluster, group_size=4), promotion, None, None,
+                                None, False, False, None)
+    plans = [ShardPlan(f"s3://src/a{i}.tar", "copy", f"a{i}.tar", 10, None)
+             for i in range(4)]
+    await runner.plan([(i, p, ShardResume()) for i, p in enumerate(plans)])
+
+    async def settle(i: int):
+        return await runner.settle(i, plans[i], ShardResume())
+
+    with anyio.fail_after(10), pytest.raises(ShardTransferError) as raised:
+        await run_per_shard([p.source_url for p in plans], list(range(4)), settle, 3)
+    assert len(cluster.submitted) == 1  # one task for the group
+    assert list(raised.value.failures.values()) == [refused], str(raised.value)

@@ -917,9 +917,11 @@ class ShardRunner:
         if isinstance(got, GroupStopped) and got.failed in pending.members:
             # stopped because a shard of its group failed: that shard's error is the
             # promotion's. Its own coroutine raises it (then run_per_shard cancels this
-            # one) if it asked for the group; else this one raises it in its place.
+            # one) if it asked for the group; else the first sibling here raises it in
+            # its place, once (the others count it as asked, and wait to be cancelled).
             if got.failed in pending.asked:
                 await anyio.sleep_forever()
+            pending.asked.add(got.failed)
             got = outcome[pending.members.index(got.failed)]
         if isinstance(got, BaseException):
             raise (got if isinstance(got, AtdataError)
