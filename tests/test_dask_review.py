@@ -10,9 +10,10 @@ import anyio
 import pytest
 from distributed import Client
 
+from atdata_async import AtdataError
 from atdata_async._pipeline import executor as engine
 from atdata_async.atmosphere import AtmosphereIndex
-from atdata_async.promote import DaskExecutor, promote_many
+from atdata_async.promote import DaskExecutor, promote_many, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
 from tests.faultproxy import Fault, FaultProxy
 from tests.test_dask import ON_WORKERS, assert_copied, new_cluster
@@ -135,3 +136,40 @@ async def test_a_failed_shard_that_had_not_asked_yet_is_reported_once():
         await run_per_shard([p.source_url for p in plans], list(range(4)), settle, 3)
     assert len(cluster.submitted) == 1  # one task for the group
     assert list(raised.value.failures.values()) == [refused], str(raised.value)
+
+
+async def test_a_failed_promotion_releases_its_lease_only_once_its_workers_aborts_ended(
+        index, client, tmp_path, second_moto_server, dc):
+    """8 multipart shards in 2 groups of 4 on 2 workers; a part of the first group is
+    refused (403), so the promotion fails and stops the second group, whose shards then
+    abort their uploads: those aborts (admitted by the fence under the coordinator's
+    lease) are held 4 s at the proxy. The coordinator must not release its lease while
+    they are in flight: a rerun takes a released lease at once (it waits for admitted
+    requests only when it takes a dead holder's), continues the uploads the journal
+    still names, and the held aborts would land on them. Before the fix the
+    coordinator gave up waiting after STOP_WAIT (3 s) and released the lease with the
+    aborts still held."""
+    from tests.test_promote import insert
+
+    entry = await insert(index, tmp_path, "slowabort", shards=8, per_shard=300,
+                         stem="slowabort")
+    dest_bucket = make_bucket(second_moto_server.url)
+    with FaultProxy(second_moto_server.url) as proxy:
+        refused = proxy.add(Fault("status", method="PUT", path=r"-00000[0-3]\.tar\?.*partNumber=",
+                                  status=403, skip=4, times=1))
+        proxy.add(Fault("delay", method="PUT", path=r"-00000[0-3]\.tar\?", seconds=0.5,
+                        times=None))
+        proxy.add(Fault("delay", method="PUT", path=r"-00000[4-7]\.tar\?", seconds=2.0,
+                        times=None))
+        aborts = proxy.add(Fault("delay", method="DELETE", path=r"-00000[4-7]\.tar\?uploadId=",
+                                 seconds=4.0, times=None))
+        async with store_for(make_credentials(proxy.url), dest_bucket) as dest:
+            with pytest.raises(AtdataError, match=r"^1 of 8 shard\(s\) failed:(.|\n)*S3 refused"):
+                await promote_to_atmosphere(
+                    entry, index, client, data_store=dest,
+                    executor=DaskExecutor(dc, credentials=ON_WORKERS, group_size=4))
+            in_flight = aborts.active
+        assert refused.fired == 1
+        assert aborts.fired >= 1  # the second group had uploads open when it was stopped
+        assert in_flight == 0  # none was still on its way when the lease was released
+    assert open_uploads(second_moto_server.url, dest_bucket) == []

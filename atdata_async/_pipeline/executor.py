@@ -55,7 +55,7 @@ from .._errors import (
 )
 from .._model.groups import PREFETCH, group_size, plan_groups, shards_in_flight
 from .._model.progress import ProgressTracker
-from .fence import Fence, FencedStore, current_fence
+from .fence import ACTION_TIMEOUT, MARGIN, Fence, FencedStore, current_fence
 from .journal import (
     OpenUpload,
     PromotionJournal,
@@ -819,7 +819,10 @@ class DaskExecutor:
                            verify, dest)
 
 
-STOP_WAIT = 3.0  # s a failed or cancelled promotion waits for its groups to stop
+# s a failed or cancelled promotion waits for its groups to stop: long enough for every
+# complete or abort a worker was admitted to (at most ACTION_TIMEOUT from its check) to
+# end before the coordinator releases its lease, after which a rerun starts at once
+STOP_WAIT = ACTION_TIMEOUT + MARGIN + 1.0
 GroupOutcome = list[Any] | BaseException  # per shard (settled, etag) or its failure
 
 
