@@ -837,7 +837,8 @@ class _Pending:
         self.leader = False
         self.changed = anyio.Event()
         self.waiters = 0
-        self.asked: set[int] = set()  # members whose shard asked for the outcome
+        self.asked: set[int] = set()  # members whose shard asked for the outcome (or
+        # whose failure a sibling raised in its place: see ShardRunner.settle)
 
 
 class ShardRunner:
