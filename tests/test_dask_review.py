@@ -4,6 +4,7 @@ one run must not do to another."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from types import SimpleNamespace
 
 import anyio
@@ -34,6 +35,18 @@ async def dc(cluster):
         yield dc
 
 
+@dataclass
+class Beside(Fault):
+    """A fault that fires only while requests another fault holds are in flight."""
+
+    beside: Fault | None = None
+
+    def matches(self, method: str, path: str, inflight: int = 0) -> bool:
+        if self.beside is not None and self.beside.active == 0:
+            return False
+        return super().matches(method, path, inflight)
+
+
 async def test_a_failed_entry_stops_only_its_own_groups_even_when_run_tokens_agree(
         index, client, tmp_path, second_moto_server, dc, monkeypatch):
     """promote_many: entry "bad" fails (a 403 on one of its parts) while entry "good"
@@ -53,9 +66,9 @@ async def test_a_failed_entry_stops_only_its_own_groups_even_when_run_tokens_agr
     with FaultProxy(second_moto_server.url) as proxy:
         held = proxy.add(Fault("delay", method="PUT", path=r"/promoted/good/", seconds=1.0,
                                times=None))
-        refused = proxy.add(Fault("status", method="PUT", path=r"/promoted/bad/.*partNumber=",
-                                  status=403, inflight=3, times=1,
-                                  on_fire=lambda: copying.append(held.active)))
+        refused = proxy.add(Beside("status", method="PUT", path=r"/promoted/bad/.*partNumber=",
+                                   status=403, times=1, beside=held,
+                                   on_fire=lambda: copying.append(held.active)))
         proxy.add(Fault("delay", method="PUT", path=r"/promoted/bad/", seconds=0.5,
                         times=None))
         async with store_for(make_credentials(proxy.url), dest_bucket) as dest:
