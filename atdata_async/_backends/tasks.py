@@ -77,8 +77,8 @@ async def run_per_shard(
                     failures[names[i]] = exc
                     tg.cancel_scope.cancel()
                     return
-            if tracker:
-                tracker.shard_done()
+                if tracker:  # at once: a shard that counted itself is known by this
+                    tracker.returned()
 
     async with anyio.create_task_group() as tg:
         for lane, indices in lanes.values():

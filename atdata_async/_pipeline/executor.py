@@ -64,6 +64,7 @@ from .journal import (
     fingerprint,
     holds_epoch,
     journal_key,
+    parse_states,
     run_name,
     stale_run,
 )
@@ -823,6 +824,7 @@ class DaskExecutor:
 # complete or abort a worker was admitted to (at most ACTION_TIMEOUT from its check) to
 # end before the coordinator releases its lease, after which a rerun starts at once
 STOP_WAIT = ACTION_TIMEOUT + MARGIN + 1.0
+PROGRESS_POLL = 0.5  # s between the coordinator's looks at the journal for shards settled
 GroupOutcome = list[Any] | BaseException  # per shard (settled, etag) or its failure
 
 
@@ -866,6 +868,15 @@ class ShardRunner:
         self._groups: dict[int, _Pending] = {}
         self.stopping: anyio.Event | None = None  # set once abandon() is done
         self.stopped: dict[str, Any] = {}  # worker -> what _stop_run answered there
+        # per-shard progress while groups are at the cluster (see _poll_while):
+        self.tracker: ProgressTracker | None = None  # the promotion's, when it has a callback
+        self._at_cluster: set[_Pending] = set()  # groups submitted and not answered
+        self._before: dict[int, bytes | None] | None = None  # "s:{i}" as this run found it
+        self._before_read: anyio.Event | None = None
+        self._polling = False  # a leader's wait runs the poll loop
+        self._poll_free = anyio.Event()  # set when it stops running it
+        self._next_poll = 0.0
+        self.polls = 0  # HMGETs sent (for tests and benchmarks)
 
     async def _workers(self) -> int:
         if self.workers is None:
@@ -902,12 +913,22 @@ class ShardRunner:
         return ShardTask(self.promotion, i, shard, self.dest, self.source, self.redis,
                          self.compute_checksums, self.verify, resume.upload, epoch)
 
+    def progress_key(self, i: int) -> tuple[str, int]:
+        """Shard i's key in the promotion's ProgressTracker (one for all entries of a
+        promote_many, whose shards' names may repeat): it counts once under it."""
+        return (self.promotion, i)
+
     async def settle(self, i: int, shard: ShardPlan, resume: ShardResume,
-                     journal: PromotionJournal | None = None) -> tuple[ShardPlan, str]:
+                     journal: PromotionJournal | None = None,
+                     tracker: ProgressTracker | None = None) -> tuple[ShardPlan, str]:
         """Shard i's copy (fenced by ``journal``'s epoch), run in its planned group (a
-        shard not planned goes alone); cluster failures are ExecutorError."""
+        shard not planned goes alone); cluster failures are ExecutorError. While
+        ``tracker`` has a callback, shards the workers settle are counted in it as soon
+        as the journal shows them (``_poll_while``); the caller counts the rest."""
         if journal is not None:
             self.journal = journal
+        if tracker is not None and tracker.watched and self.tracker is None:
+            self.tracker = tracker
         pending = self._groups.get(i)
         if pending is None:
             self._shards[i] = (shard, resume)
@@ -983,6 +1004,8 @@ class ShardRunner:
                       attempt: int) -> list[Any]:
         client = self.executor.client
         if pending.future is None:  # else submitted by a waiter that was cancelled since
+            if self._watching():
+                await self._read_before()
             if self.stopping is not None:  # the run is over: nothing more goes out
                 raise GroupStopped(self.promotion, members[0])
             group = ShardGroup(tuple(self.task(i, *self._shards[i]) for i in members),
@@ -1000,13 +1023,121 @@ class ShardRunner:
                                     f"at {where} failed: {type(exc).__name__}: {exc}"
                                     ) from exc
             self.submitted += 1
-        if getattr(client, "asynchronous", False):
-            got = await pending.future
-        else:
-            got = await anyio.to_thread.run_sync(pending.future.result,
-                                                 abandon_on_cancel=True)
+        self._at_cluster.add(pending)
+        try:
+            got = await self._poll_while(pending.future)
+        finally:
+            self._at_cluster.discard(pending)
         pending.future = None
         return list(got)
+
+    async def _answer(self, future: Any) -> Any:
+        if getattr(self.executor.client, "asynchronous", False):
+            return await future
+        return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+
+    # -- progress per shard while groups are at the cluster --------------------------------
+
+    def _watching(self) -> bool:
+        return self.tracker is not None and self.journal is not None
+
+    async def _read_before(self) -> None:
+        """Before this run's first group goes out: the "s:{i}" fields the journal
+        already holds for the planned shards (an earlier run's, kept by journal.open
+        for a shard whose object the listing did not confirm: copied again now). The
+        poll counts only a field that differs, one this run's workers wrote. Once."""
+        if self._before_read is not None:
+            await self._before_read.wait()
+            return
+        self._before_read = done = anyio.Event()
+        assert self.journal is not None
+        planned = sorted(self._shards)
+        try:
+            redis = self.journal.index.redis
+            got = await redis.hmget(journal_key(self.promotion), [f"s:{i}" for i in planned])
+            self._before = dict(zip(planned, got, strict=True))
+        except Exception as exc:  # progress then comes per group, as without a callback
+            log.debug("%s: no per-shard progress (reading the journal failed: %s)",
+                      run_name(self.promotion), exc)
+            self.tracker = None
+        finally:
+            done.set()
+
+    async def _poll_while(self, future: Any) -> Any:
+        """Await a group's answer; meanwhile, when progress is watched, run the
+        runner's one poll loop (``_poll`` every PROGRESS_POLL s) if no other group's
+        wait runs it, and take it over when the one that did gets its answer. So it runs
+        exactly while groups are at the cluster, and ends with the last answer, with an
+        abandoned run, or with the cancellation of the waits."""
+        if not self._watching() or self._before is None:
+            return await self._answer(future)
+        got: list[Any] = []
+        failed: list[Exception] = []
+        async with anyio.create_task_group() as tg:
+
+            async def wait() -> None:
+                try:
+                    got.append(await self._answer(future))
+                except Exception as exc:  # raised below, as the plain await would
+                    failed.append(exc)
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(wait)
+            await self._poll_loop()
+            await anyio.sleep_forever()  # (the run stopped: no more polls) until the answer
+        if failed:
+            raise failed[0]
+        return got[0]
+
+    async def _poll_loop(self) -> None:
+        while self.stopping is None and self.tracker is not None:
+            if self._polling:
+                free = self._poll_free
+                await free.wait()
+                continue
+            self._polling = True
+            try:
+                while self.stopping is None and self.tracker is not None:
+                    delay = self._next_poll - anyio.current_time()
+                    if delay > 0:
+                        await anyio.sleep(delay)
+                    self._next_poll = anyio.current_time() + PROGRESS_POLL
+                    await self._poll()
+            finally:
+                self._polling = False
+                free, self._poll_free = self._poll_free, anyio.Event()
+                free.set()
+
+    async def _poll(self) -> None:
+        """One look at the journal: the "s:{i}" fields of the shards of the groups at
+        the cluster not counted yet, in one HMGET; each settled (fingerprint checked,
+        as journal.parse_states reads them) counts at once, with its bytes."""
+        tracker, before = self.tracker, self._before
+        if tracker is None or before is None or self.journal is None:
+            return
+        ask = [i for pending in self._at_cluster for i in pending.members
+               if i in before and not tracker.counted(self.progress_key(i))]
+        if not ask:
+            return
+        try:
+            self.polls += 1
+            got = await self.journal.index.redis.hmget(journal_key(self.promotion),
+                                                        [f"s:{i}" for i in ask])
+        except Exception as exc:  # the group's answer still reports its shards
+            log.debug("%s: reading the journal for progress failed: %s",
+                      run_name(self.promotion), exc)
+            return
+        new = [(i, raw) for i, raw in zip(ask, got, strict=True)
+               if raw is not None and raw != before[i]]
+        if not new:
+            return
+        states = parse_states({f"s:{n}": raw.decode() for n, (_, raw) in enumerate(new)},
+                              [self._shards[i][0] for i, _ in new])
+        for (i, _), state in zip(new, states, strict=True):
+            if state.copied is not None:
+                size = state.copied[2]
+                tracker.shard_done(self.progress_key(i), size,
+                                   unplanned=self._shards[i][0].size is None)
 
     async def abandon(self) -> None:
         """The promotion failed or was cancelled with groups still at the cluster: let
@@ -1022,6 +1153,7 @@ class ShardRunner:
             if pending.waiters == 0 and pending.outcome is None and pending.future is not None:
                 _cancel(client, pending.future)
                 pending.future = None
+                self._at_cluster.discard(pending)
         if self.stopping is not None:
             with anyio.move_on_after(STOP_WAIT):
                 await self.stopping.wait()

@@ -853,13 +853,16 @@ def raise_lost_cluster(exc: ShardTransferError) -> None:
 
 async def settle_elsewhere(remote: ShardRunner, i: int, shard: ShardPlan, resume: ShardResume,
                            log: ShardLog | None, tracker: ProgressTracker) -> ShardPlan:
-    """Shard i copied by the executor's worker (which journals it); progress per shard."""
+    """Shard i copied by the executor's worker (which journals it). Its progress (the
+    shard and its bytes) counts once: when the runner sees it settled in the journal
+    (``remote.settle`` watches the groups at the cluster while ``tracker`` has a
+    callback), or else here, when its group has answered."""
     settled, etag = await remote.settle(i, shard, resume,
-                                        log.journal if log is not None else None)
+                                        log.journal if log is not None else None, tracker)
     if log is not None:
         log.etag = etag
-    _learn_size(tracker, shard, settled.size)
-    tracker.add_bytes(settled.size or 0)
+    tracker.returning(remote.progress_key(i), settled.size or 0,
+                      unplanned=shard.size is None and settled.size is not None)
     return settled
 
 
