@@ -6,6 +6,7 @@ And the ProgressTracker's bookkeeping that makes it so."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import boto3
@@ -16,6 +17,7 @@ from atdata_async import AtdataError
 from atdata_async._backends.tasks import run_per_shard
 from atdata_async._model.progress import ProgressTracker, TransferProgress
 from atdata_async._pipeline.executor import PROGRESS_POLL, ShardRunner
+from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
 from tests.faultproxy import Fault, FaultProxy
@@ -112,7 +114,7 @@ def sizes(endpoint: str, bucket: str) -> dict[str, int]:
 
 def assert_steps(seen: list[tuple[float, TransferProgress]]) -> None:
     """Monotonic, one shard at a time, the totals never shrinking."""
-    for (_, a), (_, b) in zip(seen, seen[1:], strict=False):
+    for (_, a), (_, b) in itertools.pairwise(seen):
         assert b.shards_done - a.shards_done in (0, 1)
         assert b.bytes_done >= a.bytes_done and b.bytes_total >= a.bytes_total
         assert b.shards_total == a.shards_total
@@ -147,15 +149,9 @@ async def test_shards_count_one_by_one_while_their_group_is_at_the_cluster(
     final = seen[-1][1]
     assert final == TransferProgress(16, 16, sum(landed.values()), sum(landed.values()))
     assert [s.shards_done for _, s in seen].count(16) == 1  # the answer added nothing
-    got_entry = await promote_result(client, uri)
-    assert_copied(entry, got_entry, second_moto_server.url)
+    assert_copied(entry, await AtmosphereIndex(client).get_dataset(uri),
+                  second_moto_server.url)
     assert len(await datasets(client)) == 1
-
-
-async def promote_result(client, uri):
-    from atdata_async.atmosphere import AtmosphereIndex
-
-    return await AtmosphereIndex(client).get_dataset(uri)
 
 
 @pytest.mark.pds
