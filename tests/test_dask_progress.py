@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 
+import anyio
 import boto3
 import pytest
 from distributed import Client
@@ -106,6 +107,20 @@ def answers(monkeypatch) -> list[float]:
     return got
 
 
+@pytest.fixture
+def runners(monkeypatch) -> list[ShardRunner]:
+    """Every ShardRunner made (one per promotion)."""
+    made: list[ShardRunner] = []
+    init = ShardRunner.__init__
+
+    def spy(self, *args, **kw):
+        init(self, *args, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(ShardRunner, "__init__", spy)
+    return made
+
+
 def sizes(endpoint: str, bucket: str) -> dict[str, int]:
     s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                       aws_access_key_id="x", aws_secret_access_key="y")
@@ -186,10 +201,11 @@ async def test_a_shard_counted_early_is_not_counted_again_when_its_group_is_retr
 
 @pytest.mark.pds
 async def test_shards_counted_before_their_group_failed_stay_counted_once(
-        index, client, tmp_path, second_moto_server, dc, answers):
+        index, client, tmp_path, second_moto_server, dc, runners):
     """The promotion fails (a 403 on the 9th PUT, no retry): the shards the journal
     showed settled before are copied and journaled, so they stay counted (a rerun keeps
-    them); none is counted twice, and none that did not land is counted."""
+    them); none is counted twice, and none that did not land is counted. The poll ends
+    with the promotion."""
     entry = await insert(index, tmp_path, "fails", shards=16, per_shard=20, stem="fails")
     dest_bucket = make_bucket(second_moto_server.url)
     seen: list[tuple[float, TransferProgress]] = []
@@ -210,3 +226,8 @@ async def test_shards_counted_before_their_group_failed_stay_counted_once(
     assert 4 <= done.shards_done <= len(landed) < 16, (done, len(landed))
     assert done.bytes_done <= sum(landed.values())
     assert await datasets(client) == []
+    [runner] = runners
+    polls = runner.polls
+    assert polls >= 2 and not runner._polling
+    await anyio.sleep(3 * PROGRESS_POLL)
+    assert runner.polls == polls

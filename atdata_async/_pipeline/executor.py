@@ -1072,15 +1072,16 @@ class ShardRunner:
         if not self._watching() or self._before is None:
             return await self._answer(future)
         got: list[Any] = []
-        failed: list[Exception] = []
+        failed: list[BaseException] = []
         async with anyio.create_task_group() as tg:
 
             async def wait() -> None:
                 try:
                     got.append(await self._answer(future))
-                except Exception as exc:  # raised below, as the plain await would
-                    failed.append(exc)
-                tg.cancel_scope.cancel()
+                except BaseException as exc:  # raised below, as the plain await raised it
+                    failed.append(exc)  # (a cancellation of this wait: raised by tg first)
+                finally:
+                    tg.cancel_scope.cancel()
 
             tg.start_soon(wait)
             await self._poll_loop()
