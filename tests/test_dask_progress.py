@@ -7,6 +7,7 @@ And the ProgressTracker's bookkeeping that makes it so."""
 from __future__ import annotations
 
 import itertools
+import json
 import time
 
 import anyio
@@ -15,9 +16,17 @@ import pytest
 from distributed import Client
 
 from atdata_async import AtdataError
+from atdata_async._backends.redis_index import LocalIndex
 from atdata_async._backends.tasks import run_per_shard
 from atdata_async._model.progress import ProgressTracker, TransferProgress
 from atdata_async._pipeline.executor import PROGRESS_POLL, ShardRunner
+from atdata_async._pipeline.journal import (
+    PromotionJournal,
+    ShardResume,
+    fingerprint,
+    journal_key,
+)
+from atdata_async._pipeline.promote import ShardPlan
 from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
@@ -74,6 +83,58 @@ async def test_run_per_shard_counts_a_shard_that_counted_itself_once():
                                tracker) == [0, 1, 2, 3]
     assert tracker.state == TransferProgress(4, 4, 40, 40)
     assert sorted(s.shards_done for s in seen)[-1] == 4
+
+
+class _OneWorker:
+    """What ShardRunner.plan asks of its executor."""
+
+    group_size = None
+
+    async def workers(self) -> int:
+        return 1
+
+
+async def test_the_poll_counts_only_what_this_runs_workers_journaled(redis_url):
+    """The coordinator's poll against a real redis-server: a shard's "s:{i}" an earlier
+    run left (journal.open keeps it when the listing did not confirm the object, which
+    is copied again) does not count until this run writes its own; a field for another
+    plan (fingerprint) never counts; a shard counts once; what is counted is not asked
+    again."""
+    plans = [ShardPlan(f"s3://src/s{i}.tar", "s3", f"dst/s{i}.tar", 100 + i, None)
+             for i in range(4)]
+    total = sum(p.size for p in plans)
+
+    def state(plan: ShardPlan, etag: str = '"e"', fp: str | None = None) -> str:
+        return json.dumps({"fp": fp or fingerprint(plan), "etag": etag, "sha256": None,
+                           "size": plan.size})
+
+    async with LocalIndex(redis_url) as index:
+        pkey = "p" * 64
+        key = journal_key(pkey)
+        await index.redis.hset(key, "s:0", state(plans[0]))  # the earlier run's
+        runner = ShardRunner(_OneWorker(), pkey, None, None, None, False, True, None)
+        await runner.plan([(i, p, ShardResume()) for i, p in enumerate(plans)],
+                          PromotionJournal(index, pkey))
+        tracker = ProgressTracker(lambda s: None, len(plans), total)
+        runner.tracker = tracker  # as settle() keeps a tracker with a callback
+        await runner._read_before()  # before the first group goes out
+        runner._at_cluster.update(runner._groups.values())  # every group submitted
+        await runner._poll()
+        assert tracker.state == TransferProgress(0, 4, 0, total)
+        await index.redis.hset(key, mapping={"s:1": state(plans[1]),
+                                             "s:2": state(plans[2], fp="0" * 16)})
+        await runner._poll()
+        await runner._poll()
+        assert tracker.state == TransferProgress(1, 4, 101, total)
+        await index.redis.hset(key, "s:0", state(plans[0], etag='"f"'))  # copied again
+        await runner._poll()
+        assert tracker.state == TransferProgress(2, 4, 201, total)
+        await index.redis.hset(key, mapping={"s:2": state(plans[2]), "s:3": state(plans[3])})
+        await runner._poll()
+        assert tracker.state == TransferProgress(4, 4, total, total)
+        polls = runner.polls
+        await runner._poll()  # all counted: nothing to ask
+        assert runner.polls == polls == 5
 
 
 # -- on a cluster --------------------------------------------------------------------------
