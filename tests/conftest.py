@@ -243,3 +243,22 @@ async def index(redis_url, s3_credentials, bucket):
     async with store, LocalIndex(redis_url, data_store=store) as index:
         await index.publish_schema(FeatureSample, version="1.0.0")
         yield index
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A LocalCluster of 2 worker processes (4 slots each) for the Dask tests: one per
+    test module (module-scoped), started on first use."""
+    from tests.test_dask import new_cluster
+
+    with new_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+async def dc(cluster):
+    """An asynchronous client of the module's cluster."""
+    from distributed import Client
+
+    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
+        yield dc

@@ -42,16 +42,9 @@ def new_cluster(n: int = 2, **kw) -> LocalCluster:
                         dashboard_address="127.0.0.1:0", env=WORKER_ENV, **kw)
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with new_cluster() as cluster:
-        yield cluster
-
-
 @pytest.fixture
-async def dask_client(cluster):
-    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
-        yield dc
+def dask_client(dc):  # conftest's client of the module's cluster
+    return dc
 
 
 def _stores_on_worker() -> int:
@@ -64,7 +57,7 @@ def _malloc_of_worker() -> tuple[str | None, bool]:
     return os.environ.get("MALLOC_TRIM_THRESHOLD_"), executor._MALLOC_TUNED
 
 
-async def datasets(client) -> list[dict]:  # noqa: F811
+async def datasets(client) -> list[dict]:
     return [r async for r in client.list_records(DATASET_COLLECTION)]
 
 
@@ -74,7 +67,7 @@ def assert_copied(entry, got, endpoint) -> None:
         assert hashlib.sha256(body).hexdigest() == entry.checksums[src] == got.checksums[dst]
 
 
-async def test_shards_copied_on_worker_processes(index, client, tmp_path,  # noqa: F811
+async def test_shards_copied_on_worker_processes(index, client, tmp_path,
                                                  second_moto_server, dask_client):
     small = await insert(index, tmp_path, "few", shards=3, per_shard=20)
     dest_bucket = make_bucket(second_moto_server.url)
@@ -120,7 +113,7 @@ def _peak_in_flight(dask_scheduler) -> int:
 
 
 async def test_more_tasks_in_flight_than_max_concurrency_hide_the_round_trip(
-        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+        index, client, tmp_path, second_moto_server, dask_client):
     entry = await insert(index, tmp_path, "deep", shards=8, per_shard=20, stem="deep")
     dest_bucket = make_bucket(second_moto_server.url)
     executor = DaskExecutor(dask_client, credentials=ON_WORKERS)
@@ -153,7 +146,7 @@ def _our_tasks(dask_scheduler) -> list[bytes]:
 
 
 async def test_worker_killed_mid_copy_resumes_elsewhere_and_no_secret_leaks(
-        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+        index, client, tmp_path, second_moto_server, dask_client):
     entry = await insert(index, tmp_path, "big", shards=4, per_shard=300, stem="big")
     dest_bucket = make_bucket(second_moto_server.url)
     flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
@@ -226,7 +219,7 @@ class LoneCluster:
 
 
 async def test_scheduler_gone_is_an_executor_error_and_a_local_rerun_completes(
-        index, client, tmp_path, second_moto_server):  # noqa: F811
+        index, client, tmp_path, second_moto_server):
     entry = await insert(index, tmp_path, "lost", shards=3, per_shard=300, stem="lost")
     dest_bucket = make_bucket(second_moto_server.url)
     flag, sent_log = tmp_path / "stalled.pid", tmp_path / "sent.log"
@@ -266,7 +259,7 @@ async def test_scheduler_gone_is_an_executor_error_and_a_local_rerun_completes(
     assert len(await datasets(client)) == 1
 
 
-async def test_promote_many_fans_every_entry_out(index, client, tmp_path,  # noqa: F811
+async def test_promote_many_fans_every_entry_out(index, client, tmp_path,
                                                  second_moto_server, dask_client):
     from atdata_async.promote import promote_many
 
@@ -284,7 +277,7 @@ async def test_promote_many_fans_every_entry_out(index, client, tmp_path,  # noq
 
 
 async def test_coordinator_killed_a_rerun_keeps_what_the_workers_finished(
-        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,
         second_moto_server, dask_client, cluster, monkeypatch):
     from tests.test_resume import Sent, cli_env, kill_mid_copy, write_env
 
@@ -333,7 +326,7 @@ async def until(check, what: str, timeout: float = 60) -> None:
 
 
 async def test_a_stale_task_beside_a_rerun_touches_neither_its_upload_nor_its_journal(
-        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+        index, client, tmp_path, second_moto_server, dask_client):
     """An earlier run's task (epoch 1), held mid-upload, is let go while the rerun (epoch
     2) continues the same multipart upload: the stale task is refused, and neither aborts
     nor completes the upload, nor changes one journal field; the rerun then publishes."""
@@ -416,7 +409,7 @@ def dest_prefix_of(key: str) -> str:
 
 
 @pytest.mark.parametrize("where", ["UploadPart", "CompleteMultipartUpload"])
-async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, where,  # noqa: F811
+async def test_a_vanished_upload_restarts_the_shard(index, client, tmp_path, where,
                                                     second_moto_server, monkeypatch):
     """The upload is aborted under the copy (by cleanup, or a stale worker): the shard
     restarts with a new upload and the promotion completes. moto answers UploadPart and
@@ -484,7 +477,7 @@ def test_bench_dask_smoke():
 
 
 async def test_a_group_whose_worker_is_killed_keeps_its_finished_shards(
-        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+        index, client, tmp_path, second_moto_server, dask_client):
     """One task carries 8 shards; its worker is SIGKILLed once some of them finished:
     the scheduler reruns the group elsewhere, which skips the shards the journal says
     are copied and continues the open uploads from their journaled parts (no part sent
@@ -552,7 +545,7 @@ def _keys_seen(dask_scheduler) -> list[str]:
 
 
 async def test_retries_send_only_the_failed_shard_of_a_group_again(
-        index, client, tmp_path, second_moto_server, dask_client):  # noqa: F811
+        index, client, tmp_path, second_moto_server, dask_client):
     """A group of 4 in which one shard's part fails once: with retries=1 only that shard
     goes again (a task of its own), the others are not redone; bytes identical."""
     entry = await insert(index, tmp_path, "retry", shards=4, per_shard=300, stem="retry")

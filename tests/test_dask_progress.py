@@ -13,7 +13,6 @@ import time
 import anyio
 import boto3
 import pytest
-from distributed import Client
 
 from atdata_async import AtdataError
 from atdata_async._backends.redis_index import LocalIndex
@@ -31,7 +30,7 @@ from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
 from tests.faultproxy import Fault, FaultProxy
-from tests.test_dask import ON_WORKERS, assert_copied, datasets, new_cluster
+from tests.test_dask import ON_WORKERS, assert_copied, datasets
 from tests.test_promote import insert
 
 pytestmark = [pytest.mark.anyio]
@@ -138,18 +137,6 @@ async def test_the_poll_counts_only_what_this_runs_workers_journaled(redis_url):
 
 
 # -- on a cluster --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with new_cluster(2) as cluster:  # 2 worker processes, 4 slots each
-        yield cluster
-
-
-@pytest.fixture
-async def dc(cluster):
-    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
-        yield dc
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import anyio
 import pytest
-from distributed import Client
 
 from atdata_async import AtdataError
 from atdata_async._pipeline import executor as engine
@@ -17,22 +16,10 @@ from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import DaskExecutor, promote_many, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
 from tests.faultproxy import Fault, FaultProxy
-from tests.test_dask import ON_WORKERS, assert_copied, new_cluster
+from tests.test_dask import ON_WORKERS, assert_copied
 from tests.test_dask_stop import open_uploads
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with new_cluster(2) as cluster:  # 2 worker processes, 4 slots each
-        yield cluster
-
-
-@pytest.fixture
-async def dc(cluster):
-    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
-        yield dc
 
 
 @dataclass

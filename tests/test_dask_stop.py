@@ -10,7 +10,7 @@ import time
 import anyio
 import boto3
 import pytest
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from atdata_async import AtdataError
 from atdata_async._pipeline.executor import (
@@ -28,23 +28,11 @@ from atdata_async.atmosphere import AtmosphereIndex
 from atdata_async.promote import DaskExecutor, promote_to_atmosphere
 from tests.conftest import make_bucket, make_credentials, store_for
 from tests.faultproxy import Fault, FaultProxy
-from tests.test_dask import ON_WORKERS, WORKER_ENV, assert_copied, datasets, new_cluster, until
+from tests.test_dask import ON_WORKERS, assert_copied, datasets, new_cluster, until
 from tests.test_dask_workers import callbacks, restored
 from tests.test_promote import insert
 
 pytestmark = [pytest.mark.anyio, pytest.mark.pds]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    with new_cluster(2) as cluster:  # 2 worker processes, 4 slots each
-        yield cluster
-
-
-@pytest.fixture
-async def dc(cluster):
-    async with Client(cluster.scheduler_address, asynchronous=True) as dc:
-        yield dc
 
 
 def _busy(dask_worker) -> tuple[int, int]:
@@ -189,9 +177,7 @@ async def test_a_group_of_a_stopped_run_that_arrives_later_ends_at_once(dc):
 
 @pytest.fixture(scope="module")
 def lone_worker():
-    with LocalCluster(n_workers=1, processes=True, threads_per_worker=4,
-                      host="127.0.0.1", dashboard_address="127.0.0.1:0",
-                      env=WORKER_ENV) as cluster:
+    with new_cluster(1) as cluster:
         yield cluster
 
 

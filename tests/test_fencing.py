@@ -69,7 +69,7 @@ def still_open(s3, bucket: str) -> list[str]:
     return [u["UploadId"] for u in s3.list_multipart_uploads(Bucket=bucket).get("Uploads", [])]
 
 
-async def run_of(index, name: str) -> PromotionJournal:  # noqa: F811
+async def run_of(index, name: str) -> PromotionJournal:
     journal = PromotionJournal(index, name)
     await journal.open({"v": 1}, SHARDS)
     return journal
@@ -86,7 +86,7 @@ class Clock:
         return self.now - self.step
 
 
-async def test_a_live_lease_completes_and_renews_for_its_holder(index, moto_server):  # noqa: F811
+async def test_a_live_lease_completes_and_renews_for_its_holder(index, moto_server):
     bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
     body = os.urandom(1000)
     upload_id, etags = open_upload(s3, bucket, body)
@@ -105,7 +105,7 @@ async def test_a_live_lease_completes_and_renews_for_its_holder(index, moto_serv
 
 @pytest.mark.parametrize("case", ["about to expire", "released", "slow check", "taken over",
                                   "epoch drawn again"])
-async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server, case):  # noqa: F811
+async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server, case):
     bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
     upload_id, etags = open_upload(s3, bucket, os.urandom(1000))
     journal = await run_of(index, "b" * 64)
@@ -137,7 +137,7 @@ async def test_a_run_without_enough_lease_refuses_to_complete(index, moto_server
 
 
 @pytest.mark.parametrize("late", [4.0, 12.0])
-async def test_a_workers_budget_ends_with_its_in_flight_mark(index, moto_server, late):  # noqa: F811
+async def test_a_workers_budget_ends_with_its_in_flight_mark(index, moto_server, late):
     """A worker's check marks its request in flight for timeout + margin from a moment
     after the check was sent, and a rerun taking over from a dead coordinator waits for
     that mark only: an answer that came ``late`` seconds after the check was sent leaves
@@ -160,7 +160,7 @@ async def test_a_workers_budget_ends_with_its_in_flight_mark(index, moto_server,
 
 
 async def test_a_complete_that_outlasts_its_budget_is_cancelled_and_refused(
-        index, moto_server):  # noqa: F811
+        index, moto_server):
     """The request is bounded by its own timeout: answered later (the fault proxy holds
     it), it is cancelled and the run stops as stale, whatever the server does after."""
     bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
@@ -179,7 +179,7 @@ async def test_a_complete_that_outlasts_its_budget_is_cancelled_and_refused(
     await journal.release()
 
 
-async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server):  # noqa: F811
+async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server):
     """The rerun continues an upload its journal names: the stale run leaves it open. An
     upload the stale run opened and never journaled is nobody's: it aborts it."""
     bucket, s3 = make_bucket(moto_server.url), raw(moto_server.url)
@@ -198,7 +198,7 @@ async def test_a_stale_run_aborts_only_what_no_journal_names(index, moto_server)
 
 
 async def test_an_abort_whose_epoch_check_hangs_gives_up_and_leaves_the_upload(
-        index, moto_server, monkeypatch, caplog):  # noqa: F811
+        index, moto_server, monkeypatch, caplog):
     """The abort is cleanup, shielded so that it runs after a cancellation: its epoch check
     is bounded there, or a Redis that never answers (fault: a check that never returns)
     would hold the cancelled run for good. Unchecked, the upload is left for the rerun."""
@@ -218,7 +218,7 @@ async def test_an_abort_whose_epoch_check_hangs_gives_up_and_leaves_the_upload(
 
 
 async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_journal(
-        index):  # noqa: F811
+        index):
     name = INSERT_KEY_PREFIX + "0123456789ab-cdef"
     stale = await run_of(index, name)
     await stale.release()
@@ -235,7 +235,7 @@ async def test_fencing_errors_name_an_insert_and_a_stale_insert_keeps_the_rerun_
 
 
 async def test_an_insert_indexed_then_taken_over_returns_its_entry(
-        index, tmp_path, monkeypatch):  # noqa: F811
+        index, tmp_path, monkeypatch):
     """A rerun that takes the journal over between the indexing and the journal's drop
     (fault: a new epoch drawn right after the entry is stored) leaves the insert done: it
     returns its entry (an insert that raises indexed nothing), and the newer run's journal
@@ -257,7 +257,7 @@ async def test_an_insert_indexed_then_taken_over_returns_its_entry(
 
 
 async def test_a_rerun_taking_over_from_a_dead_coordinator_waits_out_its_workers(
-        index, moto_server):  # noqa: F811
+        index, moto_server):
     """A dead coordinator's lease is taken at once (its process is gone), but its workers
     live: a complete one was admitted to may still be under way. The rerun waits until
     none can be before it lists anything; with no such request it does not wait."""
@@ -350,7 +350,7 @@ async def stall_rerun_and_resume(proc: subprocess.Popen, redis, key: str, rerun,
 
 @pytest.mark.pds
 async def test_a_promotion_stopped_past_its_lease_is_refused_beside_the_rerun(
-        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,
         second_moto_server, monkeypatch):
     entry = await insert(index, tmp_path, "stopme", shards=1, per_shard=1500)
     dest_bucket = make_bucket(second_moto_server.url)
@@ -389,7 +389,7 @@ async def test_a_promotion_stopped_past_its_lease_is_refused_beside_the_rerun(
 
 
 async def test_an_insert_stopped_past_its_lease_is_refused_beside_the_rerun(
-        index, tmp_path, redis_url, s3_credentials, bucket, monkeypatch):  # noqa: F811
+        index, tmp_path, redis_url, s3_credentials, bucket, monkeypatch):
     paths = shard_files(tmp_path, "stopins", 1, 1500)
     run = run_id_of(index.data_store, "stopins", "stopins", SCHEMA_REF, paths)
     key = journal_key(INSERT_KEY_PREFIX + run)

@@ -119,12 +119,12 @@ class Sent:
         monkeypatch.setattr(S3DataStore, "stream_copy", stream_copy)
 
 
-async def records(client, collection=DATASET_COLLECTION) -> list[dict]:  # noqa: F811
+async def records(client, collection=DATASET_COLLECTION) -> list[dict]:
     return [r async for r in client.list_records(collection)]
 
 
 @pytest.mark.pds
-async def test_a_failed_copy_reruns_only_the_missing_shards(index, client, tmp_path,  # noqa: F811
+async def test_a_failed_copy_reruns_only_the_missing_shards(index, client, tmp_path,
                                                             second_moto_server, monkeypatch):
     small = await insert(index, tmp_path, "mixed", shards=3, per_shard=20)
     big = await insert(index, tmp_path, "big", shards=2, per_shard=1500, stem="big")
@@ -220,7 +220,7 @@ async def kill_mid_copy(args: list[str], env: dict[str, str], redis, key: str,
 
 @pytest.mark.pds
 async def test_sigkill_mid_copy_then_rerun_sends_only_what_is_missing(
-        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,  # noqa: F811
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,
         second_moto_server, monkeypatch):
     entry = await insert(index, tmp_path, "killme", shards=4, per_shard=1500)
     sizes = [entry.shard_sizes[u] for u in entry.data_urls]
@@ -272,7 +272,7 @@ async def test_sigkill_mid_copy_then_rerun_sends_only_what_is_missing(
 
 @pytest.mark.pds
 async def test_cleanup_after_a_kill_removes_only_what_nothing_refers_to(
-        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,  # noqa: F811
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials,
         second_moto_server):
     done = await insert(index, tmp_path, "published", shards=2, per_shard=20)
     victim = await insert(index, tmp_path, "victim", shards=3, per_shard=1500)
@@ -434,7 +434,7 @@ async def test_a_failed_insert_reruns_only_the_missing_shards(
 
 @pytest.mark.pds
 async def test_sigkill_mid_insert_then_rerun_sends_only_what_is_missing(
-        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,  # noqa: F811
+        index, client, tmp_path, pds, pds_account, redis_url, s3_credentials, bucket,
         monkeypatch):
     paths = shard_files(tmp_path, "killins", 4, 1500)
     sizes = [os.path.getsize(p) for p in paths]
@@ -488,7 +488,7 @@ async def test_sigkill_mid_insert_then_rerun_sends_only_what_is_missing(
 
 @pytest.mark.pds
 async def test_a_promotion_resumes_when_complete_multipart_upload_has_no_etag(
-        index, client, tmp_path, second_moto_server, monkeypatch):  # noqa: F811
+        index, client, tmp_path, second_moto_server, monkeypatch):
     entry = await insert(index, tmp_path, "noetag", shards=3, per_shard=1500)
     dest_bucket = make_bucket(second_moto_server.url)
     proxy = FaultProxy(second_moto_server.url).start()
