@@ -100,6 +100,16 @@ def assert_identical(entry, got, source_endpoint: str, dest_endpoint: str,
     assert set(objects(dest_endpoint, dest_bucket)) == keys
 
 
+async def assert_published(client, uri: str, entry, source_endpoint: str, dest_endpoint: str,
+                           dest_bucket: str):
+    """The record at ``uri`` names copies identical to the entry's shards
+    (assert_identical, boto3) and no upload is left open; returns the record."""
+    got = await AtmosphereIndex(client).get_dataset(uri)
+    assert_identical(entry, got, source_endpoint, dest_endpoint, dest_bucket)
+    assert open_uploads(dest_endpoint, dest_bucket) == []
+    return got
+
+
 class RunSpecs(SchedulerPlugin):
     """Every atdata task the scheduler was given, as it holds it (repr of the task
     state and of its run spec, and the run spec pickled), captured at its first
@@ -299,10 +309,8 @@ async def test_no_secret_reaches_a_task_or_any_log_at_debug_and_a_redis_password
                               (await dc.get_worker_logs(n=10_000, nanny=True)).values()]
         finally:
             cluster.stop()
-        got = await AtmosphereIndex(client).get_dataset(uri)
-        assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                         dest_bucket)
-        assert open_uploads(second_moto_server.url, dest_bucket) == []
+        await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                               second_moto_server.url, dest_bucket)
     scheduler_err, worker_err = cluster.stderr("scheduler"), cluster.stderr("worker")
     # what was looked at is what the issue names, at DEBUG: the tasks (both promotions'),
     # Dask's own logs, and every logger's output of each process
@@ -371,12 +379,10 @@ async def test_a_worker_killed_after_journaling_parts_sends_none_of_them_again(
     after = {int(line.rsplit(" ", 1)[1]) for line in sent[at_kill["sent"]:]}
     assert not after & journaled_parts, (sorted(after), sorted(journaled_parts))
     assert len(sent) == len(set(sent)) == parts  # every part went up, exactly once
-    got = await AtmosphereIndex(client).get_dataset(uri)
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
+    await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
     (only,) = objects(second_moto_server.url, dest_bucket).values()
     assert only["ETag"].strip('"').endswith(f"-{parts}")  # one upload, all its parts
-    assert open_uploads(second_moto_server.url, dest_bucket) == []
     assert len(await datasets(client)) == 1
 
 
@@ -446,9 +452,8 @@ async def test_a_worker_killed_before_journaling_its_upload_leaves_none_open(
         await dc.unregister_worker_plugin(OrphanOnce.name)
     assert orphan
     assert open_uploads(second_moto_server.url, dest_bucket) == []
-    got = await AtmosphereIndex(client).get_dataset(uri)
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
+    await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
     assert len(await datasets(client)) == 1
 
 
@@ -493,10 +498,8 @@ async def test_scheduler_gone_then_a_rerun_on_a_new_cluster_completes(
                                           executor=DaskExecutor(dc, credentials=ON_WORKERS))
     assert sent.bytes == 0 and sent.keys == []
     assert sum((await dc.run(_stores_on_worker)).values()) >= 1
-    got = await AtmosphereIndex(client).get_dataset(uri)
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
-    assert open_uploads(second_moto_server.url, dest_bucket) == []
+    await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
     assert len(await datasets(client)) == 1
     assert (await index.redis.hgetall(key))[b"status"] == b"published"
 
@@ -569,10 +572,8 @@ async def test_the_cli_scheduler_flag_copies_on_a_real_cluster(
     assert any(k.startswith(f"atdata-shard-{pkey[:12]}-") for k in specs), sorted(specs)
     assert_no_secret(list(specs.values()), [SECRET, pds_account["password"]])
     (record,) = await datasets(client)
-    got = await AtmosphereIndex(client).get_dataset(record["uri"])
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
-    assert open_uploads(second_moto_server.url, dest_bucket) == []
+    await assert_published(client, record["uri"], entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
 
 
 # -- correctness with 1, 2 and 4 worker processes -----------------------------------------
@@ -598,10 +599,8 @@ async def test_correct_with_1_2_and_4_worker_processes(index, client, tmp_path, 
             used = [n for n in (await c.run(_stores_on_worker)).values() if n]
             key = journal_key(promotion_key(client.did, entry, entry.name, dest))
     assert len(used) >= min(workers, 2), used
-    got = await AtmosphereIndex(client).get_dataset(uri)
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
-    assert open_uploads(second_moto_server.url, dest_bucket) == []
+    await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
     assert len(await datasets(client)) == 1
     assert (await index.redis.hgetall(key))[b"status"] == b"published"
 
@@ -638,7 +637,5 @@ async def test_workers_read_credentials_from_a_file_named_in_the_task(
         await dc.unregister_scheduler_plugin(RunSpecs.name)
     assert specs and all(str(creds).encode() in s for s in specs.values())
     assert_no_secret(list(specs.values()), secrets_of(client))
-    got = await AtmosphereIndex(client).get_dataset(uri)
-    assert_identical(entry, got, s3_credentials["AWS_ENDPOINT"], second_moto_server.url,
-                     dest_bucket)
-    assert open_uploads(second_moto_server.url, dest_bucket) == []
+    await assert_published(client, uri, entry, s3_credentials["AWS_ENDPOINT"],
+                           second_moto_server.url, dest_bucket)
